@@ -1,0 +1,1 @@
+"""Robustar training: export annotations, decode brush masks, paired fine-tuning, versioned checkpoints."""

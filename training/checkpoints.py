@@ -1,0 +1,141 @@
+"""Versioned checkpoints of one project's model, written atomically and published by a pointer file.
+
+Layout under ``<model_dir>/project-<id>/``::
+
+    versions/v0.pt, v1.pt, ...   torch.save({"state_dict": ..., "meta": {...}})
+    PUBLISHED                    text file holding the served version name, e.g. "v3"
+
+A checkpoint is written to a temporary file in the same folder, fsync'ed and renamed, so a
+reader never sees a partial file; the PUBLISHED pointer is replaced the same way afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.models import build_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about its model; stored next to the weights."""
+
+    version: str
+    arch: str
+    classes: list[str]
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    parent_version: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CheckpointMeta":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for k in ("mean", "std"):
+            if k in known:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+def version_number(version: str) -> int:
+    """``"v12"`` -> 12; raises ValueError on anything else."""
+    m = _VERSION_RE.match(version)
+    if not m:
+        raise ValueError(f"not a version name: {version!r} (expected v<N>)")
+    return int(m.group(1))
+
+
+def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
+    """Write via a temp file in the same folder, fsync, then rename (or hard-link when not overwriting)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails with FileExistsError instead of clobbering a finished version
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+class CheckpointStore:
+    """The versions of one project's model on disk."""
+
+    def __init__(self, model_dir: str | Path, project_id: int | str) -> None:
+        self.root = Path(model_dir) / f"project-{project_id}"
+        self.versions_dir = self.root / "versions"
+        self.pointer = self.root / "PUBLISHED"
+
+    def path(self, version: str) -> Path:
+        version_number(version)
+        return self.versions_dir / f"{version}.pt"
+
+    def versions(self) -> list[str]:
+        """Complete checkpoint versions on disk, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        names = [p.stem for p in self.versions_dir.glob("v*.pt") if _VERSION_RE.match(p.stem)]
+        return sorted(names, key=version_number)
+
+    def next_version(self) -> str:
+        existing = self.versions()
+        return f"v{version_number(existing[-1]) + 1}" if existing else "v0"
+
+    def published(self) -> str | None:
+        """The published version, or None when nothing was published yet."""
+        try:
+            name = self.pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name if name and self.path(name).exists() else None
+
+    def save(self, model: nn.Module, meta: CheckpointMeta) -> Path:
+        """Write ``meta.version`` atomically (never overwrites an existing version)."""
+        path = self.path(meta.version)
+        payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta.to_dict()}
+        _atomic_write(path, lambda f: torch.save(payload, f), overwrite=False)
+        return path
+
+    def publish(self, version: str) -> None:
+        """Make ``version`` the served one (atomic pointer swap)."""
+        if not self.path(version).exists():
+            raise FileNotFoundError(f"cannot publish {version}: no checkpoint at {self.path(version)}")
+        _atomic_write(self.pointer, lambda f: f.write(version.encode()))
+
+    def load(self, version: str, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+        """Load a version's model (eval mode) and metadata."""
+        payload = torch.load(self.path(version), map_location=device, weights_only=True)
+        meta = CheckpointMeta.from_dict(payload["meta"])
+        model = build_model(meta.arch, len(meta.classes))
+        model.load_state_dict(payload["state_dict"])
+        return model.to(device).eval(), meta
+
+    def read_meta(self, version: str) -> CheckpointMeta:
+        payload = torch.load(self.path(version), map_location="cpu", weights_only=True)
+        return CheckpointMeta.from_dict(payload["meta"])

@@ -1,0 +1,80 @@
+"""Model zoo: torchvision architectures (no hub downloads) plus small models for tests and 32x32 data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+
+class TinyCNN(nn.Module):
+    """A small CNN for tests and CPU demos: three conv blocks, global pooling, a linear head."""
+
+    def __init__(self, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _resnet18_32x32(num_classes: int) -> nn.Module:
+    """ResNet-18 with a 3x3 stride-1 stem and no max-pool, as Robustar uses for 32x32 images."""
+    model = tvm.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+ARCHS: dict[str, Callable[[int], nn.Module]] = {
+    "tiny-cnn": lambda n: TinyCNN(n),
+    "resnet-18": lambda n: tvm.resnet18(weights=None, num_classes=n),
+    "resnet-34": lambda n: tvm.resnet34(weights=None, num_classes=n),
+    "resnet-50": lambda n: tvm.resnet50(weights=None, num_classes=n),
+    "mobilenet-v2": lambda n: tvm.mobilenet_v2(weights=None, num_classes=n),
+    "resnet-18-32x32": _resnet18_32x32,
+}
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    """Build an untrained model of a zoo architecture with ``num_classes`` outputs."""
+    try:
+        return ARCHS[arch](num_classes)
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}") from None
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """Return the final linear layer (used to swap class counts and for influence gradients)."""
+    for name in ("fc", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Sequential):
+            head = head[-1]
+        if isinstance(head, nn.Linear):
+            return head
+    raise ValueError(f"cannot find the classifier head of {type(model).__name__}")
+
+
+def load_pretrained_backbone(model: nn.Module, path: str | Path) -> list[str]:
+    """Load standard pretrained weights (e.g. ImageNet state_dict a user downloaded) from a local file.
+
+    Tensors whose shape does not match (the classifier head when class counts differ) are skipped;
+    returns the names of the skipped keys.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    return skipped

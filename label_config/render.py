@@ -35,14 +35,21 @@ class ParsedConfig:
     has_saliency_view: bool
 
 
-def render_config(classes: list[str]) -> str:
-    """Return the labeling config XML with one ``<Choice>`` per class name."""
+def render_config(classes: list[str], saliency_view: bool = True) -> str:
+    """Return the labeling config XML with one ``<Choice>`` per class name.
+
+    ``saliency_view=False`` leaves out the second ``<Image>`` (the saliency heatmap): Label Studio
+    accepts direct file uploads only while a config has a single object tag.
+    """
     if not classes:
         raise ValueError("a labeling config needs at least one class")
     if len(set(classes)) != len(classes):
         raise ValueError(f"duplicate class names: {classes}")
     template = resources.files("label_config").joinpath("robustar.xml").read_text()
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
+    if not saliency_view:
+        head, rest = template.split("<!--saliency-->", 1)
+        template = head + rest.split("<!--/saliency-->", 1)[1]
     return template.replace("{choices}", choices)
 
 

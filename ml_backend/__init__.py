@@ -1,0 +1,1 @@
+"""Robustar ML backend for Label Studio: predictions, webhooks and training jobs."""

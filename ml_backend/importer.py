@@ -1,0 +1,255 @@
+"""Import an ImageFolder dataset (``train/<class>/*``, ``test/<class>/*``) into a Label Studio project.
+
+The images are uploaded to Label Studio (so it serves them), one task per image with ``split``,
+ground-truth ``label`` and a stable ``key`` (the path inside the dataset) in its data; re-running
+skips images whose key is already a task. Then the ML backend is connected and the project's model
+version set to the one the backend reports, so the Data Manager's prediction-score column fills.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+from label_studio_sdk import LabelStudio
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from label_config.render import parse_config, render_config
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SPLITS = ("train", "test")
+
+
+class ImportErrorWithHint(RuntimeError):
+    """The dataset or the server is not usable; the message says what to fix."""
+
+
+@dataclass
+class DatasetItem:
+    key: str  # "train/cat/001.png"
+    path: Path
+    split: str
+    label: str
+
+
+@dataclass
+class ImportReport:
+    project_id: int
+    classes: list[str]
+    imported: int = 0
+    skipped_existing: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    ml_backend_id: int | None = None
+    model_version: str | None = None
+
+
+def scan_dataset(root: str | Path) -> tuple[list[str], list[DatasetItem], list[str]]:
+    """Return (classes, readable items, unreadable file messages) of an ImageFolder dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImportErrorWithHint(f"dataset folder {root} does not exist")
+    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
+    if not split_dirs:
+        raise ImportErrorWithHint(f"{root} has neither train/ nor test/ (expected train/<class>/*, test/<class>/*)")
+    classes = sorted({d.name for s in split_dirs for d in s.iterdir() if d.is_dir()})
+    if not classes:
+        raise ImportErrorWithHint(f"{root}: no class folders under {', '.join(d.name for d in split_dirs)}/")
+    items, bad = [], []
+    for split_dir in split_dirs:
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            for path in sorted(class_dir.iterdir()):
+                if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                    continue
+                try:
+                    with Image.open(path) as img:
+                        img.verify()
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    bad.append(f"{path}: unreadable image ({e})")
+                    continue
+                key = path.relative_to(root).as_posix()
+                items.append(DatasetItem(key, path, split_dir.name, class_dir.name))
+    if not items:
+        raise ImportErrorWithHint(f"{root}: no readable images found" + (f" ({len(bad)} unreadable)" if bad else ""))
+    return classes, items, bad
+
+
+class LabelStudioImporter:
+    """Creates/reuses the project, uploads images, creates tasks, connects the backend."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.client = LabelStudio(base_url=self.url, api_key=api_key)
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Token {api_key}"
+        self.timeout = timeout
+        try:
+            r = self.http.get(f"{self.url}/api/projects", params={"page_size": 1}, timeout=timeout)
+        except requests.RequestException as e:
+            raise ImportErrorWithHint(f"cannot reach Label Studio at {self.url}: {e}") from e
+        if r.status_code in (401, 403):
+            raise ImportErrorWithHint(f"Label Studio at {self.url} rejected the API key (HTTP {r.status_code})")
+        r.raise_for_status()
+
+    def find_or_create_project(self, title: str, classes: list[str]) -> int:
+        for project in self.client.projects.list(title=title):
+            if project.title == title:
+                existing = parse_config(project.label_config).classes
+                if existing != classes:
+                    raise ImportErrorWithHint(
+                        f"project {title!r} (id {project.id}) has classes {existing}, the dataset has {classes}"
+                    )
+                return project.id
+        project = self.client.projects.create(
+            title=title,
+            label_config=render_config(classes),
+            description="Robustar: paint the spurious pixels, then Start Training",
+        )
+        return project.id
+
+    def existing_keys(self, project_id: int) -> set[str]:
+        keys, page = set(), 1
+        while True:
+            r = self.http.get(
+                f"{self.url}/api/tasks",
+                params={"project": project_id, "page": page, "page_size": 1000, "fields": "all"},
+                timeout=self.timeout,
+            )
+            if r.status_code == 404:
+                break
+            r.raise_for_status()
+            body = r.json()
+            tasks = body.get("tasks", body) if isinstance(body, dict) else body
+            keys |= {t["data"].get("key") for t in tasks if t.get("data", {}).get("key")}
+            if len(tasks) < 1000:
+                break
+            page += 1
+        return keys
+
+    @contextmanager
+    def uploads_allowed(self, project_id: int, classes: list[str]):
+        """Label Studio takes direct file uploads only while the config has one object tag, so the
+        saliency ``<Image>`` is left out of the config during the upload and put back afterwards."""
+        self.client.projects.update(id=project_id, label_config=render_config(classes, saliency_view=False))
+        try:
+            yield
+        finally:
+            self.client.projects.update(id=project_id, label_config=render_config(classes))
+
+    def upload(self, project_id: int, items: list[DatasetItem]) -> list[str]:
+        """Upload files without creating tasks; return their Label Studio URLs in order."""
+        files = {
+            f"file{i}": (it.key.replace("/", "__"), it.path.read_bytes(), "application/octet-stream")
+            for i, it in enumerate(items)
+        }
+        r = self.http.post(
+            f"{self.url}/api/projects/{project_id}/import",
+            params={"commit_to_project": "false"},
+            files=files,
+            timeout=self.timeout,
+        )
+        if r.status_code >= 400:
+            raise ImportErrorWithHint(f"uploading {len(items)} files failed: HTTP {r.status_code}: {r.text[:300]}")
+        ids = r.json()["file_upload_ids"]
+        r = self.http.get(
+            f"{self.url}/api/projects/{project_id}/file-uploads",
+            params={"ids": "[" + ",".join(map(str, ids)) + "]"},
+            timeout=self.timeout,
+        )
+        r.raise_for_status()
+        # the API returns the storage name ("upload/<pid>/<uuid>-<name>"); Label Studio serves it under /data/
+        by_id = {f["id"]: f["file"] if f["file"].startswith(("/", "http")) else "/data/" + f["file"] for f in r.json()}
+        return [by_id[i] for i in ids]
+
+    def create_tasks(self, project_id: int, items: list[DatasetItem], urls: list[str], backend_url: str | None) -> None:
+        tasks = []
+        for it, url in zip(items, urls):
+            data = {"image": url, "split": it.split, "label": it.label, "key": it.key}
+            data["saliency"] = (
+                f"{backend_url.rstrip('/')}/saliency/{project_id}/{quote(it.key)}" if backend_url else url
+            )
+            tasks.append(data)
+        r = self.http.post(f"{self.url}/api/projects/{project_id}/import", json=tasks, timeout=self.timeout)
+        if r.status_code >= 400:
+            raise ImportErrorWithHint(f"creating {len(tasks)} tasks failed: HTTP {r.status_code}: {r.text[:300]}")
+
+    def connect_backend(self, project_id: int, backend_url: str, title: str = "robustar") -> tuple[int, str]:
+        """Connect the ML backend (once) and set the project's model version to the backend's."""
+        backend = next((b for b in self.client.ml.list(project=project_id) if b.url.rstrip("/") == backend_url.rstrip("/")), None)
+        if backend is None:
+            try:
+                backend = self.client.ml.create(
+                    project=project_id, url=backend_url, title=title, is_interactive=True, auto_update=True
+                )
+            except Exception as e:
+                raise ImportErrorWithHint(f"Label Studio could not connect the ML backend at {backend_url}: {e}") from e
+        backend = self.client.ml.get(id=backend.id)  # GET re-runs /setup, refreshing model_version
+        return backend.id, backend.model_version
+
+    def task_ids(self, project_id: int) -> list[int]:
+        return [t.id for t in self.client.tasks.list(project=project_id, fields="task_only")]
+
+    def retrieve_predictions(self, project_id: int, task_ids: list[int], chunk: int = 64, progress: bool = True) -> None:
+        """Ask Label Studio for predictions as the Data Manager's "Retrieve Predictions" action does."""
+        with tqdm(total=len(task_ids), desc="predicting", unit="task", disable=not progress, file=sys.stderr) as bar:
+            for start in range(0, len(task_ids), chunk):
+                ids = task_ids[start : start + chunk]
+                r = self.http.post(
+                    f"{self.url}/api/dm/actions",
+                    params={"id": "retrieve_tasks_predictions", "project": project_id},
+                    json={"selectedItems": {"all": False, "included": ids}},
+                    timeout=max(self.timeout, 120),
+                )
+                if r.status_code >= 400:
+                    raise ImportErrorWithHint(f"retrieving predictions failed: HTTP {r.status_code}: {r.text[:300]}")
+                bar.update(len(ids))
+
+    def set_model_version(self, project_id: int, version: str) -> None:
+        """Make the Data Manager's prediction-score column use ``version`` (needs its predictions stored)."""
+        self.client.projects.update(id=project_id, model_version=version)
+
+
+def import_dataset(
+    dataset: str | Path,
+    url: str,
+    api_key: str,
+    title: str = "Robustar",
+    backend_url: str | None = None,
+    batch_size: int = 50,
+    progress: bool = True,
+    predict: bool = True,
+) -> ImportReport:
+    """Import a dataset into Label Studio (idempotent) and connect the backend when given."""
+    classes, items, bad = scan_dataset(dataset)
+    for message in bad:
+        log.error(message)
+    importer = LabelStudioImporter(url, api_key)
+    project_id = importer.find_or_create_project(title, classes)
+    report = ImportReport(project_id, classes, unreadable=bad)
+    known = importer.existing_keys(project_id)
+    todo = [it for it in items if it.key not in known]
+    report.skipped_existing = len(items) - len(todo)
+    if todo:
+        urls: list[str] = []
+        with tqdm(total=len(todo), desc="uploading", unit="img", disable=not progress, file=sys.stderr) as bar:
+            with importer.uploads_allowed(project_id, classes):
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    urls += importer.upload(project_id, chunk)
+                    bar.update(len(chunk))
+        for start in range(0, len(todo), 1000):
+            importer.create_tasks(project_id, todo[start : start + 1000], urls[start : start + 1000], backend_url)
+            report.imported += len(todo[start : start + 1000])
+    if backend_url:
+        report.ml_backend_id, report.model_version = importer.connect_backend(project_id, backend_url)
+        if predict and report.model_version:
+            importer.retrieve_predictions(project_id, importer.task_ids(project_id), progress=progress)
+            importer.set_model_version(project_id, report.model_version)
+    return report

@@ -1,0 +1,130 @@
+"""Webhook events -> RQ training jobs: at most one queued job per project, one follow-up while running.
+
+Redis keys (prefix ``robustar:``): ``project:<id>:queued`` holds the id of the project's queued job,
+``project:<id>:running`` the id of its running job, ``project:<id>:annotations`` counts annotation
+events towards the next automatic training.  A request that arrives while a job runs enqueues one
+follow-up that depends on the running job, so two jobs of one project never train at once, even
+with several workers on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, get_current_job
+from rq.job import Dependency, Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+JOB_FUNC = "ml_backend.jobs.run_training_job"
+START_TRAINING = "START_TRAINING"
+ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"}
+_PENDING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+@dataclass
+class TrainingPolicy:
+    """When annotation events start training: every ``every_n_annotations`` events (0 = never)."""
+
+    every_n_annotations: int = 0
+    job_timeout: int = 6 * 3600
+    result_ttl: int = 7 * 24 * 3600
+    prefix: str = "robustar:"
+
+    @classmethod
+    def from_env(cls) -> "TrainingPolicy":
+        return cls(
+            every_n_annotations=int(os.environ.get("TRAIN_EVERY_N_ANNOTATIONS", "0") or 0),
+            job_timeout=int(os.environ.get("TRAIN_JOB_TIMEOUT", str(cls.job_timeout)) or cls.job_timeout),
+            prefix=os.environ.get("REDIS_KEY_PREFIX", cls.prefix) or cls.prefix,
+        )
+
+
+class TrainingQueue:
+    """Turns webhook events into RQ jobs with the per-project dedup rules above."""
+
+    def __init__(self, redis: Redis, queue_name: str = "robustar", policy: TrainingPolicy | None = None) -> None:
+        self.redis = redis
+        self.policy = policy or TrainingPolicy()
+        self.queue = Queue(queue_name, connection=redis)
+
+    def _key(self, project_id: int, what: str) -> str:
+        return f"{self.policy.prefix}project:{project_id}:{what}"
+
+    def _job_status(self, job_id: bytes | str | None) -> JobStatus | None:
+        if not job_id:
+            return None
+        try:
+            return Job.fetch(job_id.decode() if isinstance(job_id, bytes) else job_id, connection=self.redis).get_status()
+        except Exception:
+            return None
+
+    def handle_event(self, project_id: int, action: str, options: dict | None = None) -> dict:
+        """Apply the policy to one webhook event; returns the JSON answer for Label Studio."""
+        if action == START_TRAINING:
+            return self.request(project_id, reason=action, options=options)
+        if action in ANNOTATION_EVENTS:
+            n = self.policy.every_n_annotations
+            if n <= 0:
+                return {"status": "ignored", "reason": "automatic training is off (TRAIN_EVERY_N_ANNOTATIONS=0)"}
+            count = self.redis.incr(self._key(project_id, "annotations"))
+            if count < n:
+                return {"status": "counted", "annotations": count, "train_every": n}
+            self.redis.delete(self._key(project_id, "annotations"))
+            return self.request(project_id, reason=action, options=options)
+        return {"status": "ignored", "action": action}
+
+    def request(self, project_id: int, reason: str, options: dict | None = None) -> dict:
+        """Enqueue training for a project unless one is already waiting."""
+        with self.redis.lock(self._key(project_id, "lock"), timeout=10, blocking_timeout=5):
+            queued = self.redis.get(self._key(project_id, "queued"))
+            if self._job_status(queued) in _PENDING:
+                return {"job": queued.decode(), "status": "already queued"}
+            running = self.redis.get(self._key(project_id, "running"))
+            depends = None
+            if self._job_status(running) == JobStatus.STARTED:
+                depends = Dependency(jobs=[running.decode()], allow_failure=True)
+            job = self.queue.enqueue(
+                JOB_FUNC,
+                kwargs={"project_id": int(project_id), "options": options or {}},
+                job_timeout=self.policy.job_timeout,
+                result_ttl=self.policy.result_ttl,
+                failure_ttl=self.policy.result_ttl,
+                depends_on=depends,
+                meta={"project_id": int(project_id), "reason": reason, "phase": "queued"},
+                description=f"train project {project_id} ({reason})",
+            )
+            self.redis.set(self._key(project_id, "queued"), job.id)
+        log.info("project %s: queued training job %s (%s%s)", project_id, job.id, reason, ", after the running one" if depends else "")
+        return {"job": job.id, "status": "queued" if depends is None else "follow-up"}
+
+    def mark_started(self, project_id: int, job_id: str) -> None:
+        """Called by the job when it starts: it is no longer 'queued' but 'running'."""
+        with self.redis.lock(self._key(project_id, "lock"), timeout=10, blocking_timeout=5):
+            if (self.redis.get(self._key(project_id, "queued")) or b"").decode() == job_id:
+                self.redis.delete(self._key(project_id, "queued"))
+            self.redis.set(self._key(project_id, "running"), job_id)
+
+    def mark_finished(self, project_id: int, job_id: str) -> None:
+        """Called by the job when it ends, successfully or not."""
+        key = self._key(project_id, "running")
+        if (self.redis.get(key) or b"").decode() == job_id:
+            self.redis.delete(key)
+
+
+def run_training_job(project_id: int, options: dict | None = None) -> dict:
+    """The RQ entry point: bookkeeping around ``training.job.train_project``."""
+    from training.job import train_project
+
+    job = get_current_job()
+    queue = TrainingQueue(job.connection, job.origin, TrainingPolicy.from_env()) if job else None
+    if queue:
+        queue.mark_started(project_id, job.id)
+    try:
+        return train_project(project_id, options or {})
+    finally:
+        if queue:
+            queue.mark_finished(project_id, job.id)

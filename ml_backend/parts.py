@@ -1,0 +1,47 @@
+"""Pluggable parts of a prediction (classifier, segmentation, saliency, influence…).
+
+Each part gets the whole batch at once and returns regions per task; a part that raises is
+logged with the task ids and left out, so one failing part never breaks the response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from label_config.render import ParsedConfig
+from ml_backend.config import Settings
+from ml_backend.serving import ServedModel
+
+
+@dataclass
+class PredictContext:
+    """Everything a part may use: the served model, the batch of decoded images and their tasks."""
+
+    project_id: int
+    settings: Settings
+    config: ParsedConfig
+    served: ServedModel
+    tasks: list[dict]
+    images: list[Image.Image]
+    probs: torch.Tensor  # N×C class probabilities from the classifier
+
+
+@dataclass
+class PartOutput:
+    """Regions to add per task and, optionally, a prediction score per task (None keeps the default)."""
+
+    regions: list[list[dict]]
+    scores: list[float | None] | None = None
+    info: dict = field(default_factory=dict)
+
+
+class PredictionPart(Protocol):
+    """A part of the prediction; ``name`` appears in logs, ``/health`` and ``/metrics``."""
+
+    name: str
+
+    def __call__(self, ctx: PredictContext) -> PartOutput: ...

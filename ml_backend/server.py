@@ -1,0 +1,20 @@
+"""The production app: the HTTP layer with every prediction part enabled by configuration."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ml_backend.app import create_app
+from ml_backend.config import Settings
+from ml_backend.parts import PredictionPart
+
+
+def configured_parts(settings: Settings) -> list[PredictionPart]:
+    """The prediction parts switched on by environment variables (none yet beyond the classifier)."""
+    return []
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app from the environment (used by ``robustar serve`` and gunicorn/uvicorn)."""
+    settings = settings or Settings.from_env()
+    return create_app(settings, configured_parts(settings))

@@ -1,0 +1,107 @@
+"""Which model version serves a project: the published checkpoint (or a pinned one), hot-reloaded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ml_backend.config import Settings
+from training.checkpoints import CheckpointMeta, CheckpointStore
+from training.models import build_model, load_pretrained_backbone
+
+log = logging.getLogger(__name__)
+
+
+class ClassMismatchError(ValueError):
+    """The checkpoint's classes differ from the project's label config."""
+
+
+@dataclass
+class ServedModel:
+    """A loaded model and its checkpoint metadata."""
+
+    model: nn.Module
+    meta: CheckpointMeta
+    device: str
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+
+def create_initial_version(store: CheckpointStore, settings: Settings, classes: list[str]) -> str:
+    """Write and publish v0: the configured checkpoint, or a freshly initialised (seeded) model."""
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model_arch, len(classes))
+    source = "random init (seed %d)" % settings.seed
+    if settings.model_checkpoint:
+        skipped = load_pretrained_backbone(model, settings.model_checkpoint)
+        source = f"{settings.model_checkpoint} (not loaded: {skipped or 'none'})"
+    meta = CheckpointMeta(
+        version="v0",
+        arch=settings.model_arch,
+        classes=list(classes),
+        image_size=settings.image_size,
+        config={"source": source},
+    )
+    try:
+        store.save(model, meta)
+    except FileExistsError:
+        pass  # another process wrote v0 first; use theirs
+    if store.published() is None:
+        store.publish("v0")
+    log.info("project store %s: created v0 from %s", store.root, source)
+    return "v0"
+
+
+class ModelRegistry:
+    """Loads each project's served version once and reloads it when a new version is published."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = settings.torch_device()
+        self._lock = threading.Lock()
+        self._loaded: dict[int, ServedModel] = {}
+
+    def store(self, project_id: int) -> CheckpointStore:
+        return CheckpointStore(self.settings.model_dir, project_id)
+
+    def current_version(self, project_id: int, classes: list[str] | None = None) -> str:
+        """The version that serves this project now (creating v0 when the project has none)."""
+        store = self.store(project_id)
+        if self.settings.pinned_version:
+            if not store.path(self.settings.pinned_version).exists():
+                raise FileNotFoundError(
+                    f"MODEL_VERSION={self.settings.pinned_version} but {store.path(self.settings.pinned_version)} does not exist"
+                )
+            return self.settings.pinned_version
+        version = store.published()
+        if version is None:
+            if classes is None:
+                raise FileNotFoundError(f"project {project_id} has no published model version yet")
+            with self._lock:
+                version = store.published() or create_initial_version(store, self.settings, classes)
+        return version
+
+    def get(self, project_id: int, classes: list[str] | None = None) -> ServedModel:
+        """Return the served model of a project, loading it only when the version changed."""
+        version = self.current_version(project_id, classes)
+        served = self._loaded.get(project_id)
+        if served is None or served.version != version:
+            with self._lock:
+                served = self._loaded.get(project_id)
+                if served is None or served.version != version:
+                    model, meta = self.store(project_id).load(version, self.device)
+                    served = ServedModel(model, meta, self.device)
+                    self._loaded[project_id] = served
+                    log.info("project %s: serving %s (%s, %d classes)", project_id, version, meta.arch, len(meta.classes))
+        if classes is not None and list(served.meta.classes) != list(classes):
+            raise ClassMismatchError(
+                f"project {project_id}: model {served.version} was trained on classes {served.meta.classes}, "
+                f"but the label config lists {classes}"
+            )
+        return served

@@ -29,6 +29,7 @@ memory stays bounded on huge streams.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -121,44 +122,63 @@ def _record_fields(w8: np.ndarray, pos: np.ndarray, word_size: int, rle_sizes: n
     return x, n, word_pos, length
 
 
+@functools.lru_cache(maxsize=8)
+def _length_table(word_size: int, rle_sizes: tuple[int, ...]) -> np.ndarray:
+    """Record length in bits indexed by the record's first 19 bits (x:1, k:2, n: up to 16)."""
+    prefix = np.arange(1 << 19, dtype=np.int64)
+    x = prefix >> 18
+    k = (prefix >> 16) & 3
+    rsz = np.asarray(rle_sizes, dtype=np.int64)[k]
+    n = (prefix & 0xFFFF) >> (16 - rsz)
+    return (3 + rsz + np.where(x == 1, word_size, (n + 1) * word_size)).astype(np.int64)
+
+
+def _next_positions(w8: np.ndarray, lo: int, hi: int, table: np.ndarray) -> np.ndarray:
+    """``next[p - lo]`` = bit position right after a record starting at ``p``, for lo <= p < hi."""
+    b0, b1 = lo >> 3, (hi + 7) >> 3
+    shifts = np.arange(8, dtype=_U64)
+    prefix = (w8[b0:b1, None] << shifts) >> _U64(64 - 19)  # (bytes, 8 bit offsets)
+    base = (np.arange(b0, b1, dtype=np.int64) * 8)[:, None] + np.arange(8, dtype=np.int64)
+    nxt = (base + table[prefix.astype(np.intp)]).ravel()
+    return nxt[lo - 8 * b0 : hi - 8 * b0]
+
+
 def _walk_records(w8: np.ndarray, total_bits: int, word_size: int, rle_sizes: np.ndarray, num: int) -> np.ndarray:
     """Bit positions of the records that produce the ``num`` output values, in stream order.
 
-    ``next[p]`` is computed for a chunk of bit positions at once (numpy); the chain is then
-    followed with one list lookup per record header.  Stops after the record that completes
-    ``num`` values; raises RLEError if the stream ends first.
+    ``next[p]`` is computed for a chunk of bit positions at once (numpy, a table lookup on the
+    first 19 bits at every position); the chain is then followed with one indexed load per record
+    header -- the only Python-level loop.  Raises RLEError if the stream ends before ``num``
+    values or the record that completes them does not fit in the stream.
     """
-    starts: list[int] = []
-    append = starts.append
+    table = _length_table(word_size, tuple(int(r) for r in rle_sizes))
+    parts: list[np.ndarray] = []
     p = HEADER_BITS
     produced = 0
-    while produced < num:
+    while True:
         if p >= total_bits:
-            raise RLEError(
-                f"RLE truncated: the stream ends after {produced} of the {num} declared values"
-            )
+            raise RLEError(f"RLE truncated: the stream ends after {produced} of the {num} declared values")
         lo, hi = p, min(p + _CHUNK_BITS, total_bits)
-        pos = np.arange(lo, hi, dtype=np.int64)
-        x, n, _, length = _record_fields(w8, pos, word_size, rle_sizes)
-        nxt = memoryview(pos + length)  # indexing a memoryview gives a Python int, fast
-        cnt = memoryview(n + 1)
-        before = len(starts)
-        while p < hi and produced < num:
-            i = p - lo
+        nxt = memoryview(_next_positions(w8, lo, hi, table))  # indexing gives a Python int, fast
+        chunk: list[int] = []
+        append = chunk.append
+        while p < hi:  # every record is at least 5 bits long, so this always terminates
             append(p)
-            produced += cnt[i]
-            p = nxt[i]
-        if len(starts) == before:  # cannot happen (every record advances p), but never loop forever
-            raise RLEError("RLE stream is corrupt (no progress)")
-        if produced < num and p > total_bits:
-            raise RLEError(
-                f"RLE truncated: a record runs past the end of the {total_bits // 8}-byte stream "
-                f"after {produced} of the {num} declared values"
-            )
-    last_end = p
-    if last_end > total_bits:
-        raise RLEError(f"RLE truncated: the last record runs past the end of the {total_bits // 8}-byte stream")
-    return np.asarray(starts, dtype=np.int64)
+            p = nxt[p - lo]
+        starts = np.asarray(chunk, dtype=np.int64)
+        _, n, _, length = _record_fields(w8, starts, word_size, rle_sizes)
+        done = np.cumsum(n + 1)
+        done += produced
+        last = int(np.searchsorted(done, num))  # first record that reaches num values
+        if last < starts.size:
+            parts.append(starts[: last + 1])
+            if starts[last] + length[last] > total_bits:
+                raise RLEError(
+                    f"RLE truncated: the last record runs past the end of the {total_bits // 8}-byte stream"
+                )
+            return np.concatenate(parts)
+        parts.append(starts)
+        produced = int(done[-1])
 
 
 def _decode(data: np.ndarray, alpha_only: bool) -> tuple[int, np.ndarray]:

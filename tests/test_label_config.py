@@ -1,0 +1,45 @@
+import pytest
+
+from label_config import LabelConfigError, parse_config, render_config
+
+
+def test_render_and_parse_round_trip():
+    xml = render_config(["cat", "dog & wolf", 'say "hi"'])
+    parsed = parse_config(xml)
+    assert parsed.classes == ["cat", "dog & wolf", 'say "hi"']
+    assert parsed.image_name == "image" and parsed.image_value == "image"
+    assert parsed.class_control == "pred_class"
+    assert parsed.spurious_control == "spurious"
+    assert parsed.attention_control == "attention"
+    assert parsed.influence_control == "influence"
+    assert parsed.has_saliency_view
+    assert "<MagicWand" in xml
+
+
+def test_single_object_variant_drops_only_the_saliency_view():
+    xml = render_config(["a", "b"], saliency_view=False)
+    parsed = parse_config(xml)
+    assert not parsed.has_saliency_view and parsed.classes == ["a", "b"]
+    assert xml.count("<Image ") == 1
+
+
+@pytest.mark.parametrize(
+    "xml, message",
+    [
+        ("<View>", "not valid XML"),
+        ('<View><Choices name="c" toName="i"><Choice value="a"/></Choices></View>', "no <Image>"),
+        ('<View><Image name="i" value="$img"/></View>', "no <Choices>"),
+        ('<View><Image name="i" value="$img"/><Choices name="c" toName="x"><Choice value="a"/></Choices></View>', "unknown image"),
+        ('<View><Image name="i" value="$img"/><Choices name="c" toName="i"></Choices></View>', "no <Choice>"),
+    ],
+)
+def test_configs_we_cannot_serve_are_named(xml, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_config(xml)
+
+
+def test_render_rejects_empty_or_duplicate_classes():
+    with pytest.raises(ValueError):
+        render_config([])
+    with pytest.raises(ValueError):
+        render_config(["a", "a"])

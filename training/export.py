@@ -1,0 +1,271 @@
+"""Label Studio JSON export -> training records (one per task): image URL, split, class, spurious mask.
+
+Fetching (``fetch_export``, ``fetch_label_config``) goes through label-studio-sdk; parsing
+(``parse_export``) is a pure function over the export's task list, so it is tested without a server.
+
+What a record says about a task:
+
+- ``label``: the ground truth from the task data (``data["label"]``), if any;
+- ``target``: the class to train on: the ``pred_class`` choice of the task's latest non-cancelled
+  annotation when it has one (the expert's correction), else ``label``;
+- ``mask``: the union of the ``Spurious`` brush regions of that annotation, decoded with
+  ``training.rle.decode_rle`` at the region's ``original_height x original_width`` (``None`` when
+  nothing is painted).
+
+A task that cannot be used (no image URL, a class not in the label config, a malformed or
+inconsistently sized RLE) is skipped with a log line naming its id and counted by reason; one bad
+task never fails the export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from label_config.render import SPURIOUS_LABEL, ParsedConfig
+from training.rle import RLEError, decode_rle
+
+log = logging.getLogger(__name__)
+
+TRAIN_SPLIT = "train"
+TEST_SPLIT = "test"
+MAX_LISTED_IDS = 100  # skipped task ids listed per reason in a job result
+
+
+@dataclass
+class TaskRecord:
+    """What training needs to know about one Label Studio task."""
+
+    task_id: int
+    image_url: str
+    split: str
+    target: str  # class trained on / evaluated against
+    label: str | None = None  # ground truth from the task data
+    mask: np.ndarray | None = None  # bool H x W at the annotated (original) size; None = not painted
+    annotation_id: int | None = None
+    corrected: bool = False  # the annotation's class differs from the data label
+
+    @property
+    def painted(self) -> bool:
+        return self.mask is not None
+
+
+@dataclass
+class ExportResult:
+    """Parsed export: usable records and the tasks skipped, by reason."""
+
+    records: list[TaskRecord]
+    n_tasks: int
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+
+    def skip(self, reason: str, task_id: Any, message: str, level: int = logging.WARNING) -> None:
+        log.log(level, "task %s skipped (%s): %s", task_id, reason, message)
+        self.skipped.setdefault(reason, []).append(task_id)
+
+    def counts(self) -> dict[str, Any]:
+        """JSON-friendly counts for job results."""
+        splits = Counter(r.split for r in self.records)
+        return {
+            "tasks": self.n_tasks,
+            "records": len(self.records),
+            "by_split": dict(splits),
+            "painted": sum(r.painted for r in self.records),
+            "painted_train": sum(r.painted for r in self.records if r.split == TRAIN_SPLIT),
+            "corrected": sum(r.corrected for r in self.records),
+            "skipped": {k: len(v) for k, v in self.skipped.items()},
+            "skipped_ids": {k: v[:MAX_LISTED_IDS] for k, v in self.skipped.items()},
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing
+
+
+def _latest_annotation(task: dict) -> dict | None:
+    anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    if not anns:
+        return None
+    return max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+
+
+def _class_choice(annotation: dict, config: ParsedConfig) -> str | None:
+    for region in annotation.get("result") or []:
+        if not isinstance(region, dict) or region.get("type") != "choices":
+            continue
+        if region.get("from_name") != config.class_control:
+            continue
+        choices = (region.get("value") or {}).get("choices") or []
+        if choices:
+            return str(choices[0])
+    return None
+
+
+def _is_spurious_brush(region: dict, config: ParsedConfig) -> bool:
+    if not isinstance(region, dict) or region.get("type") != "brushlabels":
+        return False
+    value = region.get("value") or {}
+    if SPURIOUS_LABEL not in (value.get("brushlabels") or []):
+        return False
+    to_name = region.get("to_name")
+    return to_name is None or to_name == config.image_name
+
+
+def _brush_mask(region: dict) -> np.ndarray:
+    """Decode one brush region to a bool mask; raises RLEError for anything unusable."""
+    value = region.get("value") or {}
+    fmt = value.get("format", "rle")
+    if fmt != "rle":
+        raise RLEError(f"brush region {region.get('id')!r} has format {fmt!r}, expected 'rle'")
+    rle = value.get("rle")
+    if rle is None:
+        raise RLEError(f"brush region {region.get('id')!r} has no 'rle'")
+    h, w = region.get("original_height"), region.get("original_width")
+    if not isinstance(h, int) or not isinstance(w, int) or h <= 0 or w <= 0:
+        raise RLEError(f"brush region {region.get('id')!r} has no valid original_width/height ({w!r}x{h!r})")
+    return decode_rle(rle, h, w)
+
+
+def _union_mask(regions: Iterable[dict]) -> np.ndarray | None:
+    mask = None
+    for region in regions:
+        m = _brush_mask(region)
+        if mask is None:
+            mask = m.copy()
+        elif mask.shape != m.shape:
+            raise RLEError(
+                f"brush regions of one image disagree on its size: {mask.shape[1]}x{mask.shape[0]} "
+                f"vs {m.shape[1]}x{m.shape[0]}"
+            )
+        else:
+            mask |= m
+    return mask if mask is not None and mask.any() else None
+
+
+def parse_export(
+    tasks: list[dict],
+    config: ParsedConfig,
+    *,
+    label_key: str = "label",
+    split_key: str = "split",
+    default_split: str = TRAIN_SPLIT,
+    label_source: str = "annotation",
+    merge_annotations: bool = False,
+) -> ExportResult:
+    """Turn a Label Studio JSON export (list of task dicts) into training records.
+
+    ``label_source="annotation"`` trains on the annotation's class choice when there is one (the
+    expert's correction); ``"data"`` always trains on the task-data label. ``merge_annotations``
+    takes the union of the ``Spurious`` regions of every non-cancelled annotation (several
+    annotators) instead of only the latest one. Tasks without a split count as ``default_split``.
+    """
+    if label_source not in ("annotation", "data"):
+        raise ValueError(f"label_source must be 'annotation' or 'data', got {label_source!r}")
+    classes = set(config.classes)
+    out = ExportResult(records=[], n_tasks=len(tasks))
+    for task in tasks:
+        if not isinstance(task, dict):
+            out.skip("malformed", None, f"export entry is a {type(task).__name__}, not a task object")
+            continue
+        task_id = task.get("id")
+        data = task.get("data") or {}
+        url = data.get(config.image_value)
+        if not isinstance(url, str) or not url:
+            out.skip("no_image", task_id, f"task data has no {config.image_value!r} image URL")
+            continue
+        split = data.get(split_key) or default_split
+        label = data.get(label_key)
+        label = str(label) if label not in (None, "") else None
+
+        annotation = _latest_annotation(task)
+        choice = _class_choice(annotation, config) if annotation else None
+        target = choice if (choice is not None and label_source == "annotation") else label
+        if label_source == "data" and target is None:
+            target = choice
+        if target is None:
+            out.skip("unlabelled", task_id, "no class in the task data and no class choice in an annotation", logging.INFO)
+            continue
+        if target not in classes:
+            source = "annotation choice" if target == choice else f"task data {label_key!r}"
+            out.skip("unknown_label", task_id, f"{source} {target!r} is not one of the project's classes {config.classes}")
+            continue
+
+        mask = None
+        if annotation is not None:
+            if merge_annotations:
+                anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+            else:
+                anns = [annotation]
+            regions = [r for a in anns for r in (a.get("result") or []) if _is_spurious_brush(r, config)]
+            try:
+                mask = _union_mask(regions)
+            except RLEError as e:
+                out.skip("bad_mask", task_id, f"annotation {annotation.get('id')}: {e}")
+                continue
+        out.records.append(
+            TaskRecord(
+                task_id=int(task_id) if isinstance(task_id, (int, str)) and str(task_id).isdigit() else task_id,
+                image_url=url,
+                split=str(split),
+                target=target,
+                label=label,
+                mask=mask,
+                annotation_id=annotation.get("id") if annotation else None,
+                corrected=choice is not None and label is not None and choice != label,
+            )
+        )
+    c = out.counts()
+    log.info(
+        "export: %d tasks -> %d records (%s), %d painted, skipped %s",
+        c["tasks"], c["records"], c["by_split"], c["painted"], c["skipped"] or "none",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# fetching through label-studio-sdk
+
+
+class LabelStudioUnavailable(RuntimeError):
+    """Label Studio could not be reached or refused the request; the message says which call."""
+
+
+def make_client(url: str | None, api_key: str | None, timeout: float = 120.0):
+    """A label-studio-sdk client; raises a clear error when the URL or key is not configured."""
+    missing = [name for name, v in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not v]
+    if missing:
+        raise RuntimeError(
+            f"training needs Label Studio access: set {' and '.join(missing)} in the worker's environment "
+            "(the URL Label Studio is reachable at, and an API key with access to the project)"
+        )
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
+
+
+def fetch_project(client, project_id: int) -> Any:
+    """The project object (label_config, model_version, ...)."""
+    try:
+        return client.projects.get(id=project_id)
+    except Exception as e:
+        raise LabelStudioUnavailable(f"cannot read project {project_id} from Label Studio: {e}") from e
+
+
+def fetch_export(client, project_id: int) -> list[dict]:
+    """All tasks of a project with their annotations (JSON export, ``download_all_tasks=true``)."""
+    try:
+        chunks = client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
+        raw = b"".join(chunks)
+    except Exception as e:
+        raise LabelStudioUnavailable(f"cannot export project {project_id} from Label Studio: {e}") from e
+    try:
+        tasks = json.loads(raw)
+    except ValueError as e:
+        raise LabelStudioUnavailable(f"project {project_id} export is not JSON ({len(raw)} bytes): {e}") from e
+    if not isinstance(tasks, list):
+        raise LabelStudioUnavailable(f"project {project_id} export is a {type(tasks).__name__}, expected a list of tasks")
+    return tasks

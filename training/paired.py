@@ -1,0 +1,177 @@
+"""Paired training (Robustar / Wang et al. 2022): one step on x and its noised twin x~.
+
+For a batch of B images x_i with labels y_i, of which the "painted" ones (index set P) carry a mask
+M_i of spurious pixels, x~_i is x_i with M_i replaced by noise (``training.noise``).  The loss is
+
+    L = 1/B * sum_i CE(z_i, y_i)                                   (every sample)
+      + 1/B * sum_{i in P} CE(z~_i, y_i)                          (painted samples only)
+      + lam * 1/B * sum_{i in P} || z_i - z~_i ||_2^2              (painted samples only)
+
+with z = f(x), z~ = f(x~) the logits.  That is the per-sample loss of the design doc
+(``CE(f(x), y) + CE(f(x~), y) + lam * ||f(x) - f(x~)||^2``) averaged over the whole batch, where an
+unpainted sample contributes plain ``CE(f(x), y)`` (its x~ would equal x: the alignment is 0 and we
+do not count its CE twice).  Dividing by B rather than |P| keeps the weight of one painted sample
+independent of how many others in the batch are painted, and makes an all-unpainted batch give
+exactly plain cross-entropy.  The alignment term is a plain differentiable function of both
+logits -- nothing is detached -- so it pulls z and z~ towards each other (a public implementation
+detached one side, which turns the regularizer into a no-op for the clean branch).
+
+``paired_step`` runs ONE forward pass on ``cat([x, x~_P])`` (only the painted subset is
+duplicated), one backward and one optimizer step, so a fully painted batch costs about two plain
+steps.  BatchNorm note: in train mode BN normalizes with the statistics of the concatenated batch
+(clean and noised images together) and its running averages see both; this is the usual choice for
+paired/consistency training (and what a single concatenated pass implies).  It keeps z and z~
+computed under the same normalization, which is what the alignment term compares.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.noise import apply_noise
+
+__all__ = ["paired_loss", "paired_step", "plain_step", "make_normalizer"]
+
+
+def make_normalizer(mean, std) -> Callable[[Tensor], Tensor]:
+    """``x_norm_fn`` for the steps: ``(x - mean) / std`` per channel, on the input's device."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    cache: dict = {}
+
+    def norm(x: Tensor) -> Tensor:
+        key = (x.device, x.dtype)
+        if key not in cache:
+            cache[key] = (mean_t.to(x.device, x.dtype), std_t.to(x.device, x.dtype))
+        m, s = cache[key]
+        return (x - m) / s
+
+    return norm
+
+
+def paired_loss(
+    logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: float, paired: Tensor
+) -> tuple[Tensor, dict[str, float]]:
+    """Robustar's paired loss (see the module docstring for the exact normalization).
+
+    Args:
+        logits: [B, K] logits of the clean images.
+        logits_tilde: logits of the noised images, either [B, K] (rows of unpainted samples are
+            ignored) or [P, K] for the painted samples only, in batch order (P = paired.sum()).
+        targets: [B] class indices.
+        lam: weight of the alignment term (squared L2 distance between logit vectors).
+        paired: [B] bool, True where the sample has a mask (its x~ differs from x).
+
+    Returns:
+        ``(loss, stats)``: the scalar loss (differentiable w.r.t. both logits) and floats
+        ``loss``, ``ce`` (mean clean CE over B), ``ce_tilde`` and ``align`` (means over the painted
+        samples, 0 if none), ``n_paired``.  When nothing is painted, loss == CE(logits, targets).
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, K], got {tuple(logits.shape)}")
+    b = logits.shape[0]
+    paired = paired.to(device=logits.device, dtype=torch.bool).reshape(-1)
+    if paired.numel() != b or targets.shape[0] != b:
+        raise ValueError("logits, targets and paired must have the same batch size")
+    idx = paired.nonzero().squeeze(1)
+    n_p = idx.numel()
+    if logits_tilde.shape[0] == b and n_p != b:
+        zt = logits_tilde.index_select(0, idx)
+    elif logits_tilde.shape[0] == n_p:
+        zt = logits_tilde
+    else:
+        raise ValueError(
+            f"logits_tilde has {logits_tilde.shape[0]} rows; expected {b} (whole batch) or {n_p} (painted)"
+        )
+    ce_each = F.cross_entropy(logits, targets, reduction="none")
+    ce = ce_each.sum() / b
+    if n_p:
+        z = logits.index_select(0, idx)
+        y = targets.index_select(0, idx)
+        ce_t_sum = F.cross_entropy(zt, y, reduction="sum")
+        align_sum = (z - zt).pow(2).sum()
+        loss = ce + (ce_t_sum + lam * align_sum) / b
+        ce_t, align = ce_t_sum.detach() / n_p, align_sum.detach() / n_p
+    else:
+        loss = ce
+        ce_t = align = torch.zeros((), device=logits.device)
+    stats_t = torch.stack([loss.detach(), ce.detach(), ce_t, align]).float().cpu().tolist()  # one sync
+    stats = dict(zip(("loss", "ce", "ce_tilde", "align"), stats_t))
+    stats["n_paired"] = float(n_p)
+    return loss, stats
+
+
+def _accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    return (logits.detach().argmax(1) == targets).float().mean()
+
+
+def paired_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_norm_fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    masks: Tensor,
+    targets: Tensor,
+    lam: float,
+    noise_mode: str,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One paired training step: noise the painted images, one forward on [x; x~_P], backward, step.
+
+    Args:
+        model: the classifier, already on the data's device and in train mode (not changed here).
+        optimizer: its optimizer; ``zero_grad`` / ``step`` are called here.
+        x_norm_fn: maps [0, 1] images to model input (e.g. ``make_normalizer(mean, std)``).
+        images: [B, 3, H, W] float in [0, 1], un-normalized (noise is filled in pixel space).
+        masks: [B, 1, H, W] (or [B, H, W]) bool; all-False for unpainted samples.
+        targets: [B] class indices.
+        lam: alignment weight.
+        noise_mode: one of ``training.noise.NOISE_MODES``.
+        generator: optional ``torch.Generator`` on the images' device, for reproducible noise.
+
+    Returns:
+        floats ``loss``, ``ce``, ``ce_tilde``, ``align``, ``n_paired``, ``acc`` (clean-branch
+        training accuracy of this batch).
+    """
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
+    b = images.shape[0]
+    paired = masks.reshape(b, -1).any(dim=1)
+    idx = paired.nonzero().squeeze(1)  # the only host sync before the forward: sizes the batch
+    if idx.numel():
+        x_tilde = apply_noise(images.index_select(0, idx), masks.index_select(0, idx), noise_mode, generator)
+        inputs = torch.cat([images, x_tilde], dim=0)
+    else:
+        inputs = images
+    out = model(x_norm_fn(inputs))
+    logits, logits_tilde = out[:b], out[b:]
+    loss, stats = paired_loss(logits, logits_tilde, targets, lam, paired)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    stats["acc"] = float(_accuracy(logits, targets))
+    return stats
+
+
+def plain_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_norm_fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    targets: Tensor,
+) -> dict[str, float]:
+    """One plain cross-entropy step (the baseline ``paired_step`` is compared with).
+
+    Returns floats ``loss``, ``ce`` (the same value), ``acc``.
+    """
+    logits = model(x_norm_fn(images))
+    loss = F.cross_entropy(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    loss_v, acc = torch.stack([loss.detach(), _accuracy(logits, targets)]).cpu().tolist()
+    return {"loss": loss_v, "ce": loss_v, "acc": acc}

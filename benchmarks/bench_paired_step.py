@@ -47,7 +47,7 @@ def _time(fn, device: torch.device, warmup: int, repeats: int) -> float:
 
 
 def _masks(b: int, size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """One random rectangle (1/16 .. 1/4 of the image side... up to half) per sample, all painted."""
+    """One random square per sample (side 1/8 .. 1/2 of the image), so every sample is painted."""
     yy = torch.arange(size).view(1, size, 1)
     xx = torch.arange(size).view(1, 1, size)
     y0 = torch.randint(0, size // 2, (b, 1, 1), generator=gen)

@@ -46,10 +46,14 @@ class TrainingPolicy:
 class TrainingQueue:
     """Turns webhook events into RQ jobs with the per-project dedup rules above."""
 
-    def __init__(self, redis: Redis, queue_name: str = "robustar", policy: TrainingPolicy | None = None) -> None:
+    def __init__(
+        self, redis: Redis, queue_name: str = "robustar", policy: TrainingPolicy | None = None,
+        target: str = "training.job.train_project",
+    ) -> None:
         self.redis = redis
         self.policy = policy or TrainingPolicy()
         self.queue = Queue(queue_name, connection=redis)
+        self.target = target
 
     def _key(self, project_id: int, what: str) -> str:
         return f"{self.policy.prefix}project:{project_id}:{what}"
@@ -89,7 +93,7 @@ class TrainingQueue:
                 depends = Dependency(jobs=[running.decode()], allow_failure=True)
             job = self.queue.enqueue(
                 JOB_FUNC,
-                kwargs={"project_id": int(project_id), "options": options or {}},
+                kwargs={"project_id": int(project_id), "options": options or {}, "target": self.target},
                 job_timeout=self.policy.job_timeout,
                 result_ttl=self.policy.result_ttl,
                 failure_ttl=self.policy.result_ttl,
@@ -115,10 +119,11 @@ class TrainingQueue:
             self.redis.delete(key)
 
 
-def run_training_job(project_id: int, options: dict | None = None) -> dict:
-    """The RQ entry point: bookkeeping around ``training.job.train_project``."""
-    from training.job import train_project
+def run_training_job(project_id: int, options: dict | None = None, target: str = "training.job.train_project") -> dict:
+    """The RQ entry point: queue bookkeeping around ``target`` (``training.job.train_project``)."""
+    from rq.utils import import_attribute
 
+    train_project = import_attribute(target)
     job = get_current_job()
     queue = TrainingQueue(job.connection, job.origin, TrainingPolicy.from_env()) if job else None
     if queue:

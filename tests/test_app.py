@@ -129,3 +129,17 @@ def test_metrics_count_requests(client):
     client.get("/health")
     text = client.get("/metrics").text
     assert 'robustar_requests_total{path="/health",status="200"}' in text
+
+
+def test_redis_down_webhook_503_and_predict_keeps_serving(tmp_path):
+    import time
+
+    settings = Settings(model_dir=tmp_path / "m", model_arch="tiny-cnn", image_size=32, redis_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings)) as c:
+        start = time.perf_counter()
+        r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+        assert r.status_code == 503 and "Redis" in r.json()["message"]
+        assert time.perf_counter() - start < 2
+        c.post("/setup", json=setup_body())
+        body = {"tasks": [{"id": 1, "data": {"image": data_uri(png_bytes())}}], "project": "1.1", "label_config": render_config(CLASSES)}
+        assert c.post("/predict", json=body).json()["results"][0]["result"]

@@ -12,6 +12,14 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated variable as a tuple of stripped, non-empty items (set but empty -> empty)."""
+    value = os.environ.get(name)
+    if value is None:
+        return tuple(default)
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 @dataclass
 class Settings:
     """Everything the backend and the worker are configured with."""
@@ -31,12 +39,30 @@ class Settings:
     fetch_timeout: float = 30.0
     seed: int = 0
     public_url: str | None = None
+    # prediction parts (README "Predictions that guide the expert")
+    predict_parts: tuple[str, ...] = ("saliency", "influence", "segmentation")
+    saliency_method: str = "grad"  # grad | max_grad | ig | gradcam
+    saliency_top_q: float = 5.0  # percent of pixels in the "Model attention" brush region
+    saliency_ig_steps: int = 16
+    saliency_alpha: float = 0.5  # heatmap opacity over the image in the PNG
+    segmentation_weights: Path | None = None
+    segmentation_arch: str = "maskrcnn_resnet50_fpn"  # or maskrcnn_resnet50_fpn_v2
+    segmentation_score: float = 0.5
+    segmentation_mode: str = "background"  # background | instances
+    segmentation_classes: tuple[str, ...] = ()  # names or ids, for mode=instances
+    segmentation_min_size: int = 800
+    segmentation_max_size: int = 1333
+    influence_top_k: int = 5
+    influence_sign: str = "abs"  # abs | proponents | opponents
+    influence_build: str = "background"  # background | sync | off (index built lazily by the backend or not)
+    influence_batch_size: int = 64
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "Settings":
         """Build settings from the process environment."""
         checkpoint = _env("MODEL_CHECKPOINT")
+        seg_weights = _env("SEGMENTATION_WEIGHTS")
         return cls(
             label_studio_url=_env("LABEL_STUDIO_URL"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY"),
@@ -53,6 +79,22 @@ class Settings:
             fetch_timeout=float(_env("FETCH_TIMEOUT", str(cls.fetch_timeout))),
             seed=int(_env("SEED", str(cls.seed))),
             public_url=_env("BACKEND_PUBLIC_URL"),
+            predict_parts=_env_list("PREDICT_PARTS", cls.predict_parts),
+            saliency_method=_env("SALIENCY_METHOD", cls.saliency_method),
+            saliency_top_q=float(_env("SALIENCY_TOP_Q", str(cls.saliency_top_q))),
+            saliency_ig_steps=int(_env("SALIENCY_IG_STEPS", str(cls.saliency_ig_steps))),
+            saliency_alpha=float(_env("SALIENCY_ALPHA", str(cls.saliency_alpha))),
+            segmentation_weights=Path(seg_weights) if seg_weights else None,
+            segmentation_arch=_env("SEGMENTATION_ARCH", cls.segmentation_arch),
+            segmentation_score=float(_env("SEGMENTATION_SCORE", str(cls.segmentation_score))),
+            segmentation_mode=_env("SEGMENTATION_MODE", cls.segmentation_mode),
+            segmentation_classes=_env_list("SEGMENTATION_CLASSES", cls.segmentation_classes),
+            segmentation_min_size=int(_env("SEGMENTATION_MIN_SIZE", str(cls.segmentation_min_size))),
+            segmentation_max_size=int(_env("SEGMENTATION_MAX_SIZE", str(cls.segmentation_max_size))),
+            influence_top_k=int(_env("INFLUENCE_TOP_K", str(cls.influence_top_k))),
+            influence_sign=_env("INFLUENCE_SIGN", cls.influence_sign),
+            influence_build=_env("INFLUENCE_BUILD", cls.influence_build),
+            influence_batch_size=int(_env("INFLUENCE_BATCH_SIZE", str(cls.influence_batch_size))),
         )
 
     def torch_device(self) -> str:

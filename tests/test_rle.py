@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from label_studio_sdk.converter import brush
 
 from training import rle as rle_mod
@@ -120,7 +121,7 @@ def test_large_roundtrip_many_chunks():
     rng = np.random.default_rng(0)
     m = rng.random((700, 900)) < 0.5
     rle = encode_mask(m)
-    assert len(rle) * 8 > 3 * rle_mod._CHUNK_BITS
+    assert len(rle) * 8 > 2 * rle_mod._CHUNK_BITS
     np.testing.assert_array_equal(decode_rle(rle, 700, 900), m)
 
 
@@ -304,3 +305,32 @@ def test_fuzzed_streams_never_hang_or_misshape():
             pytest.fail("decoded a stream the SDK rejects")
         np.testing.assert_array_equal(got, ref.reshape(h, w, 4)[:, :, 3] > 0)
     assert outcomes["ok"] > 50 and outcomes["error"] > 50
+
+
+# ------------------------------------------------------------------ training.masks
+
+
+def test_union_mask_from_results():
+    from training.masks import masks_to_tensor, union_mask
+
+    a = np.zeros((30, 40), dtype=bool)
+    a[2:10, 5:20] = True
+    b = np.zeros((30, 40), dtype=bool)
+    b[20:28, 30:38] = True
+    other = np.ones((30, 40), dtype=bool)
+
+    def brush_result(m, label, from_name="mask"):
+        return {"type": "brushlabels", "from_name": from_name, "to_name": "image", "original_width": 40,
+                "original_height": 30, "value": {"format": "rle", "rle": encode_mask(m), "brushlabels": [label]}}
+
+    results = [brush_result(a, "Spurious"), {"type": "choices", "value": {"choices": ["cat"]}},
+               brush_result(b, "Spurious"), brush_result(other, "Model attention")]
+    np.testing.assert_array_equal(union_mask(results), a | b)
+    assert union_mask(results[1:2]) is None
+    assert union_mask(results, from_name="other") is None
+    t = masks_to_tensor([union_mask(results), None], 15)
+    assert t.shape == (2, 1, 15, 15) and t.dtype == torch.bool
+    assert t[0].any() and not t[1].any()
+    broken = dict(results[0], value=dict(results[0]["value"], rle=results[0]["value"]["rle"][:10]))
+    with pytest.raises(RLEError):
+        union_mask([broken])

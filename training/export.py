@@ -208,7 +208,7 @@ def parse_export(
                 continue
         out.records.append(
             TaskRecord(
-                task_id=int(task_id) if isinstance(task_id, (int, str)) and str(task_id).isdigit() else task_id,
+                task_id=task_id,
                 image_url=url,
                 split=str(split),
                 target=target,

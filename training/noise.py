@@ -112,7 +112,8 @@ def noise_fill(
     pattern = torch.where(m == i("hstrips"), hs, torch.where(m == i("vstrips"), vs, True))
     is_pixel = (m == i("noise")) | (m == i("noise_weak")) | (m == i("noise_minor"))
     is_colour = (m == i("random_pure")) | (m == i("hstrips")) | (m == i("vstrips"))
-    fill = torch.where(is_pixel, pixel, torch.where(is_colour & pattern, colour, torch.zeros((), dtype=dtype, device=device)))
+    zero = torch.zeros((), dtype=dtype, device=device)
+    fill = torch.where(is_pixel, pixel, torch.where(is_colour & pattern, colour, zero))
     return fill, modes
 
 

@@ -13,6 +13,7 @@ TRAIN_EPOCHS          10             epochs over the training split
 TRAIN_BATCH_SIZE      32
 TRAIN_LR              0.01
 TRAIN_OPTIMIZER       sgd            ``sgd`` (momentum 0.9) or ``adam``
+TRAIN_LR_SCHEDULE     cosine         ``cosine`` (annealed to 0 over the job) or ``constant``
 TRAIN_MOMENTUM        0.9            SGD momentum
 TRAIN_WEIGHT_DECAY    0.0005
 TRAIN_LAMBDA          1.0            λ: weight of the paired logit-alignment term
@@ -28,6 +29,7 @@ TRAIN_LABEL_SOURCE    annotation     ``annotation``: train on the annotation's c
 TRAIN_EVAL_EVERY_EPOCH true          evaluate the test split after every epoch (curves)
 TRAIN_PUSH_PREDICTIONS true          push the new version's predictions to Label Studio and
                                      set the project's model_version
+TRAIN_AMP             true           bf16 autocast on CUDA (ignored on CPU)
 ====================  =============  ==========================================================
 """
 
@@ -38,6 +40,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "constant")
 LABEL_SOURCES = ("annotation", "data")
 
 
@@ -71,6 +74,7 @@ class TrainOptions:
     batch_size: int = 32
     lr: float = 0.01
     optimizer: str = "sgd"
+    lr_schedule: str = "cosine"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lam: float = 1.0
@@ -82,6 +86,7 @@ class TrainOptions:
     label_source: str = "annotation"
     eval_every_epoch: bool = True
     push_predictions: bool = True
+    amp: bool = True
 
     _ENV = {
         "mode": "TRAIN_MODE",
@@ -90,6 +95,7 @@ class TrainOptions:
         "batch_size": "TRAIN_BATCH_SIZE",
         "lr": "TRAIN_LR",
         "optimizer": "TRAIN_OPTIMIZER",
+        "lr_schedule": "TRAIN_LR_SCHEDULE",
         "momentum": "TRAIN_MOMENTUM",
         "weight_decay": "TRAIN_WEIGHT_DECAY",
         "lam": "TRAIN_LAMBDA",
@@ -101,6 +107,7 @@ class TrainOptions:
         "label_source": "TRAIN_LABEL_SOURCE",
         "eval_every_epoch": "TRAIN_EVAL_EVERY_EPOCH",
         "push_predictions": "TRAIN_PUSH_PREDICTIONS",
+        "amp": "TRAIN_AMP",
     }
     # accepted spellings of option keys in job/webhook options
     _ALIASES = {"lambda": "lam", "reg_coeff": "lam", "noise": "noise_mode", "batchsize": "batch_size",
@@ -141,7 +148,7 @@ class TrainOptions:
                     v = int(v)
                 elif f.name in ("lr", "momentum", "weight_decay", "lam"):
                     v = float(v)
-                elif f.name in ("eval_every_epoch", "push_predictions"):
+                elif f.name in ("eval_every_epoch", "push_predictions", "amp"):
                     v = _bool(v, f.name)
                 else:
                     v = str(v).strip()
@@ -166,9 +173,11 @@ class TrainOptions:
             raise OptionsError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.noise_mode not in NOISE_MODES:
             raise OptionsError(f"noise_mode must be one of {list(NOISE_MODES)}, got {self.noise_mode!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise OptionsError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.label_source not in LABEL_SOURCES:
             raise OptionsError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
-        for name, low in (("epochs", 0), ("batch_size", 1), ("num_workers", 1)):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1)):
             if getattr(self, name) < low:
                 raise OptionsError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:

@@ -17,11 +17,16 @@ logits -- nothing is detached -- so it pulls z and z~ towards each other (a publ
 detached one side, which turns the regularizer into a no-op for the clean branch).
 
 ``paired_step`` runs ONE forward pass on ``cat([x, x~_P])`` (only the painted subset is
-duplicated), one backward and one optimizer step, so a fully painted batch costs about two plain
-steps.  BatchNorm note: in train mode BN normalizes with the statistics of the concatenated batch
-(clean and noised images together) and its running averages see both; this is the usual choice for
+duplicated), one backward and one optimizer step, so a fully painted batch costs about one plain
+step at twice the batch (``fused=False`` runs two forward passes instead, see its docstring).
+
+BatchNorm note: in train mode BN normalizes with the statistics of the concatenated batch (clean
+and noised images together) and its running averages see both; this is the usual choice for
 paired/consistency training (and what a single concatenated pass implies).  It keeps z and z~
-computed under the same normalization, which is what the alignment term compares.
+computed under the same normalization, which is what the alignment term compares.  The running
+statistics used at eval time therefore include noised images (half of them when every sample is
+painted); a short plain epoch or BN recalibration on clean data can be added by the caller if that
+ever matters.  Models without BN (or with GroupNorm) are unaffected.
 """
 
 from __future__ import annotations
@@ -119,6 +124,8 @@ def paired_step(
     lam: float,
     noise_mode: str,
     generator: torch.Generator | None = None,
+    *,
+    fused: bool = True,
 ) -> dict[str, float]:
     """One paired training step: noise the painted images, one forward on [x; x~_P], backward, step.
 
@@ -132,6 +139,11 @@ def paired_step(
         lam: alignment weight.
         noise_mode: one of ``training.noise.NOISE_MODES``.
         generator: optional ``torch.Generator`` on the images' device, for reproducible noise.
+        fused: True (default): one forward pass on ``cat([x, x~_P])`` -- best on GPUs, where a
+            larger batch is nearly free.  False: two forward passes (x, then x~_P) into the same
+            loss and one backward; BatchNorm then normalizes each half with its own statistics
+            and updates its running averages twice.  Useful on CPUs whose step time grows faster
+            than the batch (cache cliffs), see ``benchmarks/bench_paired_step.py``.
 
     Returns:
         floats ``loss``, ``ce``, ``ce_tilde``, ``align``, ``n_paired``, ``acc`` (clean-branch
@@ -144,11 +156,15 @@ def paired_step(
     idx = paired.nonzero().squeeze(1)  # the only host sync before the forward: sizes the batch
     if idx.numel():
         x_tilde = apply_noise(images.index_select(0, idx), masks.index_select(0, idx), noise_mode, generator)
-        inputs = torch.cat([images, x_tilde], dim=0)
+        if fused:
+            out = model(x_norm_fn(torch.cat([images, x_tilde], dim=0)))
+            logits, logits_tilde = out[:b], out[b:]
+        else:
+            logits = model(x_norm_fn(images))
+            logits_tilde = model(x_norm_fn(x_tilde))
     else:
-        inputs = images
-    out = model(x_norm_fn(inputs))
-    logits, logits_tilde = out[:b], out[b:]
+        logits = model(x_norm_fn(images))
+        logits_tilde = logits[:0]
     loss, stats = paired_loss(logits, logits_tilde, targets, lam, paired)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

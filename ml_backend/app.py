@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
     @app.get("/health")
     @app.get("/")
     def health() -> dict:
-        return {"status": "UP", "model_class": "RobustarModel", "parts": [p.name for p in parts or []]}
+        return {"status": "UP", "model_class": "RobustarModel", "parts": [p.name for p in parts or []],
+                "disabled_parts": dict(settings.extra.get("disabled_parts") or {})}
 
     @app.post("/setup")
     async def setup(request: Request):

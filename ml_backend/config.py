@@ -53,7 +53,8 @@ class Settings:
     segmentation_min_size: int = 800
     segmentation_max_size: int = 1333
     influence_top_k: int = 5
-    influence_sign: str = "abs"  # abs | proponents | opponents
+    influence_score: str = "cosine"  # cosine (renormalised TracIn) | tracin (raw, = captum TracInCPFast)
+    influence_sign: str = "both"  # both | proponents | opponents | abs
     influence_build: str = "background"  # background | sync | off (index built lazily by the backend or not)
     influence_batch_size: int = 64
     extra: dict = field(default_factory=dict)
@@ -92,6 +93,7 @@ class Settings:
             segmentation_min_size=int(_env("SEGMENTATION_MIN_SIZE", str(cls.segmentation_min_size))),
             segmentation_max_size=int(_env("SEGMENTATION_MAX_SIZE", str(cls.segmentation_max_size))),
             influence_top_k=int(_env("INFLUENCE_TOP_K", str(cls.influence_top_k))),
+            influence_score=_env("INFLUENCE_SCORE", cls.influence_score),
             influence_sign=_env("INFLUENCE_SIGN", cls.influence_sign),
             influence_build=_env("INFLUENCE_BUILD", cls.influence_build),
             influence_batch_size=int(_env("INFLUENCE_BATCH_SIZE", str(cls.influence_batch_size))),

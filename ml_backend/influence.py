@@ -7,8 +7,10 @@ the outer product ``delta (x) h`` of ``delta = softmax(logits) - onehot(label)``
 and the head's input ``h`` (``D`` numbers), so ``<g_i, g_t> = (delta_i . delta_t)(h_i . h_t)`` and
 a training task is stored as ``(delta_i, h_i)`` instead of a ``C*D`` gradient. A query for a batch
 of test images is ``(Delta_q @ Delta.T) * (H_q @ H.T)``: one (factored) matrix product over the
-whole training set. Test tasks use their *predicted* class as the label ("what made the model say
-this"), training tasks the class they were trained on. As in captum, the head's bias is left out.
+whole training set. ``INFLUENCE_SCORE=tracin`` ranks by that raw product (identical to captum);
+``cosine`` (default) by its renormalised form (see ``ml_backend.suspicion`` for why). Test tasks
+use their *predicted* class as the label ("what made the model say this"), training tasks the
+class they were trained on. As in captum, the head's bias is left out.
 
 The index of version ``vN`` is ``<MODEL_DIR>/project-<id>/influence/vN.pt`` (temp file + rename).
 It is built by ``build_influence_index`` — from the training job right after it publishes a version
@@ -34,13 +36,13 @@ from torch import nn
 
 from ml_backend.classifier import normalize, to_tensor
 from ml_backend.parts import PartOutput, PredictContext
-from ml_backend.suspicion import HARMFUL, normalise, raw_suspicion, tracin_scores
+from ml_backend.suspicion import SCORES, SELF, normalise, pair_scores, raw_suspicion
 from training.checkpoints import CheckpointMeta, CheckpointStore, _atomic_write, version_number
 from training.models import classifier_head
 
 log = logging.getLogger(__name__)
 
-SIGNS = ("abs", "proponents", "opponents")
+SIGNS = ("both", "proponents", "opponents", "abs")
 BUILD_MODES = ("background", "sync", "off")
 INDEX_DIR = "influence"
 TRAIN_SPLIT = "train"
@@ -222,6 +224,7 @@ class InfluenceIndex:
     suspicion: torch.Tensor  # N, in [0, 1]
     suspicion_formula: str
     suspicion_scale: float
+    score: str = "cosine"  # the score the suspicion was computed with
     # the misclassified labelled test tasks the harmful-influence suspicion is measured on
     test_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     test_targets: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
@@ -235,31 +238,38 @@ class InfluenceIndex:
     def __len__(self) -> int:
         return int(self.task_ids.shape[0])
 
-    def row(self, task_id: int) -> int | None:
-        return self._row.get(int(task_id))
+    def row(self, task_id: Any) -> int | None:
+        try:
+            return self._row.get(int(task_id))
+        except (TypeError, ValueError):
+            return None
 
-    def scores(self, delta_q: torch.Tensor, feats_q: torch.Tensor) -> torch.Tensor:
-        """``B x N`` TracIn scores of every indexed training task on each query row."""
-        return tracin_scores(delta_q.float(), feats_q.float(), self.delta, self.feats)
+    def scores(self, delta_q: torch.Tensor, feats_q: torch.Tensor, score: str | None = None) -> torch.Tensor:
+        """``B x N`` influence of every indexed training task on each query row."""
+        return pair_scores(delta_q.float(), feats_q.float(), self.delta, self.feats, score or self.score)
 
-    def top_k(self, delta_q: torch.Tensor, feats_q: torch.Tensor, k: int, sign: str = "abs"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(values B x k, row indices B x k)``: most influential by |score|, most positive or most negative."""
-        if sign not in SIGNS:
-            raise ValueError(f"INFLUENCE_SIGN={sign!r}: choose one of {', '.join(SIGNS)}")
-        s = self.scores(delta_q, feats_q)
-        k = min(k, s.shape[1])
-        key = s.abs() if sign == "abs" else (s if sign == "proponents" else -s)
-        idx = key.topk(k, dim=1).indices
-        return s.gather(1, idx), idx
+    def top_k(self, delta_q: torch.Tensor, feats_q: torch.Tensor, k: int, sign: str = "proponents",
+              score: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values B x k, row indices B x k)``: most positive, most negative or largest |score|."""
+        return rank(self.scores(delta_q, feats_q, score), k, sign)
 
     def suspicion_for(self, delta: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Suspicion of (new) training rows with the index's formula and scale."""
-        if self.suspicion_formula == HARMFUL:
-            raw, _ = raw_suspicion(delta, feats, self.test_delta, self.test_feats)
+        if self.suspicion_formula == SELF:
+            raw, _ = raw_suspicion(delta, feats, None, None, self.score)
         else:
-            raw, _ = raw_suspicion(delta, feats, None, None)
+            raw, _ = raw_suspicion(delta, feats, self.test_delta, self.test_feats, self.score)
         return normalise(raw, self.suspicion_scale)
+
+    def harmed_tests(self, row: int, k: int) -> list[tuple[int, int, float]]:
+        """The misclassified test tasks training row ``row`` harms most: ``(task id, class, score < 0)``."""
+        if self.test_delta is None or not self.test_delta.shape[0]:
+            return []
+        s = pair_scores(self.delta[row : row + 1], self.feats[row : row + 1], self.test_delta, self.test_feats,
+                        self.score)[0]
+        vals, idx = rank(s[None], k, "opponents")
+        return [(int(self.test_ids[i]), int(self.test_targets[i]), float(v))
+                for v, i in zip(vals[0].tolist(), idx[0].tolist()) if v < 0]
 
     def to_payload(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -274,6 +284,17 @@ class InfluenceIndex:
     def load(cls, path: str | Path) -> "InfluenceIndex":
         payload = torch.load(path, map_location="cpu", weights_only=True)
         return cls(**{k: payload[k] for k in cls.__dataclass_fields__ if k in payload})
+
+
+def rank(scores: torch.Tensor, k: int, sign: str = "proponents") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` per row of a ``B x N`` score matrix: ``proponents`` (largest), ``opponents`` (most
+    negative) or ``abs`` (largest magnitude); returns ``(values, column indices)``."""
+    if sign not in ("proponents", "opponents", "abs"):
+        raise ValueError(f"unknown ranking {sign!r}")
+    k = min(int(k), scores.shape[1])
+    key = scores.abs() if sign == "abs" else (scores if sign == "proponents" else -scores)
+    idx = key.topk(k, dim=1).indices
+    return scores.gather(1, idx), idx
 
 
 def index_path(store: CheckpointStore, version: str) -> Path:
@@ -310,6 +331,7 @@ def build_influence_index(
     model: nn.Module | None = None,
     meta: CheckpointMeta | None = None,
     save: bool = True,
+    score: str = "cosine",
 ) -> InfluenceIndex:
     """Embed every training record with the checkpoint ``version`` and store the index beside it.
 
@@ -318,9 +340,14 @@ def build_influence_index(
     ``target`` class name or index, ``image`` or ``image_url`` + ``fetcher``). ``test_records``
     (same forms, ground-truth ``target``) feed the harmful-influence suspicion; without them the
     suspicion is self-influence. Records whose class is not one of the model's are skipped.
+    ``score`` (``cosine`` | ``tracin``) is the influence score the suspicion is computed with.
     """
+    if score not in SCORES:
+        raise ValueError(f"INFLUENCE_SCORE={score!r}: choose one of {', '.join(SCORES)}")
     t0 = time.perf_counter()
-    store = _as_store(store_or_paths)
+    store = _as_store(store_or_paths) if store_or_paths is not None else None
+    if store is None and (save or model is None or meta is None):
+        raise ValueError("build_influence_index needs a checkpoint store unless model, meta and save=False are given")
     if model is None or meta is None:
         model, meta = store.load(version, device)
     model.eval()
@@ -339,7 +366,7 @@ def build_influence_index(
         wrong = (test.targets >= 0) & (test.preds != test.targets)
         t_ids, t_targets = test.task_ids[wrong], test.targets[wrong]
         t_delta, t_feats = delta_for(test.probs[wrong], t_targets), test.feats[wrong]
-    raw, formula = raw_suspicion(delta, feats, t_delta, t_feats)
+    raw, formula = raw_suspicion(delta, feats, t_delta, t_feats, score)
     scale = float(raw.max()) if raw.numel() else 0.0
     index = InfluenceIndex(
         version=version,
@@ -351,6 +378,7 @@ def build_influence_index(
         suspicion=normalise(raw, scale),
         suspicion_formula=formula,
         suspicion_scale=scale,
+        score=score,
         test_ids=t_ids,
         test_targets=t_targets,
         test_delta=t_delta,
@@ -439,6 +467,7 @@ class IndexManager:
                     index = build_influence_index(
                         store, served.version, train, test, fetcher=self._fetcher(), device=served.device,
                         batch_size=self.settings.influence_batch_size, model=served.model, meta=served.meta,
+                        score=self.settings.influence_score,
                     )
             except Exception:
                 self._failed[key] = time.monotonic()
@@ -494,18 +523,21 @@ def task_link(base_url: str | None, project_id: int, task_id: int) -> str:
 
 
 class InfluencePart:
-    """Prediction part: influence text for test tasks, suspicion score for training tasks."""
+    """Prediction part: influence text for test tasks, suspicion score (+ text) for training tasks."""
 
     name = "influence"
 
     def __init__(self, settings, record_source: RecordSource | None = None, fetcher=None, top_k: int | None = None,
-                 sign: str | None = None, mode: str | None = None) -> None:
+                 sign: str | None = None, score: str | None = None, mode: str | None = None) -> None:
         self.top_k = int(top_k if top_k is not None else settings.influence_top_k)
         self.sign = sign or settings.influence_sign
+        self.score = score or settings.influence_score
         if self.top_k < 1:
             raise ValueError(f"INFLUENCE_TOP_K={self.top_k}: must be >= 1")
         if self.sign not in SIGNS:
             raise ValueError(f"INFLUENCE_SIGN={self.sign!r}: choose one of {', '.join(SIGNS)}")
+        if self.score not in SCORES:
+            raise ValueError(f"INFLUENCE_SCORE={self.score!r}: choose one of {', '.join(SCORES)}")
         self.manager = IndexManager(settings, record_source, fetcher, mode)
 
     @classmethod
@@ -523,6 +555,18 @@ class InfluencePart:
             feats.append(h.cpu())
         return torch.cat(probs), torch.cat(feats)
 
+    def influence_lines(self, index: InfluenceIndex, scores: torch.Tensor, pred: str, version: str,
+                        base: str | None, project_id: int) -> list[str]:
+        """The TextArea lines of one test task from its ``N`` scores against the index."""
+        lines = [f"influence ({self.score}, {version}) on the prediction {pred!r}: + supports it, - opposes it"]
+        signs = ("proponents", "opponents") if self.sign == "both" else (self.sign,)
+        for sign in signs:
+            values, idx = rank(scores[None], self.top_k, sign)
+            for v, i in zip(values[0].tolist(), idx[0].tolist()):
+                tid = int(index.task_ids[i])
+                lines.append(f"#{tid} {index.classes[int(index.targets[i])]} {v:+.4g} {task_link(base, project_id, tid)}")
+        return lines
+
     def __call__(self, ctx: PredictContext) -> PartOutput:
         n = len(ctx.tasks)
         regions: list[list[dict]] = [[] for _ in range(n)]
@@ -536,57 +580,39 @@ class InfluencePart:
         preds = probs.argmax(dim=1)
         control = ctx.config.influence_control
         base = ctx.settings.label_studio_url
-        classes = index.classes
-
         test_rows = [j for j, t in enumerate(ctx.tasks) if _split(t) != TRAIN_SPLIT]
         train_rows = [j for j, t in enumerate(ctx.tasks) if _split(t) == TRAIN_SPLIT]
 
         if test_rows and control and len(index):
             rows = torch.tensor(test_rows)
-            values, idx = index.top_k(delta_for(probs[rows], preds[rows]), feats[rows], self.top_k, self.sign)
+            all_scores = index.scores(delta_for(probs[rows], preds[rows]), feats[rows], self.score)  # one product
             for r, j in enumerate(test_rows):
-                pred = classes[int(preds[j])]
-                lines = [f"TracIn ({ctx.served.version}, last layer): + supports the prediction {pred!r}, - opposes it"]
-                for v, i in zip(values[r].tolist(), idx[r].tolist()):
-                    tid = int(index.task_ids[i])
-                    lines.append(f"#{tid} {classes[int(index.targets[i])]} {v:+.4g} "
-                                 f"{task_link(base, ctx.project_id, tid)}")
-                regions[j].append(self._text(control, ctx.config.image_name, lines))
+                try:
+                    lines = self.influence_lines(index, all_scores[r], index.classes[int(preds[j])],
+                                                 ctx.served.version, base, ctx.project_id)
+                    regions[j].append(self._text(control, ctx.config.image_name, lines))
+                except Exception:
+                    log.exception("project %s task %s: influence text failed", ctx.project_id, ctx.tasks[j].get("id"))
 
         for j in train_rows:
             task = ctx.tasks[j]
             try:
-                tid = task.get("id")
-                row = index.row(tid) if tid is not None else None
+                row = index.row(task.get("id"))
                 if row is not None:
                     scores[j] = float(index.suspicion[row])
                 else:  # a training task added after the index was built
-                    target = _target_index((task.get("data") or {}).get("label"), classes)
+                    target = _target_index((task.get("data") or {}).get("label"), index.classes)
                     t = torch.tensor([target if target >= 0 else int(preds[j])])
                     scores[j] = float(index.suspicion_for(delta_for(probs[j : j + 1], t), feats[j : j + 1])[0])
                 if control:
-                    regions[j].append(self._text(control, ctx.config.image_name,
-                                                 self._suspicion_lines(index, probs[j], feats[j], task, ctx, base)))
+                    lines = [f"suspicion {scores[j]:.3f} ({index.suspicion_formula}, {ctx.served.version})"]
+                    if row is not None:
+                        for tid, cls, v in index.harmed_tests(row, self.top_k):
+                            lines.append(f"harms #{tid} {index.classes[cls]} {v:+.4g} {task_link(base, ctx.project_id, tid)}")
+                    regions[j].append(self._text(control, ctx.config.image_name, lines))
             except Exception:
                 log.exception("project %s task %s: suspicion failed", ctx.project_id, task.get("id"))
         return PartOutput(regions=regions, scores=scores, info={"index": index.version, "n_train": len(index)})
-
-    def _suspicion_lines(self, index: InfluenceIndex, probs, feats, task, ctx, base) -> list[str]:
-        row = index.row(task.get("id")) if task.get("id") is not None else None
-        score = float(index.suspicion[row]) if row is not None else None
-        head = f"suspicion {score:.3f}" if score is not None else "suspicion (not indexed)"
-        lines = [f"{head} ({index.suspicion_formula}, {ctx.served.version})"]
-        if index.suspicion_formula == HARMFUL and index.test_delta is not None and index.test_delta.shape[0] and row is not None:
-            s = tracin_scores(index.delta[row : row + 1], index.feats[row : row + 1], index.test_delta, index.test_feats)[0]
-            k = min(self.top_k, s.numel())
-            vals, idx = (-s).topk(k)
-            for v, i in zip(vals.tolist(), idx.tolist()):
-                if v <= 0:
-                    break
-                tid = int(index.test_ids[i])
-                lines.append(f"harms #{tid} {index.classes[int(index.test_targets[i])]} {-v:+.4g} "
-                             f"{task_link(base, ctx.project_id, tid)}")
-        return lines
 
     @staticmethod
     def _text(control: str, to_name: str, lines: list[str]) -> dict:

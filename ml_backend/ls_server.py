@@ -48,7 +48,7 @@ def _port_in_use(port: int) -> bool:
 
 def ensure_label_studio(venv: Path | None = None) -> Path:
     """Return the ``label-studio`` executable in ``venv``, creating the venv and installing it if missing."""
-    venv = Path(venv) if venv is not None else default_venv()
+    venv = (Path(venv) if venv is not None else default_venv()).absolute()
     exe = venv / "bin" / "label-studio"
     if exe.exists():
         return exe
@@ -126,7 +126,7 @@ class LabelStudioServer:
         self.port = port or find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.username, self.password, self.token = username, password, token
-        self.venv = Path(venv) if venv is not None else default_venv()
+        self.venv = (Path(venv) if venv is not None else default_venv()).absolute()
         self.log_path = Path(log_path) if log_path is not None else self.data_dir / "label-studio.log"
         self.extra_env = dict(env or {})
         self.timeout = timeout

@@ -15,6 +15,7 @@ RLE and (b) a heatmap-over-image PNG is cached for ``GET /saliency/<project>/<ke
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -148,12 +149,24 @@ class SaliencyPart:
         self.method, self.top_q, self.ig_steps, self.alpha = method, float(top_q), int(ig_steps), float(alpha)
         self.batch_size = max(1, int(batch_size))
         self.write_png = write_png
-        self._lock = threading.Lock()  # captum hooks on a shared model: one attribution at a time
+        self._lock = threading.Lock()  # one attribution at a time per part
+        self._models: dict[int, tuple[nn.Module, nn.Module]] = {}  # project -> (served model, private copy)
 
     @classmethod
     def from_settings(cls, settings) -> "SaliencyPart":
         return cls(settings.saliency_method, settings.saliency_top_q, settings.saliency_ig_steps,
                    settings.saliency_alpha, settings.predict_batch_size)
+
+    def private_model(self, project_id: int, model: nn.Module) -> nn.Module:
+        """A copy of the served model for attribution (captum's hooks and the in-place switch never touch
+        the model other request threads classify with; its weights need no gradients)."""
+        cached = self._models.get(project_id)
+        if cached is None or cached[0] is not model:
+            clone = copy.deepcopy(model).eval()
+            for p in clone.parameters():
+                p.requires_grad_(False)
+            self._models[project_id] = cached = (model, clone)
+        return cached[1]
 
     def maps(self, ctx: PredictContext) -> list[np.ndarray]:
         """Saliency map of every task image, at its original size."""
@@ -165,7 +178,7 @@ class SaliencyPart:
             imgs = ctx.images[start : start + self.batch_size]
             x = normalize(to_tensor(imgs, meta.image_size).to(served.device), meta.mean, meta.std)
             with self._lock:
-                sal = saliency_maps(served.model, x, targets[start : start + len(imgs)], self.method,
+                sal = saliency_maps(self.private_model(ctx.project_id, served.model), x, targets[start : start + len(imgs)], self.method,
                                     self.ig_steps, baseline)
             for img, s in zip(imgs, sal):
                 out.append(resize_map(s, img.height, img.width))

@@ -216,7 +216,7 @@ class SegmentationPart:
         out: list[dict] = []
         for start in range(0, len(images), self.batch_size):
             batch = [
-                torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).to(dev).float().div_(255)
+                torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).to(dev).float().div_(255)
                 for img in images[start : start + self.batch_size]
             ]
             out.extend({k: v.cpu() for k, v in d.items()} for d in model(batch))

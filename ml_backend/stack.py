@@ -23,6 +23,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_busy(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port`` or the port cannot be bound there."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        if s.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by our last run is not "busy"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def redis_answers(url: str) -> bool:
     try:
         return bool(Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
@@ -43,6 +58,10 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -80,8 +99,12 @@ class ManagedProcess:
         raise TimeoutError(f"{self.name} did not answer {url} within {timeout:.0f}s; log {self.log_path}:\n{self.tail()}")
 
 
-def start_private_redis(data_dir: Path, log_path: Path) -> tuple[ManagedProcess, str]:
-    """Start ``redis-server`` on a free loopback port (AOF on, data in ``data_dir``)."""
+def start_private_redis(data_dir: Path, log_path: Path, started: list | None = None) -> tuple[ManagedProcess, str]:
+    """Start ``redis-server`` on a free loopback port (AOF on, data in ``data_dir``).
+
+    The process is appended to ``started`` before it is launched, so a caller that is interrupted
+    while Redis boots still stops it.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("no Redis answers at REDIS_URL and redis-server is not installed (apt-get install redis-server)")
@@ -90,7 +113,10 @@ def start_private_redis(data_dir: Path, log_path: Path) -> tuple[ManagedProcess,
     proc = ManagedProcess(
         "redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--appendonly", "yes", "--save", ""],
         log_path,
-    ).start()
+    )
+    if started is not None:
+        started.append(proc)
+    proc.start()
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20
     while not redis_answers(url):

@@ -1,49 +1,72 @@
-"""Suspicion score of a training task: "this image probably teaches the model a spurious feature".
+"""Influence scores between tasks, and the suspicion score of a training task.
 
 With last-layer TracIn (see ``ml_backend.influence``) the influence of training task ``i`` on a
-test task ``t`` at the served checkpoint is
+task ``t`` at the served checkpoint is
 
     TracIn(i, t) = <g_i, g_t> = (delta_i . delta_t) * (h_i . h_t)
 
 where ``g = dCE/dW_head = delta (outer) h``, ``delta = softmax(logits) - onehot(label)`` and ``h``
 is the input of the final linear layer. A positive value means a gradient step on ``i`` lowers the
-loss of ``t``; a negative value means it raises it.
+loss of ``t`` (a proponent), a negative value that it raises it (an opponent).
 
-The suspicion of training task ``i`` is its total *harmful* influence on the test tasks the model
-gets wrong (their loss taken at their ground-truth label):
+Two scores (``INFLUENCE_SCORE``):
 
-    harm_i      = sum over misclassified labelled test tasks t of max(0, -TracIn(i, t))
-    suspicion_i = harm_i / max_j harm_j                                    (in [0, 1])
+- ``tracin``: the raw dot product above, exactly what captum's ``TracInCPFast`` computes;
+- ``cosine`` (default): the renormalised version ``cos(g_i, g_t) = cos(delta_i, delta_t) *
+  cos(h_i, h_t)`` (Hammoudeh & Lowd's "GAS"). At a single, converged checkpoint the raw score is
+  dominated by the few training images the model has not fitted yet (a fitted image has
+  ``delta ~ 0``), so images that *taught* the model a shortcut — and are now fitted — vanish from the
+  raw ranking; the cosine keeps the direction of each gradient and finds them.
 
-A training image that carries a class-correlated shortcut (a patch, a background, a texture the
-misclassified test images share) or a wrong label pushes those test images towards the wrong
-class, so it scores high. When the project has no labelled test task the model gets wrong, the
-score falls back to normalised self-influence ``||g_i||^2 = |delta_i|^2 |h_i|^2`` (high-loss,
-atypical or mislabelled training images first). The index records which formula it used.
+Suspicion of training task ``i`` (the prediction score of training tasks): its total *harmful*
+influence on the labelled test tasks the model gets wrong (their loss taken at the ground truth):
+
+    harm_i      = sum over misclassified labelled test tasks t of max(0, -score(i, t))
+    suspicion_i = harm_i / max_j harm_j                                        (in [0, 1])
+
+A training image that carries a class-correlated shortcut (a patch, a background, a texture that
+the misclassified test images share) or a wrong label pushes those test images towards the wrong
+class, so it scores high. When the project has no labelled test task that the model gets wrong,
+the score falls back to the normalised self-influence ``||g_i||^2 = |delta_i|^2 |h_i|^2``
+(high-loss, atypical or mislabelled training images first). The index records which was used.
 """
 
 from __future__ import annotations
 
 import torch
 
-HARMFUL = "harmful_influence_on_misclassified_tests"
+SCORES = ("cosine", "tracin")
 SELF = "self_influence"
 
 
-def tracin_scores(delta_a: torch.Tensor, feats_a: torch.Tensor, delta_b: torch.Tensor, feats_b: torch.Tensor) -> torch.Tensor:
-    """``A x B`` last-layer TracIn scores: ``(delta_a @ delta_b.T) * (feats_a @ feats_b.T)``."""
+def harmful_formula(score: str) -> str:
+    return f"harmful_{score}_on_misclassified_tests"
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def pair_scores(delta_a: torch.Tensor, feats_a: torch.Tensor, delta_b: torch.Tensor, feats_b: torch.Tensor,
+                score: str = "cosine") -> torch.Tensor:
+    """``A x B`` influence scores: ``(delta_a @ delta_b.T) * (feats_a @ feats_b.T)``, on unit rows for cosine."""
+    if score not in SCORES:
+        raise ValueError(f"INFLUENCE_SCORE={score!r}: choose one of {', '.join(SCORES)}")
+    if score == "cosine":
+        delta_a, feats_a, delta_b, feats_b = unit(delta_a), unit(feats_a), unit(delta_b), unit(feats_b)
     return (delta_a @ delta_b.T) * (feats_a @ feats_b.T)
 
 
 def harmful_influence(delta: torch.Tensor, feats: torch.Tensor, test_delta: torch.Tensor, test_feats: torch.Tensor,
-                      chunk: int = 4096) -> torch.Tensor:
-    """``harm_i = sum_t max(0, -TracIn(i, t))`` for every training row ``i`` (chunked over training rows)."""
-    out = torch.zeros(delta.shape[0], dtype=torch.float32, device=delta.device)
-    if test_delta.shape[0] == 0:
+                      score: str = "cosine", chunk: int = 4096) -> torch.Tensor:
+    """``harm_i = sum_t max(0, -score(i, t))`` for every training row ``i`` (chunked over training rows)."""
+    out = torch.zeros(delta.shape[0], dtype=torch.float32)
+    if test_delta is None or test_delta.shape[0] == 0:
         return out
     for s in range(0, delta.shape[0], chunk):
-        scores = tracin_scores(delta[s : s + chunk], feats[s : s + chunk], test_delta, test_feats)
-        out[s : s + chunk] = (-scores).clamp_min(0).sum(dim=1)
+        scores = pair_scores(delta[s : s + chunk], feats[s : s + chunk], test_delta, test_feats, score)
+        out[s : s + chunk] = (-scores).clamp_min(0).sum(dim=1).cpu()
     return out
 
 
@@ -53,10 +76,10 @@ def self_influence(delta: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
 
 
 def raw_suspicion(delta: torch.Tensor, feats: torch.Tensor, test_delta: torch.Tensor | None,
-                  test_feats: torch.Tensor | None) -> tuple[torch.Tensor, str]:
-    """Unnormalised suspicion of training rows and the formula used."""
+                  test_feats: torch.Tensor | None, score: str = "cosine") -> tuple[torch.Tensor, str]:
+    """Unnormalised suspicion of training rows and the name of the formula used."""
     if test_delta is not None and test_feats is not None and test_delta.shape[0] > 0:
-        return harmful_influence(delta, feats, test_delta, test_feats), HARMFUL
+        return harmful_influence(delta, feats, test_delta, test_feats, score), harmful_formula(score)
     return self_influence(delta, feats), SELF
 
 

@@ -114,8 +114,8 @@ def test_records_to_published_version(tmp_path, synthetic):
     assert store.path("v1").read_bytes() == v1_bytes
 
 
-def test_painted_training_beats_the_spurious_patch(tmp_path, synthetic):
-    """Sanity (not the benchmark): paired training on painted patches generalises at least as well."""
+def test_scratch_paired_training_learns(tmp_path, synthetic):
+    """Sanity (the efficacy benchmark lives in benchmarks/): every train image painted, from scratch."""
     tasks, _ = synthetic_export(synthetic, paint_every=1)
     settings = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=32)
     opts = TrainOptions.from_env({**FAST, "epochs": 4, "mode": "scratch", "lam": 1.0}, settings)
@@ -189,6 +189,21 @@ def test_finetune_keeps_the_parent_arch(tmp_path, synthetic):
     with pytest.raises(OptionsError, match="keeps the parent's architecture"):
         run_pipeline(CheckpointStore(tmp_path, 1), settings, CLASSES, parse_export(tasks[:3], CONFIG),
                      TrainOptions.from_env({**FAST, "arch": "resnet-18"}, settings), ImageFetcher(None, None))
+
+
+def test_finetune_with_changed_classes_gets_a_new_head():
+    from training.checkpoints import CheckpointMeta
+    from training.models import build_model
+    from training.train import build_start_model
+
+    parent = build_model("tiny-cnn", 3)
+    meta = CheckpointMeta(version="v4", arch="tiny-cnn", classes=CLASSES, image_size=32)
+    start = build_start_model(TrainOptions.from_env(FAST), Settings(), ["a", "b"], (parent, meta))
+    assert start.model.fc.out_features == 2 and "new classifier head" in start.init
+    torch.testing.assert_close(start.model.features[0].weight, parent.features[0].weight)
+    same = build_start_model(TrainOptions.from_env({**FAST, "image_size": 48}), Settings(), CLASSES, (parent, meta))
+    torch.testing.assert_close(same.model.fc.weight, parent.fc.weight)
+    assert (same.arch, same.image_size, same.init) == ("tiny-cnn", 48, "fine-tuned from v4")
 
 
 class FakeJob:
@@ -312,9 +327,11 @@ def redis13(redis_base_url):
     conn.close()
 
 
-def _worker_env(monkeypatch, ls_url: str, model_dir: Path):
+def _worker_env(monkeypatch, ls_url: str, model_dir: Path, parts: str = ""):
+    """Worker environment; ``parts`` = PREDICT_PARTS for the pushed predictions (default: classifier only)."""
     for k, v in {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "MODEL_DIR": str(model_dir),
-                 "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "DEVICE": "cpu", "TRAIN_NUM_WORKERS": "4"}.items():
+                 "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "DEVICE": "cpu", "TRAIN_NUM_WORKERS": "4",
+                 "PREDICT_PARTS": parts}.items():
         monkeypatch.setenv(k, v)
     for k in ("MODEL_VERSION", "MODEL_CHECKPOINT", "TRAIN_MODE", "TRAIN_ARCH"):
         monkeypatch.delenv(k, raising=False)
@@ -345,7 +362,8 @@ def test_train_project_in_rq_simple_worker(tmp_path, synthetic, redis13, monkeyp
 
     tasks, files = _ls_tasks(synthetic)
     with FakeLabelStudio(tasks, files) as ls:
-        _worker_env(monkeypatch, ls.url, tmp_path / "models")
+        # the pushed predictions come from the backend's own predict (with a prediction part on)
+        _worker_env(monkeypatch, ls.url, tmp_path / "models", parts="saliency")
         job, wall = _run_in_worker(redis13, {**FAST, "epochs": 3})
         assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string if job.latest_result() else None
         result = job.return_value()
@@ -371,7 +389,7 @@ def test_train_project_in_rq_simple_worker(tmp_path, synthetic, redis13, monkeyp
     assert len(ls.predictions) == 54
     p = ls.predictions[0]
     assert p["model_version"] == "v1" and 0 <= p["score"] <= 1
-    region = p["result"][0]
+    region = next(r for r in p["result"] if r["from_name"] == "pred_class")
     assert (region["from_name"], region["to_name"], region["type"]) == ("pred_class", "image", "choices")
     assert region["value"]["choices"][0] in CLASSES
     assert ls.patches == [{"model_version": "v1"}]

@@ -38,7 +38,7 @@ class PairedDataset(Dataset):
         self.masks = masks
         self.targets = targets
         self.task_ids = list(task_ids)
-        self.painted = masks.reshape(n, -1).any(dim=1) if n else torch.zeros(0, dtype=torch.bool)
+        self.painted = masks.reshape(n, -1).any(dim=1) if n else torch.zeros(0, dtype=torch.bool, device=masks.device)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -61,16 +61,31 @@ class PairedDataset(Dataset):
         shuffle: bool = False,
         generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(images float [0,1], masks bool, targets long)`` batches on ``device``."""
+        """Yield ``(images float [0,1], masks bool, targets long)`` batches on ``device``.
+
+        The order is drawn on the CPU (``generator`` is a CPU generator); when the dataset already
+        lives on the device (``to``), batches are gathered there without host copies.
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        cuda = torch.device(device).type == "cuda"
+        target = torch.device(device)
+        resident = self.images.device.type == target.type and target.type != "cpu"
+        pin = target.type == "cuda" and not resident
         for idx in order.split(batch_size):
+            if resident:
+                idx = idx.to(self.images.device)
             x, m, y = self.images[idx], self.masks[idx], self.targets[idx]
-            if cuda:
+            if pin:
                 x, m, y = x.pin_memory(), m.pin_memory(), y.pin_memory()
-            x = x.to(device, non_blocking=True).float().div_(255.0)
-            yield x, m.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(target, non_blocking=True).float().div_(255.0)
+            yield x, m.to(target, non_blocking=True), y.to(target, non_blocking=True)
+
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.masks.nbytes + self.targets.nbytes
+
+    def to(self, device: str | torch.device) -> "PairedDataset":
+        """The same data on ``device`` (e.g. the whole training split on the GPU when it fits)."""
+        return PairedDataset(self.images.to(device), self.masks.to(device), self.targets.to(device), self.task_ids)
 
     @classmethod
     def empty(cls, size: int) -> "PairedDataset":

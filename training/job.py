@@ -35,8 +35,8 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
 
     Summary keys: ``project``, ``job_id``, ``version``, ``parent``, ``published``, ``metrics``
     (``parent`` / ``new`` accuracy per split, ``delta_accuracy``), ``counts`` (tasks, records per
-    split, painted, skipped by reason with task ids), ``timings`` (seconds: export, decode, images,
-    train, eval, save, predictions, total), ``history`` (per epoch), ``options``, ``checkpoint``,
+    split, painted, skipped by reason with task ids), ``timings`` (seconds: export, decode, setup,
+    images, eval_parent, train, eval_new, eval, save, report, predictions, total), ``history`` (per epoch), ``options``, ``checkpoint``,
     ``run_dir`` (TensorBoard events, curves.png, summary.json), ``predictions`` (push result).
     """
     if not logging.getLogger().handlers:
@@ -45,12 +45,12 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
     project_id = int(project_id)
     settings = Settings.from_env()
     opts = TrainOptions.from_env(options, settings)
-    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
     progress = Progress(project_id=project_id)
     timings: dict[str, float] = {}
 
     progress.phase("export")
     t = time.perf_counter()
+    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
     project = fetch_project(client, project_id)
     label_config = getattr(project, "label_config", None)
     if not label_config:

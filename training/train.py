@@ -36,6 +36,9 @@ from training.progress import Progress
 log = logging.getLogger(__name__)
 
 
+GPU_RESIDENT_BYTES = 4 << 30  # a training split up to this size (uint8 images + masks) is kept on the GPU
+
+
 class TrainingDataError(ValueError):
     """The project has nothing to train on (no usable training tasks); the message says why."""
 
@@ -148,6 +151,8 @@ def train_model(
     """
     progress = progress or Progress(job=None)
     model.to(device).train()
+    if torch.device(device).type == "cuda" and train.nbytes() <= GPU_RESIDENT_BYTES:
+        train = train.to(device)  # uint8 images on the GPU: no per-batch host copies
     optimizer = make_optimizer(model, opts)
     steps_per_epoch = math.ceil(len(train) / opts.batch_size)
     total = steps_per_epoch * opts.epochs
@@ -280,11 +285,13 @@ def run_pipeline(
     device = opts.torch_device()
     timings: dict[str, float] = {}
 
+    t = time.perf_counter()
     parent_version = ensure_parent(store, settings, classes)
     parent = store.load(parent_version, "cpu") if parent_version else None
     start = build_start_model(opts, settings, classes, parent)
     version = store.next_version()
     run_dir = store.root / "runs" / version
+    timings["setup"] = time.perf_counter() - t
     log.info("project store %s: training %s from %s (%s, %s, %dpx) on %s", store.root, version, parent_version,
              start.arch, start.init, start.image_size, device)
 
@@ -315,6 +322,10 @@ def run_pipeline(
 
     # train
     progress.phase("train", epochs=opts.epochs)
+    if run_dir.exists():  # left by an earlier attempt at this version that failed before saving
+        stale = run_dir.with_name(f"{version}-failed-{int(time.time())}")
+        run_dir.rename(stale)
+        log.info("moved the run folder of an unfinished earlier attempt to %s", stale)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = _open_writer(run_dir)
     if writer is not None:
@@ -403,6 +414,7 @@ def run_pipeline(
         "checkpoint": str(path),
         "run_dir": str(run_dir),
     }
+    t = time.perf_counter()
     title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"
     try:
         baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
@@ -411,4 +423,5 @@ def run_pipeline(
         (run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
     except Exception as e:  # reporting must not fail a published version
         log.warning("could not write curves/summary under %s: %s", run_dir, e)
+    summary["timings"]["report"] = round(time.perf_counter() - t, 3)
     return _jsonable(summary)

@@ -80,8 +80,8 @@ def test_import_connect_predict(label_studio, backend, dataset):
         assert len(stored) == 1, (task["id"], stored)
         (pred,) = stored
         assert pred["model_version"] == "v0"
-        (region,) = pred["result"]
-        assert region["from_name"] == "pred_class" and region["value"]["choices"][0] in classes
+        (region,) = [r for r in pred["result"] if r["from_name"] == "pred_class"]
+        assert region["type"] == "choices" and region["value"]["choices"][0] in classes
         assert 0 < pred["score"] <= 1
 
     # the full import (with predictions) sets the project's model version: the score column fills and sorts

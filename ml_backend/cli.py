@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_import)
 
     p = sub.add_parser("demo", help="run Label Studio + backend + worker locally with a generated demo project")
-    p.add_argument("--data-dir", default=".robustar/demo")
-    p.add_argument("--ls-port", type=int, default=8080)
-    p.add_argument("--backend-port", type=int, default=9090)
+    p.add_argument("--data-dir", default=".robustar/demo", help="dataset, Label Studio, Redis, models and logs/ live here")
+    p.add_argument("--ls-port", type=int, default=None, help="Label Studio port (default: the data dir's last, else 8080)")
+    p.add_argument("--backend-port", type=int, default=None, help="ML backend port (default: the data dir's last, else 9090)")
     p.add_argument("--simulate-annotations", type=int, default=0, metavar="N", help="paint N training images via the SDK")
     p.add_argument("--no-wait", action="store_true", help="set everything up, print the URLs and stop again")
     p.set_defaults(func=_demo)

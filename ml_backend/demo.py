@@ -8,6 +8,7 @@ already answered at ``REDIS_URL`` is used and left running. Every process logs t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 from ml_backend.stack import backend_process, port_busy, redis_answers, start_private_redis, worker_process
 
 READY_LINE = "Robustar demo is up after"  # the status line's start (tests and scripts wait for it)
+DEFAULT_LS_PORT, DEFAULT_BACKEND_PORT = 8080, 9090
+STATE_FILE = "demo.json"  # in the data dir: the ports of the last start
 
 
 class DemoError(RuntimeError):
@@ -37,6 +40,26 @@ def check_ports(ls_port: int, backend_port: int) -> None:
                 f"port {port} (for {what}) is already in use on 127.0.0.1; stop what runs there "
                 f"(another demo or Label Studio?) or pass {flag} <free port>"
             )
+
+
+def resolve_ports(root: Path, ls_port: int | None, backend_port: int | None) -> tuple[int, int]:
+    """Ports given, else those of this data dir's last start, else 8080/9090.
+
+    The demo project's tasks link their saliency heatmaps to the backend's URL, so a data dir keeps
+    its backend port: asking for another one is an error that says which port to use.
+    """
+    try:
+        saved = json.loads((root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if backend_port is not None and saved.get("backend_port") not in (None, backend_port):
+        raise DemoError(
+            f"the demo project in {root} is connected to the ML backend on port {saved['backend_port']} (its tasks "
+            f"link heatmaps there): run with --backend-port {saved['backend_port']}, or use another --data-dir"
+        )
+    ls_port = ls_port or saved.get("ls_port") or DEFAULT_LS_PORT
+    backend_port = backend_port or saved.get("backend_port") or DEFAULT_BACKEND_PORT
+    return int(ls_port), int(backend_port)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -74,8 +97,9 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
     from ml_backend.ls_server import LabelStudioError, LabelStudioServer, ensure_label_studio
     from training.synthetic import make_spurious_dataset
 
-    check_ports(args.ls_port, args.backend_port)
     root = Path(args.data_dir).resolve()
+    ls_port, backend_port = resolve_ports(root, getattr(args, "ls_port", None), getattr(args, "backend_port", None))
+    check_ports(ls_port, backend_port)
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
@@ -94,19 +118,9 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
             raise DemoError(str(e)) from e
         redis_note = "(private redis-server, stopped on exit)"
 
-    ls = LabelStudioServer(root / "label-studio", port=args.ls_port, log_path=logs / "label-studio.log")
-    if not ls.db_path.exists() and not ls.template_path.exists():
-        print("starting Label Studio (its first start migrates the database: about a minute) ...", flush=True)
-    else:
-        print("starting Label Studio ...", flush=True)
+    ls = LabelStudioServer(root / "label-studio", port=ls_port, log_path=logs / "label-studio.log")
     ensure_label_studio(ls.venv)
-    started.append(ls)
-    try:
-        ls.start()
-    except LabelStudioError as e:
-        raise DemoError(str(e)) from e
-
-    backend_url = f"http://127.0.0.1:{args.backend_port}"
+    backend_url = f"http://127.0.0.1:{backend_port}"
     env = {
         "LABEL_STUDIO_URL": ls.url,
         "LABEL_STUDIO_API_KEY": ls.token,
@@ -116,14 +130,30 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
         "IMAGE_SIZE": os.environ.get("IMAGE_SIZE", "64"),
         "BACKEND_PUBLIC_URL": backend_url,
     }
-    backend = backend_process(args.backend_port, env, logs / "backend.log")
-    started.append(backend)
-    backend.start().wait_http(backend_url + "/health")
+    # backend and worker boot (torch imports) while Label Studio starts; they need it only per request/job
+    backend = backend_process(backend_port, env, logs / "backend.log")
     worker = worker_process("worker", env, logs / "worker.log")
-    started.append(worker)
-    worker.start()
+    for proc in (backend, worker):
+        started.append(proc)
+        proc.start()
+    if not ls.db_path.exists() and not ls.template_path.exists():
+        print("starting Label Studio (its first start migrates the database: about a minute) ...", flush=True)
+    else:
+        print("starting Label Studio, the ML backend and a worker ...", flush=True)
+    started.append(ls)
+    try:
+        ls.start()
+    except LabelStudioError as e:
+        raise DemoError(str(e)) from e
+    try:
+        backend.wait_http(backend_url + "/health", timeout=120)
+    except (RuntimeError, TimeoutError) as e:
+        raise DemoError(str(e)) from e
+    if not worker.alive():
+        raise DemoError(f"the worker exited; log {worker.log_path}:\n{worker.tail()}")
 
     report = import_dataset(dataset, ls.url, ls.token, title="Robustar demo", backend_url=backend_url)
+    (root / STATE_FILE).write_text(json.dumps({"ls_port": ls_port, "backend_port": backend_port}))
     if args.simulate_annotations:
         painted = paint_from_masks(ls.client(), report.project_id, dataset / "masks", args.simulate_annotations)
         print(f"painted {len(painted)} training images with their true spurious masks", flush=True)

@@ -21,9 +21,11 @@ It is built by ``build_influence_index`` — from the training job right after i
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from torch import nn
 
 from ml_backend.classifier import normalize, to_tensor
 from ml_backend.parts import PartOutput, PredictContext
-from ml_backend.suspicion import SCORES, SELF, normalise, pair_scores, raw_suspicion
+from ml_backend.suspicion import SCORES, SELF, pair_scores, suspicion
 from training.checkpoints import CheckpointMeta, CheckpointStore, _atomic_write, version_number
 from training.models import classifier_head
 
@@ -52,29 +54,31 @@ TRAIN_SPLIT = "train"
 # embeddings
 
 
-class HeadInput:
-    """Capture the input of the model's final linear layer during forwards made by *this* thread.
+def _clone_replacing(module: nn.Module, path: list[str], new: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` whose submodule at ``path`` is ``new``; parameters stay shared."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    child = module._modules[path[0]]
+    clone._modules[path[0]] = new if len(path) == 1 else _clone_replacing(child, path[1:], new)
+    return clone
 
-    The served model is shared by request threads; a plain forward hook would also see other
-    threads' batches, so the hook ignores calls from any thread but the one that entered.
-    """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.head = classifier_head(model)
-        self.owner = threading.get_ident()
-        self.value: torch.Tensor | None = None
+_BODIES: "weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, nn.Linear]]" = weakref.WeakKeyDictionary()
+_BODIES_LOCK = threading.Lock()
 
-    def _hook(self, module, inputs, output) -> None:
-        if threading.get_ident() == self.owner:
-            self.value = inputs[0].detach()
 
-    def __enter__(self) -> "HeadInput":
-        self.owner = threading.get_ident()
-        self._handle = self.head.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """``(body, head)`` with ``head(body(x)) == model(x)``: the model with its final linear layer replaced
+    by ``Identity`` (sharing all weights), and that layer. No hooks, so it is safe while other threads
+    use the same model."""
+    with _BODIES_LOCK:
+        cached = _BODIES.get(model)
+        if cached is None:
+            head = classifier_head(model)
+            name = next(n for n, m in model.named_modules() if m is head)
+            cached = (_clone_replacing(model, name.split("."), nn.Identity()), head)
+            _BODIES[model] = cached
+    return cached
 
 
 def delta_for(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -85,11 +89,10 @@ def delta_for(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def embed_batch(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(probs N x C, head inputs N x D)`` (float32, on the model's device) of a normalised batch."""
-    with HeadInput(model) as cap:
-        logits = model(x)
-    if cap.value is None:
-        raise RuntimeError("the classifier head was not called in the forward pass")
-    return torch.softmax(logits.float(), dim=1), cap.value.flatten(1).float()
+    body, head = split_head(model)
+    feats = body(x).flatten(1)
+    logits = head(feats)
+    return torch.softmax(logits.float(), dim=1), feats.float()
 
 
 @dataclass
@@ -223,7 +226,7 @@ class InfluenceIndex:
     feats: torch.Tensor  # N x D
     suspicion: torch.Tensor  # N, in [0, 1]
     suspicion_formula: str
-    suspicion_scale: float
+    suspicion_scales: tuple[float, float]  # (max harm, max self-influence) of the indexed rows
     score: str = "cosine"  # the score the suspicion was computed with
     # the misclassified labelled test tasks the harmful-influence suspicion is measured on
     test_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
@@ -254,12 +257,9 @@ class InfluenceIndex:
         return rank(self.scores(delta_q, feats_q, score), k, sign)
 
     def suspicion_for(self, delta: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Suspicion of (new) training rows with the index's formula and scale."""
-        if self.suspicion_formula == SELF:
-            raw, _ = raw_suspicion(delta, feats, None, None, self.score)
-        else:
-            raw, _ = raw_suspicion(delta, feats, self.test_delta, self.test_feats, self.score)
-        return normalise(raw, self.suspicion_scale)
+        """Suspicion of (new) training rows with the index's formula and scales."""
+        tests = (None, None) if self.suspicion_formula == SELF else (self.test_delta, self.test_feats)
+        return suspicion(delta, feats, *tests, self.score, tuple(self.suspicion_scales))[0]
 
     def harmed_tests(self, row: int, k: int) -> list[tuple[int, int, float]]:
         """The misclassified test tasks training row ``row`` harms most: ``(task id, class, score < 0)``."""
@@ -366,8 +366,7 @@ def build_influence_index(
         wrong = (test.targets >= 0) & (test.preds != test.targets)
         t_ids, t_targets = test.task_ids[wrong], test.targets[wrong]
         t_delta, t_feats = delta_for(test.probs[wrong], t_targets), test.feats[wrong]
-    raw, formula = raw_suspicion(delta, feats, t_delta, t_feats, score)
-    scale = float(raw.max()) if raw.numel() else 0.0
+    values, formula, scales = suspicion(delta, feats, t_delta, t_feats, score)
     index = InfluenceIndex(
         version=version,
         classes=list(meta.classes),
@@ -375,9 +374,9 @@ def build_influence_index(
         targets=train.targets[known],
         delta=delta,
         feats=feats,
-        suspicion=normalise(raw, scale),
+        suspicion=values,
         suspicion_formula=formula,
-        suspicion_scale=scale,
+        suspicion_scales=scales,
         score=score,
         test_ids=t_ids,
         test_targets=t_targets,

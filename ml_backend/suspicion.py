@@ -18,17 +18,21 @@ Two scores (``INFLUENCE_SCORE``):
   ``delta ~ 0``), so images that *taught* the model a shortcut — and are now fitted — vanish from the
   raw ranking; the cosine keeps the direction of each gradient and finds them.
 
-Suspicion of training task ``i`` (the prediction score of training tasks): its total *harmful*
-influence on the labelled test tasks the model gets wrong (their loss taken at the ground truth):
+Suspicion of training task ``i`` (the prediction score of training tasks): mainly its total
+*harmful* influence on the labelled test tasks the model gets wrong (their loss taken at the
+ground truth), with self-influence as a small tie-breaker:
 
     harm_i      = sum over misclassified labelled test tasks t of max(0, -score(i, t))
-    suspicion_i = harm_i / max_j harm_j                                        (in [0, 1])
+    self_i      = ||g_i||^2 = |delta_i|^2 |h_i|^2
+    suspicion_i = 0.9 * harm_i / max_j harm_j  +  0.1 * self_i / max_j self_j      (in [0, 1])
 
 A training image that carries a class-correlated shortcut (a patch, a background, a texture that
 the misclassified test images share) or a wrong label pushes those test images towards the wrong
-class, so it scores high. When the project has no labelled test task that the model gets wrong,
-the score falls back to the normalised self-influence ``||g_i||^2 = |delta_i|^2 |h_i|^2``
-(high-loss, atypical or mislabelled training images first). The index records which was used.
+class, so it scores high; among the images that harm no misclassified test (harm 0), the ones the
+model still finds hard or contradictory (high loss: often mislabelled) come first. When the project
+has no labelled test task that the model gets wrong, ``suspicion_i = self_i / max_j self_j``.
+The maxima are taken over the indexed training set; a training task added later is scored with
+the same maxima (clipped to 1). The index records which formula it used.
 """
 
 from __future__ import annotations
@@ -75,12 +79,27 @@ def self_influence(delta: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     return delta.pow(2).sum(dim=1) * feats.pow(2).sum(dim=1)
 
 
-def raw_suspicion(delta: torch.Tensor, feats: torch.Tensor, test_delta: torch.Tensor | None,
-                  test_feats: torch.Tensor | None, score: str = "cosine") -> tuple[torch.Tensor, str]:
-    """Unnormalised suspicion of training rows and the name of the formula used."""
-    if test_delta is not None and test_feats is not None and test_delta.shape[0] > 0:
-        return harmful_influence(delta, feats, test_delta, test_feats, score), harmful_formula(score)
-    return self_influence(delta, feats), SELF
+HARM_WEIGHT = 0.9
+
+
+def suspicion(delta: torch.Tensor, feats: torch.Tensor, test_delta: torch.Tensor | None,
+              test_feats: torch.Tensor | None, score: str = "cosine",
+              scales: tuple[float, float] | None = None) -> tuple[torch.Tensor, str, tuple[float, float]]:
+    """Suspicion of training rows, the formula's name and the ``(harm, self)`` maxima it was scaled by.
+
+    ``scales=None`` takes the maxima from these rows (building an index); pass an index's scales to
+    score new rows consistently with it.
+    """
+    self_inf = self_influence(delta, feats).cpu()
+    use_harm = test_delta is not None and test_feats is not None and test_delta.shape[0] > 0
+    harm = harmful_influence(delta, feats, test_delta, test_feats, score) if use_harm else None
+    if scales is None:
+        scales = (float(harm.max()) if harm is not None and harm.numel() else 0.0,
+                  float(self_inf.max()) if self_inf.numel() else 0.0)
+    s = normalise(self_inf, scales[1])
+    if harm is None:
+        return s, SELF, scales
+    return HARM_WEIGHT * normalise(harm, scales[0]) + (1.0 - HARM_WEIGHT) * s, harmful_formula(score), scales
 
 
 def normalise(raw: torch.Tensor, scale: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from tests.helpers import data_uri, png_bytes
 from training.export import parse_export
 from training.rle import encode_mask
 
-PROTOCOL = Path("/work/shared/ls-protocol")
+PROTOCOL = Path(__file__).resolve().parents[1].parent / "shared" / "ls-protocol"  # recorded LS 1.23.2 traffic
 CLASSES = ["cat", "dog", "bird"]
 CONFIG = parse_config(render_config(CLASSES))
 

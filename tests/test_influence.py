@@ -149,7 +149,7 @@ def test_mislabelled_images_are_the_top_opponents_for_their_true_class(setup):
 def test_suspicion_puts_the_flagged_training_images_first(setup):
     data, _, _, _, index, _, _, _ = setup
     assert index.suspicion_formula.startswith("harmful_cosine") and index.info["n_test_misclassified"] > 0
-    assert float(index.suspicion.max()) == 1.0 and float(index.suspicion.min()) >= 0.0
+    assert 0.9 <= float(index.suspicion.max()) <= 1.0 and float(index.suspicion.min()) > 0.0  # 0.9 harm + 0.1 self
     top = _tags(index, index.suspicion.argsort(descending=True)[:6])
     flagged = data.poisoned | data.mislabelled
     assert sum(t in flagged for t in top) >= 4, top
@@ -265,3 +265,28 @@ def test_rank_signs():
     assert rank(s, 2, "abs")[1].tolist() == [[1, 2]]
     with pytest.raises(ValueError):
         InfluencePart(Settings(), sign="sideways")
+
+
+def test_index_from_export_task_records_with_urls(setup):
+    """The training job's ``TaskRecord`` (task_id, image_url, target) works with an ImageFetcher; a bad
+    image or an unknown class skips that task only."""
+    import base64
+    import io
+
+    from ml_backend.images import ImageFetcher
+    from training.export import TaskRecord
+
+    data, model, meta, _, index, _, _, _ = setup
+
+    def uri(img):
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    records = [TaskRecord(r.task_id, uri(r.image), "train", r.target) for r in data.train[:10]]
+    records.append(TaskRecord(5000, "data:image/png;base64,bm90IGFuIGltYWdl", "train", "circle"))
+    records.append(TaskRecord(5001, uri(data.train[0].image), "train", "hexagon"))
+    built = build_influence_index(None, "v0", records, fetcher=ImageFetcher(None, None), model=model, meta=meta,
+                                  save=False)
+    assert built.task_ids.tolist() == [r.task_id for r in data.train[:10]]
+    assert torch.allclose(built.feats, index.feats[:10], atol=1e-5)

@@ -40,6 +40,15 @@ def _images(n: int, rng: np.random.Generator) -> tuple[list[Image.Image], torch.
 
 @pytest.fixture(scope="module")
 def trained():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: threads only add contention on a shared CPU
+    try:
+        yield _train()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     imgs, y = _images(256, rng)
@@ -175,3 +184,33 @@ def test_overlay_png_is_a_heatmap_over_the_image():
     assert a.shape == (10, 20, 3)
     assert a[0, 15, 0] > 100 and a[0, 15, 1] < 50 and a[0, 15, 2] < 50  # hot = (dark) red
     assert a[0, 5, 2] > 100 and a[0, 5, 0] < 50  # cold = blue
+
+
+def test_predict_over_http_carries_attention_and_serves_its_heatmap(tmp_path):
+    """The production app (``build_app``): /predict adds the attention region, /saliency serves the PNG."""
+    import base64
+    from urllib.parse import quote
+
+    settings = Settings(model_dir=tmp_path, model_arch="tiny-cnn", image_size=S, redis_url="redis://127.0.0.1:1/0",
+                        predict_parts=("saliency",), saliency_method="gradcam")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    key = "test/red/a b.png"
+    tasks = [{"id": 5, "data": {"image": uri, "key": key, "split": "test"}}, {"id": 6, "data": {"image": uri, "split": "test"}}]
+    with TestClient(build_app(settings)) as client:
+        assert client.get("/health").json()["parts"] == ["saliency"]
+        assert client.get(f"/saliency/4/{quote(key)}").status_code == 404
+        r = client.post("/predict", json={"tasks": tasks, "project": "4.1795450542",
+                                          "label_config": render_config(CLASSES), "params": {"context": None}})
+        assert r.status_code == 200
+        for res in r.json()["results"]:
+            kinds = sorted(x["from_name"] for x in res["result"])
+            assert kinds == ["attention", "pred_class"]
+            (brush,) = [x for x in res["result"] if x["from_name"] == "attention"]
+            assert (brush["original_width"], brush["original_height"]) == (40, 30)
+        for k in (quote(key), "6"):  # a task without data.key is cached under its id
+            png = client.get(f"/saliency/4/{k}")
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+            with Image.open(io.BytesIO(png.content)) as im:
+                assert im.size == (40, 30)

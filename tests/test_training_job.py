@@ -237,10 +237,11 @@ class FakeLabelStudio:
     """Serves Label Studio's paths the job uses (token-checked) and records every request."""
 
     def __init__(self, tasks: list[dict], files: dict[str, bytes], project_id: int = 1, fail_predictions=False):
-        proto = json.loads(Path("/work/shared/ls-protocol/webhook_start_training.json").read_text())
-        self.project = {**proto["received"]["body"]["project"], "id": project_id, "label_config": LABEL_CONFIG,
-                        "model_version": "Robustar",
-                        "created_by": {"id": 1, "first_name": "", "last_name": "", "email": "admin@example.com", "avatar": None}}
+        self.project = {  # the fields of GET /api/projects/<id> the job reads, plus a few for realism
+            "id": project_id, "title": "Robustar", "label_config": LABEL_CONFIG, "model_version": "Robustar",
+            "task_number": len(tasks), "show_collab_predictions": True, "maximum_annotations": 1,
+            "created_by": {"id": 1, "first_name": "", "last_name": "", "email": "admin@example.com", "avatar": None},
+        }
         self.tasks, self.files, self.pid = tasks, files, project_id
         self.fail_predictions = fail_predictions
         self.requests: list[tuple[str, str, str | None]] = []

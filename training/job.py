@@ -81,8 +81,7 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
         t = time.perf_counter()
         try:
             predict = backend_predictor(settings, project_id, label_config, summary["version"])
-            predictions = push_predictions(client, project_id, tasks, predict, summary["version"],
-                                           batch_size=max(settings.predict_batch_size, 16))
+            predictions = push_predictions(client, project_id, tasks, predict, summary["version"], batch_size=64)
         except Exception as e:
             log.exception("project %s: pushing predictions of %s failed (the version is published anyway)",
                           project_id, summary["version"])

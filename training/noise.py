@@ -81,40 +81,48 @@ def noise_fill(
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(b, dtype=torch.long, device=device)
     if mode in _PIXEL_NOISE:
         lo, hi = _NOISE_RANGE[mode]
-        fill = torch.randint(lo, hi, shape, **kw, dtype=torch.uint8)
+        fill = torch.randint(lo, hi, shape, **kw, dtype=dtype).div_(255)
         modes = torch.full((b,), MIXTURE_MODES.index(mode), dtype=torch.long, device=device)
-        return fill.to(dtype).div_(255), modes
+        return fill, modes
     if mode in _COLOUR:
-        colour = torch.randint(0, 256, (b, c, 1, 1), **kw, dtype=torch.uint8).to(dtype).div_(255)
+        colour = torch.randint(0, 256, (b, c, 1, 1), **kw, dtype=dtype).div_(255)
         modes = torch.full((b,), MIXTURE_MODES.index(mode), dtype=torch.long, device=device)
         if mode == "random_pure":
-            return colour.expand(shape).contiguous(), modes
+            return colour.expand(shape), modes
         if mode == "hstrips":
             on = (torch.arange(h, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, h, 1)
         else:
             on = (torch.arange(w, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, 1, w)
-        return (colour * on.to(dtype)).expand(shape).contiguous(), modes
+        return colour * on.to(dtype), modes
 
-    # mixture: one mode per sample, everything computed for the whole batch and selected per sample
+    # mixture: one mode per sample; fill = pixel noise (zero span outside the noise modes)
+    #                                      + colour x pattern (zero colour outside the colour modes)
     modes = torch.randint(0, len(MIXTURE_MODES), (b,), **kw)
-    table_lo = torch.tensor([_NOISE_RANGE.get(m, (0, 256))[0] for m in MIXTURE_MODES], device=device)
-    table_hi = torch.tensor([_NOISE_RANGE.get(m, (0, 256))[1] for m in MIXTURE_MODES], device=device)
-    lo = table_lo[modes].view(b, 1, 1, 1).float()
-    span = (table_hi - table_lo)[modes].view(b, 1, 1, 1).float()
+    lo_t, span_t, colour_on, pure_on, h_on, v_on = _mixture_tables(device)
     u = torch.rand(shape, **kw, dtype=torch.float32)
-    # floor(lo + u * span) is uniform over the integers lo..hi-1 (u < 1; clamp guards rounding)
-    pixel = torch.minimum(torch.floor(lo + u * span), lo + span - 1).to(dtype).div_(255)
-    colour = torch.randint(0, 256, (b, c, 1, 1), **kw, dtype=torch.uint8).to(dtype).div_(255)
-    hs = (torch.arange(h, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, h, 1)
-    vs = (torch.arange(w, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, 1, w)
-    m = modes.view(b, 1, 1, 1)
-    i = MIXTURE_MODES.index
-    pattern = torch.where(m == i("hstrips"), hs, torch.where(m == i("vstrips"), vs, True))
-    is_pixel = (m == i("noise")) | (m == i("noise_weak")) | (m == i("noise_minor"))
-    is_colour = (m == i("random_pure")) | (m == i("hstrips")) | (m == i("vstrips"))
-    zero = torch.zeros((), dtype=dtype, device=device)
-    fill = torch.where(is_pixel, pixel, torch.where(is_colour & pattern, colour, zero))
-    return fill, modes
+    # floor(u * span) with u < 1 and span a power of two (256, 128, 64) is exactly 0..span-1
+    pixel = u.mul_(span_t[modes].view(b, 1, 1, 1)).floor_().add_(lo_t[modes].view(b, 1, 1, 1))
+    colour = torch.randint(0, 256, (b, c, 1, 1), **kw, dtype=torch.float32)
+    colour.mul_(colour_on[modes].view(b, 1, 1, 1))
+    hs = (torch.arange(h, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, h, 1).float()
+    vs = (torch.arange(w, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, 1, w).float()
+    pattern = pure_on[modes].view(b, 1, 1, 1) + h_on[modes].view(b, 1, 1, 1) * hs + v_on[modes].view(b, 1, 1, 1) * vs
+    fill = pixel.add_(colour * pattern).div_(255)
+    return fill.to(dtype), modes
+
+
+_TABLES: dict = {}
+
+
+def _mixture_tables(device: torch.device) -> tuple[Tensor, ...]:
+    """Per-mode constants indexed by position in MIXTURE_MODES, cached per device."""
+    if device not in _TABLES:
+        lo = [_NOISE_RANGE[m][0] if m in _PIXEL_NOISE else 0 for m in MIXTURE_MODES]
+        span = [_NOISE_RANGE[m][1] - _NOISE_RANGE[m][0] if m in _PIXEL_NOISE else 0 for m in MIXTURE_MODES]
+        rows = [lo, span, [m in _COLOUR for m in MIXTURE_MODES], [m == "random_pure" for m in MIXTURE_MODES],
+                [m == "hstrips" for m in MIXTURE_MODES], [m == "vstrips" for m in MIXTURE_MODES]]
+        _TABLES[device] = tuple(torch.tensor(r, dtype=torch.float32, device=device) for r in rows)
+    return _TABLES[device]
 
 
 def apply_noise(

@@ -83,7 +83,13 @@ def paired_loss(
     if paired.numel() != b or targets.shape[0] != b:
         raise ValueError("logits, targets and paired must have the same batch size")
     idx = paired.nonzero().squeeze(1)
-    n_p = idx.numel()
+    loss, terms = _loss_terms(logits, logits_tilde, targets, lam, idx)
+    return loss, _stats(terms, idx.numel())
+
+
+def _loss_terms(logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: float, idx: Tensor):
+    """The paired loss given the painted indices; returns (loss, detached [loss, ce, ce~, align])."""
+    b, n_p = logits.shape[0], idx.numel()
     if logits_tilde.shape[0] == b and n_p != b:
         zt = logits_tilde.index_select(0, idx)
     elif logits_tilde.shape[0] == n_p:
@@ -92,22 +98,27 @@ def paired_loss(
         raise ValueError(
             f"logits_tilde has {logits_tilde.shape[0]} rows; expected {b} (whole batch) or {n_p} (painted)"
         )
-    ce_each = F.cross_entropy(logits, targets, reduction="none")
-    ce = ce_each.sum() / b
+    ce = F.cross_entropy(logits, targets, reduction="sum") / b
     if n_p:
         z = logits.index_select(0, idx)
         y = targets.index_select(0, idx)
         ce_t_sum = F.cross_entropy(zt, y, reduction="sum")
-        align_sum = (z - zt).pow(2).sum()
+        align_sum = (z - zt).pow(2).sum()  # no detach: the gradient reaches both z and z~
         loss = ce + (ce_t_sum + lam * align_sum) / b
         ce_t, align = ce_t_sum.detach() / n_p, align_sum.detach() / n_p
     else:
         loss = ce
         ce_t = align = torch.zeros((), device=logits.device)
-    stats_t = torch.stack([loss.detach(), ce.detach(), ce_t, align]).float().cpu().tolist()  # one sync
-    stats = dict(zip(("loss", "ce", "ce_tilde", "align"), stats_t))
-    stats["n_paired"] = float(n_p)
-    return loss, stats
+    return loss, torch.stack([loss.detach(), ce.detach(), ce_t.to(ce.dtype), align.to(ce.dtype)]).float()
+
+
+def _stats(terms: Tensor, n_paired: int, *extra: Tensor) -> dict[str, float]:
+    values = torch.cat([terms, *(e.reshape(1).float() for e in extra)]).cpu().tolist()  # one host sync
+    stats = dict(zip(("loss", "ce", "ce_tilde", "align"), values[:4]))
+    stats["n_paired"] = float(n_paired)
+    if extra:
+        stats["acc"] = values[4]
+    return stats
 
 
 def _accuracy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -152,6 +163,8 @@ def paired_step(
     if masks.dim() == 3:
         masks = masks.unsqueeze(1)
     b = images.shape[0]
+    masks = masks.to(images.device, non_blocking=True)
+    targets = targets.to(images.device, non_blocking=True)
     paired = masks.reshape(b, -1).any(dim=1)
     idx = paired.nonzero().squeeze(1)  # the only host sync before the forward: sizes the batch
     if idx.numel():
@@ -165,12 +178,11 @@ def paired_step(
     else:
         logits = model(x_norm_fn(images))
         logits_tilde = logits[:0]
-    loss, stats = paired_loss(logits, logits_tilde, targets, lam, paired)
+    loss, terms = _loss_terms(logits, logits_tilde, targets, lam, idx)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    stats["acc"] = float(_accuracy(logits, targets))
-    return stats
+    return _stats(terms, idx.numel(), _accuracy(logits, targets))  # the step's only sync after forward
 
 
 def plain_step(
@@ -184,6 +196,7 @@ def plain_step(
 
     Returns floats ``loss``, ``ce`` (the same value), ``acc``.
     """
+    targets = targets.to(images.device, non_blocking=True)
     logits = model(x_norm_fn(images))
     loss = F.cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)

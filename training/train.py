@@ -27,7 +27,7 @@ from ml_backend.images import ImageFetcher
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, CheckpointStore
 from training.dataset import PairedDataset, load_splits
 from training.evaluate import evaluate, evaluate_splits
-from training.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult
+from training.export import TRAIN_SPLIT, ExportResult
 from training.models import build_model, classifier_head, load_pretrained_backbone
 from training.options import OptionsError, TrainOptions
 from training.paired import make_normalizer, paired_step

@@ -106,9 +106,9 @@ def noise_fill(
     colour.mul_(colour_on[modes].view(b, 1, 1, 1))
     hs = (torch.arange(h, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, h, 1).float()
     vs = (torch.arange(w, device=device) % STRIPE_PERIOD < STRIPE_WIDTH).view(1, 1, 1, w).float()
-    pattern = pure_on[modes].view(b, 1, 1, 1) + h_on[modes].view(b, 1, 1, 1) * hs + v_on[modes].view(b, 1, 1, 1) * vs
-    fill = pixel.add_(colour * pattern).div_(255)
-    return fill.to(dtype), modes
+    per = [t[modes].view(b, 1, 1, 1) for t in (pure_on, h_on, v_on)]
+    pattern = per[0] + per[1] * hs + per[2] * vs  # [B, 1, H, W]
+    return pixel.add_(colour * pattern).to(dtype).div_(255), modes
 
 
 _TABLES: dict = {}

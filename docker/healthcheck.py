@@ -1,12 +1,14 @@
 """Container health checks (Dockerfile HEALTHCHECK): ``python healthcheck.py backend|worker``.
 
-backend: ``GET http://127.0.0.1:$PORT/health`` answers ``{"status": "UP"}``.
+backend: ``GET http://127.0.0.1:$PORT/health`` answers ``{"status": "UP"}`` (with basic auth when
+         ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` are set).
 worker:  Redis at ``$REDIS_URL`` answers and an RQ worker started in this container (its name
          starts with ``$WORKER_NAME`` or the hostname, see the worker image's command) is registered;
          RQ drops a worker's registration when its heartbeat stops.
 Exit 0 = healthy, 1 = unhealthy (the reason on stderr).
 """
 
+import base64
 import json
 import os
 import socket
@@ -16,7 +18,11 @@ import urllib.request
 
 def backend() -> str | None:
     url = f"http://127.0.0.1:{os.environ.get('PORT', '9090')}/health"
-    with urllib.request.urlopen(url, timeout=5) as r:
+    request = urllib.request.Request(url)
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=5) as r:
         status = json.load(r).get("status")
     return None if status == "UP" else f"{url} says status={status!r}"
 

@@ -57,6 +57,15 @@ class Settings:
     influence_sign: str = "both"  # both | proponents | opponents | abs
     influence_build: str = "background"  # background | sync | off (index built lazily by the backend or not)
     influence_batch_size: int = 64
+    # reliability and security (README "Reliability and security")
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    webhook_secret: str | None = None
+    allowed_image_hosts: tuple[str, ...] = ()
+    image_root: Path | None = None
+    max_image_bytes: int = 50_000_000
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_predict_tasks: int = 10_000
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,6 +73,7 @@ class Settings:
         """Build settings from the process environment."""
         checkpoint = _env("MODEL_CHECKPOINT")
         seg_weights = _env("SEGMENTATION_WEIGHTS")
+        image_root = _env("IMAGE_ROOT")
         return cls(
             label_studio_url=_env("LABEL_STUDIO_URL"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY"),
@@ -97,6 +107,14 @@ class Settings:
             influence_sign=_env("INFLUENCE_SIGN", cls.influence_sign),
             influence_build=_env("INFLUENCE_BUILD", cls.influence_build),
             influence_batch_size=int(_env("INFLUENCE_BATCH_SIZE", str(cls.influence_batch_size))),
+            basic_auth_user=_env("BASIC_AUTH_USER"),
+            basic_auth_pass=_env("BASIC_AUTH_PASS"),
+            webhook_secret=_env("WEBHOOK_SECRET"),
+            allowed_image_hosts=_env_list("ALLOWED_IMAGE_HOSTS", cls.allowed_image_hosts),
+            image_root=Path(image_root) if image_root else None,
+            max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(cls.max_image_bytes))),
+            max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(cls.max_request_bytes))),
+            max_predict_tasks=int(_env("MAX_PREDICT_TASKS", str(cls.max_predict_tasks))),
         )
 
     def torch_device(self) -> str:

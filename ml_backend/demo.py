@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
         f" | ML backend {backend_url} | Redis {redis_url}\n"
         f"  login         {ls.username} / {ls.password}   (API token {ls.token})\n"
         f"  model version {report.model_version};   Redis {redis_note}\n"
-        f"  logs          {logs}/  (redis.log, label-studio.log, backend.log, worker.log)\n"
+        f"  logs          {logs}/  ({', '.join(sorted(f.name for f in logs.glob('*.log')))})\n"
         "Paint spurious pixels, then Settings > Model > Start Training. Ctrl-C stops everything.",
         flush=True,
     )

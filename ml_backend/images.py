@@ -1,75 +1,291 @@
-"""Fetch task images the way Label Studio serves them: uploads, local files, absolute URLs, data URIs."""
+"""Fetch task images the way Label Studio serves them: uploads, local files, absolute URLs, data URIs.
+
+Where an image may come from (no SSRF, no path traversal):
+
+- the Label Studio origin (``base_url``: ``LABEL_STUDIO_URL``, else the ``hostname`` Label Studio sent
+  to ``/setup``); relative URLs resolve against it and only requests to it carry ``Authorization:
+  Token <key>``;
+- hosts listed in ``ALLOWED_IMAGE_HOSTS`` (``host``, ``host:port``, ``*.domain`` or a URL; fetched
+  without the token);
+- ``data:`` URIs (decoded inline);
+- ``file://`` URLs only under ``IMAGE_ROOT`` (the real path, symlinks resolved, must stay inside it).
+
+Anything else (other hosts, other schemes, ``file://`` without ``IMAGE_ROOT`` or outside it, user
+info in the URL) raises ``ImageError``. Redirects are followed by hand (at most 5), each target
+re-checked, the token dropped when leaving the Label Studio origin. Downloads are streamed and cut
+at ``MAX_IMAGE_BYTES`` (default 50 MB); decoding refuses more than ``MAX_IMAGE_PIXELS`` (64 MP).
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import fnmatch
 import io
-from urllib.parse import urljoin, urlparse
+import os
+import re
+import warnings
+from pathlib import Path
+from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 import requests
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs beyond 64 MP
+MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS") or 64_000_000)
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL's own guard (raises beyond 2x); decode_image checks 1x
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # decode_image refuses those itself
+DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+MAX_REDIRECTS = 5
+_CHUNK = 1 << 16
+_BAD_URL_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ImageError(ValueError):
     """A task's image could not be fetched or decoded; the message says why."""
 
 
-class ImageFetcher:
-    """Download task images from Label Studio with its API key (``Authorization: Token``)."""
+def describe_url(url: object, limit: int = 120) -> str:
+    """A short, log-safe rendering of an image URL (data URIs are not printed whole)."""
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    if url.startswith("data:"):
+        head = url.split(",", 1)[0]
+        return f"{head[:60]},… ({len(url)} chars)"
+    return url if len(url) <= limit else url[:limit] + f"… ({len(url)} chars)"
 
-    def __init__(self, base_url: str | None, api_key: str | None, timeout: float = 30.0) -> None:
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, lower-case host, port) of an http(s) URL, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def _env_hosts() -> tuple[str, ...]:
+    return tuple(h.strip() for h in (os.environ.get("ALLOWED_IMAGE_HOSTS") or "").split(",") if h.strip())
+
+
+class ImageFetcher:
+    """Download task images from Label Studio with its API key (``Authorization: Token``).
+
+    ``allowed_hosts``, ``image_root`` and ``max_bytes`` default to ``ALLOWED_IMAGE_HOSTS``,
+    ``IMAGE_ROOT`` and ``MAX_IMAGE_BYTES`` from the environment.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float = 30.0,
+        *,
+        allowed_hosts: tuple[str, ...] | list[str] | None = None,
+        image_root: str | Path | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/") + "/" if base_url else None
         self.api_key = api_key
         self.timeout = timeout
         self.session = requests.Session()
+        self.session.trust_env = False  # no proxies or .netrc credentials from the environment
+        self.allowed_hosts = tuple(allowed_hosts) if allowed_hosts is not None else _env_hosts()
+        if image_root is None:
+            image_root = os.environ.get("IMAGE_ROOT") or None
+        self.image_root = os.path.realpath(image_root) if image_root else None
+        if max_bytes is None:
+            max_bytes = int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
+        self.max_bytes = int(max_bytes)
+        self._ls_origin = _origin(self.base_url) if self.base_url else None
+
+    # ------------------------------------------------------------------------------------------
+    # where a URL may point
 
     def resolve(self, url: str) -> str:
         """Make a task-data URL absolute against the Label Studio URL."""
-        if urlparse(url).scheme in ("http", "https", "data"):
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("http", "https", "data", "file"):
             return url
+        if scheme:
+            raise ImageError(f"image URL scheme {scheme!r} is not allowed (http(s) from Label Studio, data:, file:)")
         if not self.base_url:
-            raise ImageError(f"relative image URL {url!r} but the Label Studio URL is unknown (set LABEL_STUDIO_URL)")
+            raise ImageError(f"relative image URL {describe_url(url)!r} but the Label Studio URL is unknown (set LABEL_STUDIO_URL)")
         return urljoin(self.base_url, url.lstrip("/"))
 
+    def _host_allowed(self, origin: tuple[str, str, int]) -> bool:
+        if origin == self._ls_origin:
+            return True
+        _, host, port = origin
+        for entry in self.allowed_hosts:
+            entry = entry.strip().lower()
+            if "://" in entry:
+                o = _origin(entry)
+                if o is not None and o[1:] == (host, port):
+                    return True
+                continue
+            name, _, want_port = entry.partition(":")
+            if want_port and want_port != str(port):
+                continue
+            if name == host or (name.startswith("*.") and fnmatch.fnmatchcase(host, name)):
+                return True
+        return False
+
+    def check_url(self, url: str) -> str:
+        """The absolute URL to fetch; raises ImageError when it may not be fetched."""
+        if not isinstance(url, str) or not url.strip():
+            raise ImageError("image URL is empty or not a string")
+        url = url.strip()
+        if url.startswith("data:"):
+            return url
+        if _BAD_URL_CHARS.search(url):
+            raise ImageError(f"image URL {describe_url(url)!r} contains control characters or backslashes")
+        url = self.resolve(url)
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "file":
+            return url
+        if "@" in parts.netloc:
+            raise ImageError(f"image URL {describe_url(url)!r} carries user info; not allowed")
+        origin = _origin(url)
+        if origin is None:
+            raise ImageError(f"image URL {describe_url(url)!r} is not a valid http(s) URL")
+        if not self._host_allowed(origin):
+            raise ImageError(
+                f"image host {origin[1]}:{origin[2]} is not allowed: images come from Label Studio"
+                f"{' (' + self.base_url.rstrip('/') + ')' if self.base_url else ''} or a host in ALLOWED_IMAGE_HOSTS"
+            )
+        return url
+
     def _auth_for(self, url: str) -> dict[str, str]:
-        if not (self.api_key and self.base_url):
+        if not (self.api_key and self._ls_origin):
             return {}
-        ls = urlparse(self.base_url)
-        target = urlparse(url)
-        return {"Authorization": f"Token {self.api_key}"} if target.netloc == ls.netloc else {}
+        return {"Authorization": f"Token {self.api_key}"} if _origin(url) == self._ls_origin else {}
+
+    # ------------------------------------------------------------------------------------------
+    # reading
+
+    def _data_uri(self, url: str) -> bytes:
+        head, sep, payload = url.partition(",")
+        if not sep:
+            raise ImageError("malformed data URI: no ',' separates the header from the data")
+        if head.lower().endswith(";base64"):
+            if len(payload) * 3 // 4 > self.max_bytes:
+                raise ImageError(f"data URI holds more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
+            try:
+                return base64.b64decode(payload, validate=False)
+            except (binascii.Error, ValueError) as e:
+                raise ImageError(f"malformed data URI: {e}") from e
+        data = unquote_to_bytes(payload)
+        if len(data) > self.max_bytes:
+            raise ImageError(f"data URI holds more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
+        return data
+
+    def _local_file(self, url: str) -> bytes:
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise ImageError(f"file URL {describe_url(url)!r} names a remote host; not allowed")
+        if not self.image_root:
+            raise ImageError("local file URLs are not allowed (set IMAGE_ROOT to the folder images may be read from)")
+        real = os.path.realpath(unquote(parts.path))
+        try:
+            inside = os.path.commonpath([self.image_root, real]) == self.image_root
+        except ValueError:
+            inside = False
+        if not inside:
+            raise ImageError(f"local file {describe_url(url)!r} is outside IMAGE_ROOT; not allowed")
+        try:
+            if not os.path.isfile(real):
+                raise ImageError(f"local file {describe_url(url)!r} does not exist or is not a file")
+            if os.path.getsize(real) > self.max_bytes:
+                raise ImageError(f"local file {describe_url(url)!r} is larger than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
+            with open(real, "rb") as f:
+                return f.read(self.max_bytes + 1)
+        except OSError as e:
+            raise ImageError(f"cannot read local file {describe_url(url)!r}: {e.strerror or e}") from e
+
+    def _download(self, url: str) -> bytes:
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.get(url, headers=self._auth_for(url), timeout=self.timeout,
+                                            stream=True, allow_redirects=False)
+            except requests.RequestException as e:
+                raise ImageError(f"cannot download {describe_url(url)}: {type(e).__name__}") from e
+            with response:
+                if response.is_redirect:
+                    location = response.headers.get("Location") or ""
+                    url = self.check_url(urljoin(url, location))
+                    if urlsplit(url).scheme.lower() not in ("http", "https"):
+                        raise ImageError(f"redirect to {describe_url(url)!r} is not allowed")
+                    continue
+                if response.status_code != 200:
+                    raise ImageError(f"downloading {describe_url(url)} answered HTTP {response.status_code}")
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise ImageError(f"{describe_url(url)} is {declared} bytes, more than {self.max_bytes} (MAX_IMAGE_BYTES)")
+                buf = bytearray()
+                try:
+                    for chunk in response.iter_content(_CHUNK):
+                        buf += chunk
+                        if len(buf) > self.max_bytes:
+                            raise ImageError(f"{describe_url(url)} is more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
+                except requests.RequestException as e:
+                    raise ImageError(f"download of {describe_url(url)} broke off: {type(e).__name__}") from e
+                return bytes(buf)
+        raise ImageError(f"{describe_url(url)}: more than {MAX_REDIRECTS} redirects")
 
     def fetch_bytes(self, url: str) -> bytes:
-        """Return the raw bytes behind a task-data image URL."""
-        url = self.resolve(url)
-        if url.startswith("data:"):
-            try:
-                return base64.b64decode(url.split(",", 1)[1], validate=False)
-            except (IndexError, ValueError) as e:
-                raise ImageError(f"malformed data URI: {e}") from e
+        """Return the raw bytes behind a task-data image URL (raises ImageError when not allowed)."""
         try:
-            response = self.session.get(url, headers=self._auth_for(url), timeout=self.timeout)
-        except requests.RequestException as e:
-            raise ImageError(f"cannot download {url}: {e}") from e
-        if response.status_code != 200:
-            raise ImageError(f"downloading {url} answered HTTP {response.status_code}")
-        return response.content
+            return self._fetch_bytes(url)
+        except ImageError:
+            raise
+        except (ValueError, UnicodeError, OSError) as e:  # e.g. a malformed IPv6 host in urlsplit
+            raise ImageError(f"cannot fetch {describe_url(url)}: {type(e).__name__}: {e}") from e
+
+    def _fetch_bytes(self, url: str) -> bytes:
+        url = self.check_url(url)
+        if url.startswith("data:"):
+            return self._data_uri(url)
+        if urlsplit(url).scheme.lower() == "file":
+            return self._local_file(url)
+        return self._download(url)
 
     def fetch(self, url: str) -> Image.Image:
         """Return the image behind a task-data URL as RGB."""
-        return decode_image(self.fetch_bytes(url), url)
+        return decode_image(self.fetch_bytes(url), describe_url(url))
 
 
-def decode_image(data: bytes, source: str = "image") -> Image.Image:
-    """Decode bytes to an RGB PIL image; raise ImageError for corrupt, truncated or huge images."""
+def decode_image(data: bytes, source: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """Decode bytes to an RGB PIL image; raise ImageError for corrupt, truncated or huge images.
+
+    Grayscale, palette, RGBA/LA (alpha dropped, as torchvision's loader does) and CMYK become RGB;
+    16-bit images (``I;16*``, ``I``) are scaled to 8 bit (value / 256).
+    """
+    limit = max_pixels or MAX_IMAGE_PIXELS
+    if not data:
+        raise ImageError(f"{source}: empty image (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageError(f"{source}: image has no pixels ({w}x{h})")
+            if w * h > limit:
+                raise ImageError(f"{source}: image too large ({w}x{h} = {w * h} pixels > {limit}, MAX_IMAGE_PIXELS)")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 img = img.point(lambda v: v / 256).convert("L")
+            elif img.mode == "F":
+                img = img.convert("L")
             return img.convert("RGB")
+    except ImageError:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"{source}: image too large ({e})") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{source}: not a readable image ({e})") from e
+    except MemoryError as e:
+        raise ImageError(f"{source}: image too large to decode") from e
+    except Exception as e:  # PIL raises many types on hostile input (OSError, SyntaxError, struct.error, ...)
+        raise ImageError(f"{source}: not a readable image ({type(e).__name__}: {e})") from e

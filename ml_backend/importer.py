@@ -9,11 +9,11 @@ version set to the one the backend reports, so the Data Manager's prediction-sco
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import requests
 from label_studio_sdk import LabelStudio
@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from label_config.render import parse_config, render_config
+from ml_backend.security import SECRET_HEADER, basic_auth_header, signed_heatmap_url
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,9 @@ class LabelStudioImporter:
         tasks = []
         for it, url in zip(items, urls):
             data = {"image": url, "split": it.split, "label": it.label, "key": it.key}
-            data["saliency"] = (
-                f"{backend_url.rstrip('/')}/saliency/{project_id}/{quote(it.key)}" if backend_url else url
+            user, password = _basic_auth()
+            data["saliency"] = (  # signed when basic auth is on: browsers load it without credentials
+                signed_heatmap_url(backend_url, project_id, it.key, user, password) if backend_url else url
             )
             tasks.append(data)
         r = self.http.post(f"{self.url}/api/projects/{project_id}/import", json=tasks, timeout=self.timeout)
@@ -182,16 +184,43 @@ class LabelStudioImporter:
 
     def connect_backend(self, project_id: int, backend_url: str, title: str = "robustar") -> tuple[int, str]:
         """Connect the ML backend (once) and set the project's model version to the backend's."""
+        user, password = _basic_auth()
+        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password} if user else {}
         backend = next((b for b in self.client.ml.list(project=project_id) if b.url.rstrip("/") == backend_url.rstrip("/")), None)
-        if backend is None:
-            try:
+        try:
+            if backend is None:
                 backend = self.client.ml.create(
-                    project=project_id, url=backend_url, title=title, is_interactive=True, auto_update=True
+                    project=project_id, url=backend_url, title=title, is_interactive=True, auto_update=True, **auth
                 )
-            except Exception as e:
-                raise ImportErrorWithHint(f"Label Studio could not connect the ML backend at {backend_url}: {e}") from e
+            elif auth:
+                self.client.ml.update(id=backend.id, **auth)
+        except Exception as e:
+            raise ImportErrorWithHint(f"Label Studio could not connect the ML backend at {backend_url}: {e}") from e
+        self.secure_webhook(project_id, backend_url)
         backend = self.client.ml.get(id=backend.id)  # GET re-runs /setup, refreshing model_version
         return backend.id, backend.model_version
+
+    def secure_webhook(self, project_id: int, backend_url: str) -> int | None:
+        """Give Label Studio's auto-created ``<backend>/webhook`` the headers the backend requires:
+        ``X-Robustar-Secret`` (``WEBHOOK_SECRET``) and basic auth (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``)."""
+        headers = {}
+        secret = os.environ.get("WEBHOOK_SECRET")
+        if secret:
+            headers[SECRET_HEADER] = secret
+        user, password = _basic_auth()
+        if user:
+            headers["Authorization"] = basic_auth_header(user, password)
+        if not headers:
+            return None
+        target = backend_url.rstrip("/") + "/webhook"
+        hooks = [h for h in self.client.webhooks.list(project=str(project_id)) if (h.url or "").rstrip("/") == target]
+        if not hooks:
+            log.warning("project %s: no webhook to %s found (Label Studio needs SSRF_PROTECTION_ENABLED=false to "
+                        "create it); annotation events will not reach the backend", project_id, target)
+            return None
+        for hook in hooks:
+            self.client.webhooks.update(id=hook.id, headers={**(hook.headers or {}), **headers})
+        return hooks[0].id
 
     def task_ids(self, project_id: int) -> list[int]:
         return [t.id for t in self.client.tasks.list(project=project_id, fields="task_only")]
@@ -214,6 +243,12 @@ class LabelStudioImporter:
     def set_model_version(self, project_id: int, version: str) -> None:
         """Make the Data Manager's prediction-score column use ``version`` (needs its predictions stored)."""
         self.client.projects.update(id=project_id, model_version=version)
+
+
+def _basic_auth() -> tuple[str | None, str | None]:
+    """(user, password) from ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` when both are set, else (None, None)."""
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    return (user, password) if user and password else (None, None)
 
 
 def import_dataset(

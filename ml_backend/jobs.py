@@ -5,6 +5,12 @@ Redis keys (prefix ``robustar:``): ``project:<id>:queued`` holds the id of the p
 events towards the next automatic training.  A request that arrives while a job runs enqueues one
 follow-up that depends on the running job, so two jobs of one project never train at once, even
 with several workers on the queue.
+
+Retries (``TRAIN_RETRIES``, default 1): a job that fails for a transient reason (Label Studio
+unreachable, I/O error, a work-horse killed or abandoned by a dead worker) is requeued by RQ up to
+that many times; a ``ValueError`` (bad options, no usable data, a label config we cannot serve) or a
+timeout fails at once. A job that is retried keeps its project's "running" slot, so a webhook that
+arrives meanwhile answers "already queued" instead of starting a second job of the project.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import os
 from dataclasses import dataclass
 
 from redis import Redis
-from rq import Queue, get_current_job
+from rq import Queue, Retry, get_current_job
 from rq.job import Dependency, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,7 @@ class TrainingPolicy:
     """When annotation events start training: every ``every_n_annotations`` events (0 = never)."""
 
     every_n_annotations: int = 0
+    retries: int = 1
     job_timeout: int = 6 * 3600
     result_ttl: int = 7 * 24 * 3600
     prefix: str = "robustar:"
@@ -38,6 +45,7 @@ class TrainingPolicy:
     def from_env(cls) -> "TrainingPolicy":
         return cls(
             every_n_annotations=int(os.environ.get("TRAIN_EVERY_N_ANNOTATIONS", "0") or 0),
+            retries=max(0, int(os.environ.get("TRAIN_RETRIES", str(cls.retries)) or 0)),
             job_timeout=int(os.environ.get("TRAIN_JOB_TIMEOUT", str(cls.job_timeout)) or cls.job_timeout),
             prefix=os.environ.get("REDIS_KEY_PREFIX", cls.prefix) or cls.prefix,
         )
@@ -88,8 +96,11 @@ class TrainingQueue:
             if self._job_status(queued) in _PENDING:
                 return {"job": queued.decode(), "status": "already queued"}
             running = self.redis.get(self._key(project_id, "running"))
+            running_status = self._job_status(running)
+            if running_status in _PENDING:  # the running job failed and RQ requeued it (Retry)
+                return {"job": running.decode(), "status": "already queued"}
             depends = None
-            if self._job_status(running) == JobStatus.STARTED:
+            if running_status == JobStatus.STARTED:
                 depends = Dependency(jobs=[running.decode()], allow_failure=True)
             job = self.queue.enqueue(
                 JOB_FUNC,
@@ -98,6 +109,7 @@ class TrainingQueue:
                 result_ttl=self.policy.result_ttl,
                 failure_ttl=self.policy.result_ttl,
                 depends_on=depends,
+                retry=Retry(max=self.policy.retries) if self.policy.retries > 0 else None,
                 meta={"project_id": int(project_id), "reason": reason, "phase": "queued"},
                 description=f"train project {project_id} ({reason})",
             )
@@ -123,13 +135,32 @@ def run_training_job(project_id: int, options: dict | None = None, target: str =
     """The RQ entry point: queue bookkeeping around ``target`` (``training.job.train_project``)."""
     from rq.utils import import_attribute
 
+    from ml_backend.security import install_log_redaction
+
+    install_log_redaction(os.environ.get("LABEL_STUDIO_API_KEY"))
     train_project = import_attribute(target)
     job = get_current_job()
     queue = TrainingQueue(job.connection, job.origin, TrainingPolicy.from_env()) if job else None
     if queue:
         queue.mark_started(project_id, job.id)
+    will_retry = False
     try:
         return train_project(project_id, options or {})
+    except Exception as e:
+        if job is not None and job.retries_left:
+            if is_transient(e):
+                will_retry = True  # keep the project's running slot: RQ requeues this same job
+            else:
+                log.warning("project %s job %s: %s is not transient; not retried", project_id, job.id, type(e).__name__)
+                job.retries_left = 0
+        raise
     finally:
-        if queue:
+        if queue and not will_retry:
             queue.mark_finished(project_id, job.id)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth a retry: anything but a ValueError (bad options/data/config) or a job timeout."""
+    from rq.timeouts import JobTimeoutException
+
+    return not isinstance(exc, (ValueError, JobTimeoutException))

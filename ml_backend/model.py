@@ -38,10 +38,17 @@ class RobustarModel(LabelStudioMLBase):
         self.registry = registry
         self.parts = parts or []
         self.config: ParsedConfig = parse_config(label_config)
+        if settings.label_studio_url:
+            base, key = settings.label_studio_url, settings.label_studio_api_key or access_token
+        else:  # the host and token Label Studio sent to /setup go together (no configured key to another host)
+            base, key = hostname, access_token or settings.label_studio_api_key
         self.fetcher = ImageFetcher(
-            settings.label_studio_url or hostname,
-            settings.label_studio_api_key or access_token,
+            base,
+            key,
             settings.fetch_timeout,
+            allowed_hosts=settings.allowed_image_hosts,
+            image_root=settings.image_root,
+            max_bytes=settings.max_image_bytes,
         )
         self._enqueue_training = enqueue_training
 
@@ -67,14 +74,19 @@ class RobustarModel(LabelStudioMLBase):
         with ThreadPoolExecutor(max_workers=min(self.settings.fetch_workers, len(tasks))) as pool:
             return list(pool.map(one, tasks))
 
-    def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> list[dict]:
-        """One prediction per task, in order; a task whose image fails gets an empty result (logged)."""
+    def predict(
+        self, tasks: list[dict], context: dict | None = None, errors: list[tuple[int, str]] | None = None, **kwargs: Any
+    ) -> list[dict]:
+        """One prediction per task, in order; a task whose image fails gets an empty result (logged,
+        and appended to ``errors`` as ``(task index, message)`` when a list is given)."""
         served = self.registry.get(self.project_id, self.config.classes)
         fetched = self._fetch_all(tasks)
         ok = [i for i, f in enumerate(fetched) if not isinstance(f, ImageError)]
         for i, f in enumerate(fetched):
             if isinstance(f, ImageError):
                 log.warning("project %s task %s: no prediction: %s", self.project_id, tasks[i].get("id"), f)
+                if errors is not None:
+                    errors.append((i, str(f)))
         results: list[dict] = [{"result": [], "score": 0.0, "model_version": served.version} for _ in tasks]
         if not ok:
             return results

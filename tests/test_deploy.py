@@ -287,6 +287,7 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def test_gunicorn_serves_the_backend_with_the_image_config(tmp_path, redis_db12):
     """The backend image's CMD, run here: gunicorn + uvicorn workers + docker/gunicorn.conf.py."""
+    assert (BIN / "gunicorn").exists(), "gunicorn is missing: pip install -e '.[test]' (the test extra includes it)"
     port = free_port()
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_THREADS": "3", "MODEL_DIR": str(tmp_path / "models"),
            "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "REDIS_URL": redis_db12, "PYTHONPATH": str(ROOT)}
@@ -334,3 +335,40 @@ def test_worker_healthcheck_sees_its_own_worker(tmp_path, redis_db12):
     assert _healthcheck("worker", env).returncode == 1  # a stopped worker unregisters
     down = _healthcheck("worker", {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert down.returncode == 1 and "unhealthy" in down.stderr
+
+
+def test_backend_healthcheck_sends_basic_auth_when_configured():
+    """With BASIC_AUTH_USER/PASS set every endpoint, /health included, needs them: so does the health check."""
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    want = "Basic " + base64.b64encode(b"expert:s3cret").decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/health" and self.headers.get("Authorization") == want
+            body = json.dumps({"status": "UP"} if ok else {"status": "error"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = str(server.server_address[1])
+        creds = {"BASIC_AUTH_USER": "expert", "BASIC_AUTH_PASS": "s3cret"}
+        assert _healthcheck("backend", {"PORT": port, **creds}).returncode == 0
+        no_creds = {**os.environ, "PORT": port}
+        no_creds.pop("BASIC_AUTH_USER", None), no_creds.pop("BASIC_AUTH_PASS", None)
+        r = subprocess.run([sys.executable, str(ROOT / "docker" / "healthcheck.py"), "backend"], env=no_creds,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    finally:
+        server.shutdown()

@@ -50,7 +50,7 @@ def test_annotation_policy_counts_events(redis_url):
 
 
 def test_webhook_storm_leaves_one_queued_and_one_running_job(redis_url):
-    redis = Redis.from_url(redis_url)
+    redis = Redis.from_url(redis_url, socket_timeout=None)  # blpop waits longer than redis-py's default read timeout
     queue = TrainingQueue(redis, "t-storm", TrainingPolicy(every_n_annotations=1), target=TARGET)
     answers = storm(queue, 7)
     assert {a["job"] for a in answers} == {answers[0]["job"]} and pending(queue) == 1

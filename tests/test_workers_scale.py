@@ -64,7 +64,7 @@ def events(redis: Redis) -> list[dict]:
 
 
 def test_two_workers_run_two_projects_concurrently(tmp_path, redis_url):
-    redis = Redis.from_url(redis_url)
+    redis = Redis.from_url(redis_url, socket_timeout=150)  # longer than the BLPOP waits below
     queue = TrainingQueue(redis, QUEUE, TrainingPolicy(), target=TARGET)
     names = [f"scale-a-{os.getpid()}", f"scale-b-{os.getpid()}"]
     workers = [start_worker(n, redis_url, tmp_path / f"{n}.log") for n in names]

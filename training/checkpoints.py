@@ -7,12 +7,15 @@ Layout under ``<model_dir>/project-<id>/``::
 
 A checkpoint is written to a temporary file in the same folder, fsync'ed and renamed, so a
 reader never sees a partial file; the PUBLISHED pointer is replaced the same way afterwards.
+Temporary files are dot-files (``.v3.pt.<host>-<pid>.<random>.tmp``) that ``versions()`` never
+lists; one left by a writer that was killed or ran out of disk is removed by the next ``save``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ from training.models import build_model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _VERSION_RE = re.compile(r"^v(\d+)$")
+_TMP_RE = re.compile(r"^\..+\.(?P<host>[^.]*)-(?P<pid>\d+)\.[^.]*\.tmp$")
+STALE_TMP_SECONDS = 3600  # temp files of writers on other hosts count as abandoned after this
 
 
 @dataclass
@@ -67,7 +72,7 @@ def version_number(version: str) -> int:
 def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
     """Write via a temp file in the same folder, fsync, then rename (or hard-link when not overwriting)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -77,11 +82,64 @@ def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)  # fails with FileExistsError instead of clobbering a finished version
+        _fsync_dir(path.parent)
     finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path, max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete temp files left by dead writers: this host's whose pid is gone, any host's older than ``max_age``."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host, now = _host(), time.time()
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(".tmp")):
+            continue
+        m = _TMP_RE.match(p.name)
+        try:
+            old = now - p.stat().st_mtime > max_age
+        except FileNotFoundError:
+            continue
+        dead = m is not None and m.group("host") == host and m.group("pid") != str(os.getpid()) \
+            and not _pid_alive(int(m.group("pid")))
+        if old or dead:
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 class CheckpointStore:
@@ -118,6 +176,7 @@ class CheckpointStore:
     def save(self, model: nn.Module, meta: CheckpointMeta) -> Path:
         """Write ``meta.version`` atomically (never overwrites an existing version)."""
         path = self.path(meta.version)
+        remove_stale_temp_files(self.versions_dir)
         payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta.to_dict()}
         _atomic_write(path, lambda f: torch.save(payload, f), overwrite=False)
         return path
@@ -126,6 +185,7 @@ class CheckpointStore:
         """Make ``version`` the served one (atomic pointer swap)."""
         if not self.path(version).exists():
             raise FileNotFoundError(f"cannot publish {version}: no checkpoint at {self.path(version)}")
+        remove_stale_temp_files(self.root)
         _atomic_write(self.pointer, lambda f: f.write(version.encode()))
 
     def load(self, version: str, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from label_config.render import SPURIOUS_LABEL, ParsedConfig
+from label_config.render import ATTENTION_LABEL, SPURIOUS_LABEL, ParsedConfig
 from training.rle import RLEError, decode_rle
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
 MAX_LISTED_IDS = 100  # skipped task ids listed per reason in a job result
+MAX_MASK_PIXELS = 64_000_000  # a brush region claiming a larger image is refused (decoding it could exhaust memory)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ExportResult:
     records: list[TaskRecord]
     n_tasks: int
     skipped: dict[str, list[int]] = field(default_factory=dict)
+    ignored_regions: dict[str, list[int]] = field(default_factory=dict)  # reason -> task ids (task kept)
 
     def skip(self, reason: str, task_id: Any, message: str, level: int = logging.WARNING) -> None:
         log.log(level, "task %s skipped (%s): %s", task_id, reason, message)
@@ -79,6 +81,7 @@ class ExportResult:
             "corrected": sum(r.corrected for r in self.records),
             "skipped": {k: len(v) for k, v in self.skipped.items()},
             "skipped_ids": {k: v[:MAX_LISTED_IDS] for k, v in self.skipped.items()},
+            "ignored_regions": {k: len(v) for k, v in self.ignored_regions.items()},
         }
 
 
@@ -125,9 +128,26 @@ def _brush_mask(region: dict) -> np.ndarray:
     if rle is None:
         raise RLEError(f"brush region {region.get('id')!r} has no 'rle'")
     h, w = region.get("original_height"), region.get("original_width")
-    if not isinstance(h, int) or not isinstance(w, int) or h <= 0 or w <= 0:
+    if not isinstance(h, int) or not isinstance(w, int) or isinstance(h, bool) or isinstance(w, bool) or h <= 0 or w <= 0:
         raise RLEError(f"brush region {region.get('id')!r} has no valid original_width/height ({w!r}x{h!r})")
+    if h * w > MAX_MASK_PIXELS:
+        raise RLEError(f"brush region {region.get('id')!r} claims a {w}x{h} image, more than {MAX_MASK_PIXELS} pixels")
     return decode_rle(rle, h, w)
+
+
+def _unknown_brush(region: dict, config: ParsedConfig) -> str | None:
+    """Why a brush region is not one the config defines (None when it is known)."""
+    if not isinstance(region, dict) or region.get("type") != "brushlabels":
+        return None
+    labels = (region.get("value") or {}).get("brushlabels") if isinstance(region.get("value"), dict) else None
+    if not isinstance(labels, list) or not labels:
+        return f"brush region {region.get('id')!r} has no labels"
+    known = {c: lb for c, lb in ((config.spurious_control, SPURIOUS_LABEL), (config.attention_control, ATTENTION_LABEL)) if c}
+    frm = region.get("from_name")
+    if frm not in known:
+        return f"brush region {region.get('id')!r} is on control {frm!r}, which the label config does not define"
+    extra = [lb for lb in labels if lb != known[frm]]
+    return f"brush region {region.get('id')!r} has label(s) {extra} unknown to control {frm!r}" if extra else None
 
 
 def _union_mask(regions: Iterable[dict]) -> np.ndarray | None:
@@ -200,7 +220,13 @@ def parse_export(
                 anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
             else:
                 anns = [annotation]
-            regions = [r for a in anns for r in (a.get("result") or []) if _is_spurious_brush(r, config)]
+            results = [r for a in anns for r in (a.get("result") or []) if isinstance(r, dict)]
+            for r in results:
+                why = _unknown_brush(r, config)
+                if why is not None and not _is_spurious_brush(r, config):
+                    log.warning("task %s: %s; region ignored", task_id, why)
+                    out.ignored_regions.setdefault("unknown_brush_label", []).append(task_id)
+            regions = [r for r in results if _is_spurious_brush(r, config)]
             try:
                 mask = _union_mask(regions)
             except RLEError as e:

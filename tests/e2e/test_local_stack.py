@@ -1,10 +1,11 @@
 """The README's main command, run as a user runs it: ``robustar demo`` (what ``make demo`` starts).
 
-The stack starts in a subprocess with its own free ports and data dir and a private Redis; the test
-waits for its status line and for health, asks Label Studio for a prediction of a new task (Label
-Studio calls the backend's /predict) and checks it is stored, then stops the stack with SIGINT (as
-Ctrl-C does) and, on a second start of the same data dir, with SIGTERM. After each stop no process
-the command started is left, and the Redis that was already running was not touched.
+The stack starts in a subprocess with its own free ports and data dir; the test waits for its status
+line and for health, asks Label Studio for a prediction of a new task (Label Studio calls the
+backend's /predict) and checks it is stored, then stops the stack with SIGINT (as Ctrl-C does). The
+first start has no Redis at REDIS_URL, so the demo runs a private redis-server; the second start of
+the same data dir gets a Redis that was already running and is stopped with SIGTERM. After each stop
+no process the command started is left, and the already-running Redis is still up, data intact.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import requests
 from redis import Redis
 
 from ml_backend.demo import READY_LINE
-from ml_backend.stack import free_port
+from ml_backend.stack import free_port, start_private_redis
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 600  # a fresh data dir on a loaded 2-core machine: LS migrations + 135 predictions
@@ -161,57 +162,72 @@ def predict_new_task_through_label_studio(ls_url: str, project_id: int, token: s
 
 @pytest.mark.e2e
 def test_local_stack_starts_predicts_and_stops_cleanly(tmp_path_factory, redis_base_url):
-    data_dir = tmp_path_factory.mktemp("demo") / "stack"
-    # a Redis that already runs elsewhere: the demo must not touch it (it gets a REDIS_URL with no
-    # Redis behind it, so it starts and later stops a private redis-server)
-    existing = Redis.from_url(f"{redis_base_url}/12")
-    before = existing.info("server")
-    sentinel = f"robustar-e2e-stack-{os.getpid()}"
-    existing.set(sentinel, "untouched", ex=3600)
-    env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "64"}
+    root = tmp_path_factory.mktemp("demo")
+    data_dir = root / "stack"
+    # the machine's Redis (or the test session's) must come through untouched either way
+    shared = Redis.from_url(f"{redis_base_url}/0")
+    shared_before = shared.info("server")["run_id"]
+    # a Redis that runs before the demo and is handed to it on the second start: used, left running
+    existing_proc, existing_url = start_private_redis(root / "existing-redis", root / "existing-redis.log")
+    existing = Redis.from_url(existing_url)
+    existing_before = existing.info("server")["run_id"]
+    existing.set("sentinel", "untouched")
+    common = {"MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "64"}
 
     timings = {}
     ls_port, backend_port = free_port(), free_port()
-    runs = [("fresh data dir", signal.SIGINT, ["--ls-port", str(ls_port), "--backend-port", str(backend_port)]),
-            ("second start", signal.SIGTERM, [])]  # the same command again: the data dir's ports are reused
-    for run, sig, options in runs:
-        demo = Demo(data_dir, env, *options).start()
-        procs: dict[int, tuple[int, str]] = {}
-        try:
-            ready = demo.wait_ready(START_TIMEOUT)
-            timings[run] = time.monotonic() - demo.t0
-            procs = descendants(demo.proc.pid)
-            cmds = " | ".join(cmd for _, cmd in procs.values())
-            for part in ("label-studio", "robustar serve", "robustar worker", "redis-server"):
-                assert part in cmds, f"{part} is not running under the demo: {cmds}"
+    runs = [  # (name, how it is stopped, REDIS_URL, options)
+        # a fresh data dir, no Redis at REDIS_URL: the demo starts a private redis-server and stops it again
+        ("fresh data dir", signal.SIGINT, f"redis://127.0.0.1:{free_port()}/0",
+         ["--ls-port", str(ls_port), "--backend-port", str(backend_port)]),
+        # the same command again (the data dir's ports are reused), with a Redis already running
+        ("second start", signal.SIGTERM, existing_url, []),
+    ]
+    try:
+        for run, sig, redis_url, options in runs:
+            demo = Demo(data_dir, {**common, "REDIS_URL": redis_url}, *options).start()
+            procs: dict[int, tuple[int, str]] = {}
+            try:
+                ready = demo.wait_ready(START_TIMEOUT)
+                timings[run] = time.monotonic() - demo.t0
+                procs = descendants(demo.proc.pid)
+                cmds = " | ".join(cmd for _, cmd in procs.values())
+                for part in ("label-studio", "robustar serve", "robustar worker"):
+                    assert part in cmds, f"{part} is not running under the demo: {cmds}"
+                private_redis = redis_url != existing_url
+                assert ("redis-server" in cmds) == private_redis, cmds
 
-            ls_url = f"http://127.0.0.1:{ls_port}"
-            backend_url = f"http://127.0.0.1:{backend_port}"
-            assert f"{ls_url}/projects/" in ready and backend_url in ready, ready
-            project_id = int(re.search(r"/projects/(\d+)/data", ready).group(1))
-            token = re.search(r"API token (\S+?)\)", demo.output).group(1)
-            assert requests.get(f"{ls_url}/health", timeout=10).json()["status"] == "UP"
-            assert requests.get(f"{backend_url}/health", timeout=10).json()["status"] == "UP"
-            assert (data_dir / "logs").is_dir() and {p.name for p in (data_dir / "logs").iterdir()} >= {
-                "redis.log", "label-studio.log", "backend.log", "worker.log"}
+                ls_url = f"http://127.0.0.1:{ls_port}"
+                backend_url = f"http://127.0.0.1:{backend_port}"
+                assert f"{ls_url}/projects/" in ready and backend_url in ready, ready
+                assert (existing_url in ready) != private_redis, ready
+                project_id = int(re.search(r"/projects/(\d+)/data", ready).group(1))
+                token = re.search(r"API token (\S+?)\)", demo.output).group(1)
+                assert requests.get(f"{ls_url}/health", timeout=10).json()["status"] == "UP"
+                assert requests.get(f"{backend_url}/health", timeout=10).json()["status"] == "UP"
+                assert {p.name for p in (data_dir / "logs").iterdir()} >= {
+                    "redis.log", "label-studio.log", "backend.log", "worker.log"}
 
-            prediction = predict_new_task_through_label_studio(ls_url, project_id, token, key=f"e2e/{run}.png")
-            assert prediction["model_version"] == "v0"
-            assert any(r.get("type") == "choices" for r in prediction["result"]), prediction["result"]
+                prediction = predict_new_task_through_label_studio(ls_url, project_id, token, key=f"e2e/{run}.png")
+                assert prediction["model_version"] == "v0"
+                assert any(r.get("type") == "choices" for r in prediction["result"]), prediction["result"]
 
-            assert demo.stop(sig) == 0, demo.output[-3000:]
-        finally:
-            demo.kill_everything(procs)
-        assert "stopping" in demo.output
-        left = still_running(procs)
-        assert not left, f"{signal.Signals(sig).name} left processes behind: {left}"
-        assert not mentioning(str(data_dir)), mentioning(str(data_dir))
-        assert not listening(ls_port) and not listening(backend_port)
+                assert demo.stop(sig) == 0, demo.output[-3000:]
+            finally:
+                demo.kill_everything(procs)
+            assert "stopping" in demo.output
+            left = still_running(procs)
+            assert not left, f"{signal.Signals(sig).name} left processes behind: {left}"
+            assert not mentioning(str(data_dir)), mentioning(str(data_dir))
+            assert not listening(ls_port) and not listening(backend_port)
 
-    after = existing.info("server")
-    assert (after["run_id"], after["process_id"]) == (before["run_id"], before["process_id"])
-    assert existing.get(sentinel) == b"untouched"
-    existing.delete(sentinel)
+        # the Redis that was running before was used (the worker registered there) and is still running, data intact
+        assert existing_proc.alive() and existing.info("server")["run_id"] == existing_before
+        assert existing.get("sentinel") == b"untouched"
+        assert existing.dbsize() > 1, "the second start did not use the running Redis"
+        assert shared.info("server")["run_id"] == shared_before
+    finally:
+        existing_proc.stop()
     print("\nrobustar demo start-up (command start -> status line): "
           + ", ".join(f"{run} {t:.1f}s" for run, t in timings.items()))
 

@@ -1,0 +1,581 @@
+"""Efficacy: does paired training remove a spurious feature?  Test accuracy per method, over seeds.
+
+    python -m benchmarks.efficacy              # CPU-sized default (a few minutes on 2 cores)
+    python -m benchmarks.efficacy --smoke      # seconds: CI's smoke size
+    python -m benchmarks.efficacy --full       # bigger: all three feature kinds, more data, 5 seeds
+    python -m benchmarks.efficacy --out DIR    # where efficacy.md / .json / .png go
+
+Data (``training.synthetic``, nothing downloaded): one shape per class on a noisy background; a
+spurious feature (``--kinds``: a class-coloured corner patch, a class-coloured background, a class
+texture) agrees with the label for a fraction ``p`` of the training images and is random in test.
+The generator writes each training image's true spurious-pixel mask (the expert's painting) and its
+spurious value (for the group baseline).
+
+Every run goes through the product: the images are served over HTTP as Label Studio serves uploads
+(``Authorization: Token``), a Label Studio JSON export is built with one annotation per painted
+task (a ``Spurious`` brush region whose RLE is ``training.rle.encode_mask`` of the true mask, plus
+the class choice), and ``training.export.parse_export`` (which decodes the RLE with
+``training.rle.decode_rle``) + ``training.dataset.load_splits`` + ``training.train.train_model``
+(``training.paired.paired_step``, ``training.noise``) train a fresh model, which
+``training.evaluate`` scores on the test split.  Methods, all with the same architecture, epochs,
+batch size, optimizer and schedule:
+
+- ``ERM``: plain training on the spurious training set (no task painted);
+- ``oracle``: plain training on a training set drawn without the spurious feature;
+- ``paired``: masks on a fraction of the training images (chosen at random per seed), λ and noise mode;
+- ``aug only``: the same with λ = 0: the loss is ``CE(x) + CE(x̃)`` without the alignment term;
+- ``groups``: the cluster-balanced worst-group training of the spurious-MNIST report
+  (``benchmarks.groups``): groups = label × spurious value, needs group labels instead of masks.
+
+Reported per method: mean ± sample standard deviation over seeds (dataset, mask subset, init,
+shuffling and noise all change with the seed) of the test accuracy, the worst-group test accuracy
+(over label × spurious-value groups) and the share of the ERM→oracle gap that the method closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from label_config import parse_config, render_config
+from ml_backend.images import ImageFetcher
+from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD
+from training.dataset import PairedDataset, load_splits
+from training.evaluate import evaluate, predict_logits
+from training.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, parse_export
+from training.models import build_model
+from training.noise import NOISE_MODES
+from training.options import TrainOptions
+from training.rle import encode_mask
+from training.synthetic import KINDS, SHAPES, make_spurious_dataset
+from training.train import train_model
+
+from benchmarks.groups import group_ids, train_group_balanced
+
+TOKEN = "bench-efficacy-token"
+MIN_GAP = 0.05  # "gap closed" is shown only for seeds where the oracle beats ERM by at least this much
+URL_PREFIX = "/data/upload/1/"
+
+# --------------------------------------------------------------------------------------------------
+# sizes
+
+
+@dataclass(frozen=True)
+class Preset:
+    kinds: tuple[str, ...]
+    n_classes: int
+    n_train: int  # per class
+    n_test: int  # per class
+    size: int
+    p: float
+    epochs: int
+    batch_size: int
+    lr: float
+    seeds: int
+    arch: str
+    fractions: tuple[float, ...]  # mask fractions for paired (λ = --lam) and aug only (λ = 0)
+    sweep_fraction: float  # fraction at which λ and the noise modes are swept
+    lams: tuple[float, ...]  # extra λ values at sweep_fraction
+    noises: tuple[str, ...]  # extra noise modes at sweep_fraction (λ = --lam)
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(kinds=("patch",), n_classes=3, n_train=16, n_test=8, size=16, p=0.95, epochs=1,
+                    batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,), sweep_fraction=0.25,
+                    lams=(), noises=("mixture",)),
+    "default": Preset(kinds=("patch",), n_classes=3, n_train=60, n_test=40, size=24, p=0.95, epochs=6,
+                      batch_size=32, lr=0.05, seeds=3, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
+                      sweep_fraction=0.1, lams=(0.1, 10.0), noises=("pure_black", "random_pure", "mixture")),
+    "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, size=32, p=0.95, epochs=12,
+                   batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
+                   sweep_fraction=0.1, lams=(0.1, 10.0, 100.0),
+                   noises=tuple(m for m in NOISE_MODES if m != "noise")),
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    method: str  # ERM | oracle | paired | aug only | groups
+    fraction: float = 0.0
+    noise: str = ""
+    lam: float = 0.0
+
+    @property
+    def key(self) -> tuple:
+        return (self.method, self.fraction, self.noise, self.lam)
+
+
+def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
+    out = [Condition("ERM"), Condition("oracle"), Condition("groups")]
+    for f in preset.fractions:
+        out.append(Condition("paired", f, noise, lam))
+    for f in preset.fractions:
+        out.append(Condition("aug only", f, noise, 0.0))
+    f = preset.sweep_fraction
+    for extra_lam in preset.lams:
+        if extra_lam != lam:
+            out.append(Condition("paired", f, noise, extra_lam))
+    for mode in preset.noises:
+        if mode != noise:
+            out.append(Condition("paired", f, mode, lam))
+    seen, unique = set(), []
+    for c in out:
+        if c.key not in seen:
+            seen.add(c.key)
+            unique.append(c)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------------
+# Label Studio side: files served like uploads, and a JSON export with painted tasks
+
+
+class FileServer:
+    """Serve ``files`` (URL path -> bytes) on 127.0.0.1 over HTTP, requiring ``Token <token>``
+    (as Label Studio serves uploaded task images to the ML backend)."""
+
+    def __init__(self, files: dict[str, bytes], token: str = TOKEN) -> None:
+        self.files, self.token = files, token
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                ok = self.headers.get("Authorization") == f"Token {outer.token}"
+                body = outer.files.get(self.path) if ok else None
+                self.send_response(401 if not ok else 200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                if body:
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FileServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class CachingFetcher(ImageFetcher):
+    """The product's ``ImageFetcher`` (HTTP + Token auth); each URL is downloaded once per benchmark
+    (every run still decodes and resizes its images through ``load_splits``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def fetch_bytes(self, url: str) -> bytes:
+        data = self._cache.get(url)
+        if data is None:
+            data = super().fetch_bytes(url)
+            with self._lock:
+                self._cache[url] = data
+        return data
+
+
+@dataclass
+class Item:
+    """One generated image as a Label Studio task."""
+
+    task_id: int
+    rel: str  # path relative to the dataset root, e.g. train/circle/circle_0003.png
+    split: str
+    label: str
+    spurious: int  # spurious value (-1: none)
+    url: str
+
+
+def dataset_items(root: Path, classes: list[str], values: dict[str, int], first_id: int = 1) -> list[Item]:
+    items, tid = [], first_id
+    for split in (TRAIN_SPLIT, TEST_SPLIT):
+        for cls in classes:
+            for path in sorted((root / split / cls).glob("*.png")):
+                rel = path.relative_to(root).as_posix()
+                items.append(Item(tid, rel, split, cls, int(values.get(rel, -1)), URL_PREFIX + f"{root.name}/{rel}"))
+                tid += 1
+    return items
+
+
+def brush_region(mask: np.ndarray, rid: str) -> dict:
+    """A ``Spurious`` brush region as Label Studio exports it (RLE by ``training.rle.encode_mask``)."""
+    h, w = mask.shape
+    return {"id": rid, "from_name": "spurious", "to_name": "image", "type": "brushlabels",
+            "original_width": w, "original_height": h, "image_rotation": 0,
+            "value": {"format": "rle", "rle": encode_mask(mask), "brushlabels": ["Spurious"]}}
+
+
+def export_task(item: Item, mask: np.ndarray | None) -> dict:
+    """One task of a Label Studio JSON export; painted tasks carry one annotation (brush + class)."""
+    annotations = []
+    if mask is not None:
+        result = [brush_region(mask, f"b{item.task_id}"),
+                  {"id": f"c{item.task_id}", "from_name": "pred_class", "to_name": "image", "type": "choices",
+                   "value": {"choices": [item.label]}}]
+        annotations.append({"id": item.task_id, "completed_by": 1, "result": result, "was_cancelled": False,
+                            "ground_truth": False, "created_at": "2026-11-23T16:15:48.529678Z",
+                            "updated_at": "2026-11-23T16:15:48.529678Z", "lead_time": 4.2, "task": item.task_id,
+                            "project": 1, "result_count": len(result)})
+    return {"id": item.task_id, "data": {"image": item.url, "split": item.split, "label": item.label},
+            "annotations": annotations, "predictions": [], "drafts": [], "meta": {}, "project": 1,
+            "total_annotations": len(annotations), "cancelled_annotations": 0, "inner_id": item.task_id}
+
+
+def true_mask(root: Path, item: Item) -> np.ndarray:
+    return np.asarray(Image.open(root / "masks" / item.rel)) > 127
+
+
+def build_export(root: Path, items: list[Item], painted: Iterable[int] = ()) -> list[dict]:
+    """The JSON export of a project whose tasks ``painted`` (task ids) carry their true mask."""
+    painted = set(painted)
+    return [export_task(it, true_mask(root, it) if it.task_id in painted else None) for it in items]
+
+
+def export_json(tasks: list[dict]) -> list[dict]:
+    """Round-trip through JSON text, as the export arrives from Label Studio."""
+    return json.loads(json.dumps(tasks))
+
+
+# --------------------------------------------------------------------------------------------------
+# one benchmark world (per feature kind and seed)
+
+
+@dataclass
+class World:
+    kind: str
+    seed: int
+    classes: list[str]
+    root: Path
+    oracle_root: Path
+    items: list[Item]
+    oracle_items: list[Item]
+
+
+def make_world(base: Path, preset: Preset, kind: str, seed: int) -> World:
+    classes = list(SHAPES[: preset.n_classes])
+    root, oracle_root = base / f"{kind}-s{seed}", base / f"{kind}-s{seed}-oracle"
+    info = make_spurious_dataset(root, tuple(classes), preset.n_train, preset.n_test, preset.size, preset.p,
+                                 seed=seed, kind=kind)
+    oracle = make_spurious_dataset(oracle_root, tuple(classes), preset.n_train, preset.n_test, preset.size,
+                                   preset.p, seed=seed, spurious=False, kind=kind)
+    items = dataset_items(root, classes, info["spurious_values"])
+    oracle_items = dataset_items(oracle_root, classes, oracle.get("spurious_values", {}), first_id=100_000)
+    # the oracle is evaluated on the same (spurious, random in test) test set as everyone else
+    oracle_items = [it for it in oracle_items if it.split == TRAIN_SPLIT] + [it for it in items if it.split == TEST_SPLIT]
+    return World(kind, seed, classes, root, oracle_root, items, oracle_items)
+
+
+def served_files(worlds: list[World]) -> dict[str, bytes]:
+    files = {}
+    for w in worlds:
+        for r, its in ((w.root, w.items), (w.oracle_root, w.oracle_items)):
+            for it in its:
+                if it.url not in files and it.url.startswith(URL_PREFIX + r.name + "/"):
+                    files[it.url] = (r / it.rel).read_bytes()
+    return files
+
+
+def load_project(tasks: list[dict], classes: list[str], fetcher: ImageFetcher, size: int) -> tuple[ExportResult, dict]:
+    """Export JSON -> records (RLE decoded) -> cached images + masks, as the training job does."""
+    config = parse_config(render_config(classes))
+    export = parse_export(export_json(tasks), config)
+    splits = load_splits(export, fetcher, size, classes, num_workers=4)
+    return export, splits
+
+
+def painted_subset(world: World, fraction: float) -> list[int]:
+    """Task ids of ``round(fraction * N)`` (at least 1) training images, drawn with the world's seed."""
+    train = [it.task_id for it in world.items if it.split == TRAIN_SPLIT]
+    if fraction >= 1.0:
+        return train
+    k = max(1, round(fraction * len(train)))
+    return sorted(random.Random(1000 + world.seed).sample(train, k))
+
+
+def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], k: int, device: str) -> tuple[float, dict]:
+    """Worst accuracy over the (label, spurious value) groups of the test split, and all of them."""
+    logits = predict_logits(model, test, IMAGENET_MEAN, IMAGENET_STD, device)
+    right = (logits.argmax(1) == test.targets).tolist()
+    per: dict[str, list[bool]] = {}
+    for tid, y, ok in zip(test.task_ids, test.targets.tolist(), right):
+        per.setdefault(f"{y},{spurious.get(tid, -1)}", []).append(ok)
+    accs = {g: sum(v) / len(v) for g, v in per.items()}
+    return min(accs.values()), accs
+
+
+def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageFetcher, device: str,
+                  cache: dict) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if cond.method == "oracle":
+        key, items, root, painted = ("oracle",), world.oracle_items, world.oracle_root, []
+    elif cond.method in ("paired", "aug only"):
+        painted = painted_subset(world, cond.fraction)
+        key, items, root = ("painted", tuple(painted)), world.items, world.root
+    else:
+        key, items, root, painted = ("none",), world.items, world.root, []
+    if key not in cache:
+        tasks = build_export(root, items, painted)
+        cache[key] = load_project(tasks, world.classes, fetcher, preset.size)
+    export, splits = cache[key]
+    train, test = splits[TRAIN_SPLIT], splits[TEST_SPLIT]
+    if cond.method in ("paired", "aug only"):
+        assert train.n_painted == len(painted), (train.n_painted, len(painted))
+    t_data = time.perf_counter() - t0
+
+    opts = TrainOptions(mode="scratch", arch=preset.arch, epochs=preset.epochs, batch_size=preset.batch_size,
+                        lr=preset.lr, lam=cond.lam, noise_mode=cond.noise or "noise", seed=world.seed,
+                        device=device, eval_every_epoch=False, push_predictions=False)
+    torch.manual_seed(opts.seed)  # as build_start_model does for mode scratch
+    model = build_model(preset.arch, len(world.classes))
+    t1 = time.perf_counter()
+    if cond.method == "groups":
+        spurious = {it.task_id: it.spurious for it in items}
+        s = torch.tensor([spurious[t] for t in train.task_ids])
+        groups = group_ids(train.targets, s, len(world.classes))
+        train_group_balanced(model, train, groups, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+    else:
+        train_model(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+    t_train = time.perf_counter() - t1
+    acc = evaluate(model, test, IMAGENET_MEAN, IMAGENET_STD, device)["accuracy"]
+    spurious_test = {it.task_id: it.spurious for it in world.items if it.split == TEST_SPLIT}
+    worst, _ = group_accuracy(model, test, spurious_test, len(world.classes), device)
+    return {"kind": world.kind, "seed": world.seed, **asdict(cond), "test_acc": acc, "worst_group_acc": worst,
+            "n_train": len(train), "n_painted": train.n_painted, "n_test": len(test),
+            "data_s": round(t_data, 3), "train_s": round(t_train, 3)}
+
+
+# --------------------------------------------------------------------------------------------------
+# aggregation and output
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (kind, condition): mean/sd over seeds, plus the share of the ERM -> oracle gap closed."""
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["kind"], r["method"], r["fraction"], r["noise"], r["lam"]), []).append(r)
+    base = {}
+    for (kind, method, *_), rs in by.items():
+        if method in ("ERM", "oracle"):
+            base[(kind, method)] = {r["seed"]: r["test_acc"] for r in rs}
+    out = []
+    for (kind, method, fraction, noise, lam), rs in by.items():
+        acc = _mean_sd([r["test_acc"] for r in rs])
+        worst = _mean_sd([r["worst_group_acc"] for r in rs])
+        gaps = []
+        for r in rs:
+            e, o = base.get((kind, "ERM"), {}).get(r["seed"]), base.get((kind, "oracle"), {}).get(r["seed"])
+            if e is not None and o is not None and o - e >= MIN_GAP:
+                gaps.append((r["test_acc"] - e) / (o - e))
+        out.append({"kind": kind, "method": method, "fraction": fraction, "noise": noise, "lam": lam,
+                    "n": len(rs), "acc": acc[0], "acc_sd": acc[1], "worst": worst[0], "worst_sd": worst[1],
+                    "gap": statistics.fmean(gaps) if gaps else None,
+                    "train_s": statistics.fmean(r["train_s"] for r in rs)})
+    return out
+
+
+def _method_label(r: dict) -> tuple[str, str, str, str]:
+    if r["method"] in ("paired", "aug only"):
+        f = r["fraction"] * 100
+        frac = f"{f:.0f}%" if f >= 1 else f"{f:.1f}%"
+        return r["method"], frac, r["noise"], f"{r['lam']:g}"
+    if r["method"] == "groups":
+        return "groups (worst-group)", "– (group labels)", "–", "–"
+    return r["method"], "–", "–", "–"
+
+
+def markdown_table(agg: list[dict]) -> str:
+    lines = ["| kind | method | masks | noise | λ | test acc | worst-group acc | ERM→oracle gap closed | train s/run |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in agg:
+        m, frac, noise, lam = _method_label(r)
+        gap = f"{100 * r['gap']:.0f}%" if r["gap"] is not None else "–"
+        lines.append(f"| {r['kind']} | {m} | {frac} | {noise} | {lam} | {r['acc']:.3f} ± {r['acc_sd']:.3f} | "
+                     f"{r['worst']:.3f} ± {r['worst_sd']:.3f} | {gap} | {r['train_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except Exception as e:  # pragma: no cover
+        print(f"no PNG: matplotlib unavailable: {e}", file=sys.stderr)
+        return None
+    kinds = list(dict.fromkeys(r["kind"] for r in agg))
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(12, 3.8 * len(kinds)), squeeze=False)
+    for row, kind in zip(axes, kinds):
+        rs = [r for r in agg if r["kind"] == kind]
+        ax = row[0]
+        xs = list(range(len(preset.fractions)))
+        for method, l, colour in (("paired", lam, "tab:blue"), ("aug only", 0.0, "tab:orange")):
+            pts = {r["fraction"]: r for r in rs if r["method"] == method and r["lam"] == l and r["noise"] == noise}
+            ys = [pts[f]["acc"] if f in pts else np.nan for f in preset.fractions]
+            es = [pts[f]["acc_sd"] if f in pts else 0 for f in preset.fractions]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colour,
+                        label=f"{method} (λ={l:g}, {noise})")
+        for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green"), ("groups", "tab:purple")):
+            r = next((r for r in rs if r["method"] == method), None)
+            if r:
+                ax.axhline(r["acc"], color=colour, ls="--", lw=1, label=f"{method} {r['acc']:.2f}")
+                ax.axhspan(r["acc"] - r["acc_sd"], r["acc"] + r["acc_sd"], color=colour, alpha=0.08)
+        ax.axhline(1 / preset.n_classes, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xticks(xs, [f"{100 * f:g}%" for f in preset.fractions])
+        ax.set_xlabel("training images with a painted mask")
+        ax.set_ylabel("test accuracy (spurious feature random)")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{kind}: mask fraction (mean ± sd over {rs[0]['n']} seeds)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax = row[1]
+        sweep = [r for r in rs if r["method"] in ("paired", "aug only") and r["fraction"] == preset.sweep_fraction]
+        sweep.sort(key=lambda r: (r["noise"] != noise, r["noise"], r["lam"]))
+        labels = [f"{r['noise']}\nλ={r['lam']:g}" for r in sweep]
+        ax.bar(range(len(sweep)), [r["acc"] for r in sweep], yerr=[r["acc_sd"] for r in sweep], capsize=3,
+               color=["tab:orange" if r["lam"] == 0 else "tab:blue" for r in sweep])
+        for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green")):
+            r = next((r for r in rs if r["method"] == method), None)
+            if r:
+                ax.axhline(r["acc"], color=colour, ls="--", lw=1, label=method)
+        ax.set_xticks(range(len(sweep)), labels, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{kind}: noise mode and λ at {100 * preset.sweep_fraction:g}% masks", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(0)
+    else:
+        dev = "CPU"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (f"{dev}; {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="seconds-long run (CI)")
+    size.add_argument("--full", action="store_true", help="bigger run: all feature kinds, more data, 5 seeds")
+    ap.add_argument("--out", default=".robustar/benchmarks", help="folder for efficacy.md/.json/.png")
+    ap.add_argument("--kinds", default=None, help=f"comma-separated feature kinds ({', '.join(KINDS)})")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds (>= 3 for a spread)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--lam", type=float, default=1.0, help="λ of the mask-fraction sweep (default 1)")
+    ap.add_argument("--noise", default="noise", choices=NOISE_MODES, help="noise mode of the mask-fraction sweep")
+    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads on CPU (default 1: these tiny models gain nothing from more, and on a "
+                         "shared machine intra-op threads that wait for each other cost up to 20x; 0: torch's default)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log the training job's lines")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    preset = PRESETS["smoke" if args.smoke else "full" if args.full else "default"]
+    if args.kinds:
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        bad = [k for k in kinds if k not in KINDS]
+        if bad:
+            ap.error(f"unknown kind(s) {bad}; choose from {', '.join(KINDS)}")
+        preset = replace(preset, kinds=kinds)
+    if args.seeds:
+        preset = replace(preset, seeds=args.seeds)
+    if args.epochs:
+        preset = replace(preset, epochs=args.epochs)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads and device == "cpu":
+        torch.set_num_threads(args.threads)
+    conds = conditions(preset, args.lam, args.noise)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "smoke" if args.smoke else "full" if args.full else "default"
+    print(f"efficacy ({name}): {len(preset.kinds)} kind(s) x {preset.seeds} seeds x {len(conds)} conditions; "
+          f"{preset.arch}, {preset.size}px, {preset.n_classes} classes, {preset.n_train}/{preset.n_test} train/test "
+          f"images per class, p={preset.p}, {preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} "
+          f"cosine; device {device}", flush=True)
+    t_start = time.perf_counter()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="robustar-efficacy-") as tmp:
+        worlds = [make_world(Path(tmp), preset, kind, seed) for kind in preset.kinds for seed in range(preset.seeds)]
+        with FileServer(served_files(worlds)) as server:
+            fetcher = CachingFetcher(server.url, TOKEN, timeout=30)
+            for w in worlds:
+                cache: dict = {}
+                for c in conds:
+                    r = run_condition(w, c, preset, fetcher, device, cache)
+                    rows.append(r)
+                    m, frac, noise, lam = _method_label(r)
+                    print(f"  {w.kind} seed {w.seed}: {m:<20} masks {frac:>6} {noise:<12} λ {lam:<5} "
+                          f"test acc {r['test_acc']:.3f}  worst group {r['worst_group_acc']:.3f}  "
+                          f"({r['train_s']:.1f}s)", flush=True)
+    wall = time.perf_counter() - t_start
+    agg = aggregate(rows)
+    table = markdown_table(agg)
+    header = (f"Efficacy ({name} size): {preset.arch}, {preset.size}×{preset.size} px, {preset.n_classes} classes, "
+              f"{preset.n_train * preset.n_classes} training / {preset.n_test * preset.n_classes} test images, "
+              f"spurious feature agrees with the label for p = {preset.p} of training images (random in test), "
+              f"{preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} cosine; "
+              f"mean ± sd over {preset.seeds} seeds. Machine: {machine()}. Wall time {wall:.0f} s.")
+    print()
+    print(header)
+    print()
+    print(table)
+    (out / "efficacy.md").write_text(header + "\n\n" + table + "\n")
+    (out / "efficacy.json").write_text(json.dumps({"preset": asdict(preset), "lam": args.lam, "noise": args.noise,
+                                                   "device": device, "machine": machine(), "wall_s": wall,
+                                                   "runs": rows, "summary": agg}, indent=1))
+    png = plot(agg, out / "efficacy.png", preset, args.lam, args.noise)
+    print(f"\nwrote {out / 'efficacy.md'}, {out / 'efficacy.json'}" + (f", {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

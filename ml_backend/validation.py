@@ -1,0 +1,158 @@
+"""Payload checks for /setup, /predict and /webhook (Label Studio 1.23 shapes, see shared/ls-protocol).
+
+Each ``validate_*`` returns the fields the endpoint needs or raises ``PayloadError`` whose message
+names the field (and, for tasks, the index and id: ``tasks[3] (id 17): data.image missing``).
+Unknown extra keys are accepted: Label Studio sends many we do not use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MAX_PROJECT_ID = 10**12
+MAX_LABEL_CONFIG_CHARS = 1_000_000
+
+
+class PayloadError(ValueError):
+    """The request body is not what the endpoint accepts; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def parse_project_id(value: Any, field: str = "project") -> int:
+    """Label Studio sends the project as ``"<id>.<created_ts>"`` in /setup and /predict, an object in webhooks."""
+    if isinstance(value, dict):
+        field, value = f"{field}.id", value.get("id")
+    if isinstance(value, bool) or value is None:
+        raise PayloadError(f"{field!r} must be '<id>.<timestamp>' or an object with an id, got {_short(value)}")
+    if isinstance(value, float):
+        value = str(value)
+    try:
+        pid = int(str(value).split(".", 1)[0].strip())
+    except (TypeError, ValueError):
+        raise PayloadError(f"{field!r} must be '<id>.<timestamp>' or an object with an id, got {_short(value)}") from None
+    if not 1 <= pid < MAX_PROJECT_ID:
+        raise PayloadError(f"{field!r}: project id {pid} is out of range")
+    return pid
+
+
+def _optional_str(body: dict, field: str, max_len: int = 4096) -> str | None:
+    value = body.get(field)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(f"{field!r} must be a string, got {_kind(value)}")
+    if len(value) > max_len:
+        raise PayloadError(f"{field!r} is longer than {max_len} characters")
+    return value
+
+
+def _label_config(body: dict, field: str) -> str | None:
+    value = _optional_str(body, field, MAX_LABEL_CONFIG_CHARS)
+    if value is not None and not value.lstrip().startswith("<"):
+        raise PayloadError(f"{field!r} must be a Label Studio label config (XML), got {_short(value)}")
+    return value
+
+
+@dataclass
+class SetupRequest:
+    project_id: int
+    schema: str | None
+    hostname: str | None
+    access_token: str | None
+
+
+def validate_setup(body: dict) -> SetupRequest:
+    if "project" not in body:
+        raise PayloadError("'project' is missing")
+    pid = parse_project_id(body.get("project"))
+    hostname = _optional_str(body, "hostname", 2048)
+    if hostname is not None and not hostname.lower().startswith(("http://", "https://")):
+        raise PayloadError(f"'hostname' must be an http(s) URL, got {_short(hostname)}")
+    return SetupRequest(pid, _label_config(body, "schema"), hostname, _optional_str(body, "access_token", 1024))
+
+
+def task_label(index: int, task: Any) -> str:
+    """``tasks[3] (id 17)`` -- how messages name a task."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return f"tasks[{index}] (id {_short(tid, 40)})" if tid is not None else f"tasks[{index}] (no id)"
+
+
+@dataclass
+class PredictRequest:
+    project_id: int
+    label_config: str | None
+    tasks: list[dict]
+    context: dict | None
+
+
+def validate_predict(body: dict, max_tasks: int) -> PredictRequest:
+    """Shape of a /predict body; the per-task image field is checked by ``validate_task_images``."""
+    if "tasks" not in body:
+        raise PayloadError("'tasks' is missing")
+    tasks = body["tasks"]
+    if not isinstance(tasks, list):
+        raise PayloadError(f"'tasks' must be a list of task objects, got {_kind(tasks)}")
+    if len(tasks) > max_tasks:
+        raise PayloadError(f"'tasks': {len(tasks)} tasks in one request, at most {max_tasks} (MAX_PREDICT_TASKS)", 413)
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict):
+            raise PayloadError(f"tasks[{i}] must be a task object, got {_kind(task)}")
+        tid = task.get("id")
+        if tid is not None and (isinstance(tid, bool) or not isinstance(tid, (int, str))):
+            raise PayloadError(f"{task_label(i, task)}: 'id' must be an integer, got {_kind(tid)}")
+        if not isinstance(task.get("data"), dict):
+            what = "missing" if task.get("data") is None else f"must be an object, got {_kind(task.get('data'))}"
+            raise PayloadError(f"{task_label(i, task)}: data {what}")
+    if "project" not in body:
+        raise PayloadError("'project' is missing")
+    pid = parse_project_id(body.get("project"))
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise PayloadError(f"'params' must be an object, got {_kind(params)}")
+    context = (params or {}).get("context")
+    if context is not None and not isinstance(context, dict):
+        raise PayloadError(f"'params.context' must be an object or null, got {_kind(context)}")
+    return PredictRequest(pid, _label_config(body, "label_config"), tasks, context)
+
+
+def validate_task_images(tasks: list[dict], image_key: str) -> None:
+    """Every task has a non-empty string under ``data.<image_key>`` (the label config's ``$image``)."""
+    for i, task in enumerate(tasks):
+        value = task["data"].get(image_key)
+        if value is None or value == "":
+            raise PayloadError(f"{task_label(i, task)}: data.{image_key} missing")
+        if not isinstance(value, str):
+            raise PayloadError(f"{task_label(i, task)}: data.{image_key} must be an image URL string, got {_kind(value)}")
+
+
+@dataclass
+class WebhookRequest:
+    action: str
+    project_id: int | None
+
+
+def validate_webhook(body: dict, handled_actions: set[str] | frozenset[str]) -> WebhookRequest:
+    """``action`` is required; ``project`` only for the actions we act on (others are ignored)."""
+    if "action" not in body:
+        raise PayloadError("webhook body has no 'action'")
+    action = body["action"]
+    if not isinstance(action, str) or not action.strip() or len(action) > 200:
+        raise PayloadError(f"'action' must be a non-empty string, got {_short(action)}")
+    if action not in handled_actions:
+        return WebhookRequest(action, None)
+    if "project" not in body:
+        raise PayloadError(f"{action}: 'project' is missing")
+    return WebhookRequest(action, parse_project_id(body.get("project")))

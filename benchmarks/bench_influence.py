@@ -150,7 +150,8 @@ def run(n_train: int, args, model, tmp: Path) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options (``--quick`` applied); also used by ``benchmarks.speed``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="resnet-18")
     ap.add_argument("--size", type=int, default=64)
@@ -167,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.arch, args.size, args.train, args.repeats, args.captum_repeats = "tiny-cnn", 32, "200,1000", 2, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

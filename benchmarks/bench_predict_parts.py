@@ -59,7 +59,8 @@ def _detector_weights(root: Path, arch: str) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options (``--quick`` applied); also used by ``benchmarks.speed``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="resnet-18")
     ap.add_argument("--size", type=int, default=224)
@@ -73,11 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seg-max-size", type=int, default=1333)
     ap.add_argument("--index-size", type=int, default=1000, help="training tasks in the influence index")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu / cuda (timings synchronise CUDA after each part)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 32 px, batch 4, 1 repeat")
     args = ap.parse_args(argv)
     if args.quick:
         args.arch, args.size, args.batch, args.repeats, args.warmup = "tiny-cnn", 32, 4, 1, 1
         args.seg_min_size, args.seg_max_size, args.index_size, args.ig_steps = 64, 96, 64, 4
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,11 +96,13 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, tmp: Path) -> None:
+def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[float], str]]:
+    """``(part, ms per round, note)`` for every part of ``args.parts`` (see the module docstring)."""
     settings = Settings(model_dir=tmp / "models", predict_batch_size=args.batch, influence_build="off")
     meta = CheckpointMeta(version="v0", arch=args.arch, classes=CLASSES, image_size=args.size)
     model = build_model(args.arch, len(CLASSES)).eval()
-    served = ServedModel(model, meta, "cpu")
+    model.to(args.device)
+    served = ServedModel(model, meta, args.device)
     store = CheckpointStore(settings.model_dir, 1)
     store.save(model, meta)
     store.publish("v0")
@@ -117,34 +126,41 @@ def _run(args: argparse.Namespace, tmp: Path) -> None:
             arch = "maskrcnn_resnet50_fpn_v2" if variant == "v2" else "maskrcnn_resnet50_fpn"
             part = SegmentationPart(_detector_weights(tmp, arch), arch, score_threshold=0.5,
                                     min_size=args.seg_min_size, max_size=args.seg_max_size, batch_size=args.batch)
-            part.detector("cpu")  # loading the weights file is a one-off, not per request
+            part.detector(args.device)  # loading the weights file is a one-off, not per request
             fn = lambda part=part: part(ctx)  # noqa: E731
             note = f"min_size {args.seg_min_size}"
         elif name == "influence":
             train = [{"task_id": 10_000 + i, "target": i % len(CLASSES), "image": img}
                      for i, img in enumerate(_images(args.index_size, args.size, seed=1))]
             t = time.perf_counter()
-            build_influence_index(store, "v0", train, model=model, meta=meta, batch_size=64)
+            build_influence_index(store, "v0", train, model=model, meta=meta, batch_size=64, device=args.device)
             note = f"index of {args.index_size} (built in {time.perf_counter() - t:.1f}s)"
             part = InfluencePart(settings, mode="off")
             fn = lambda part=part: part(ctx)  # noqa: E731
         else:
             raise SystemExit(f"unknown part {spec!r}")
         parts.append((spec, fn, note))
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
         for _, fn, _ in parts:
             fn()
+    sync()
     times: dict[str, list[float]] = {spec: [] for spec, _, _ in parts}
     for r in range(args.repeats):  # each round times every part once, so other load hits them alike
         for spec, fn, _ in parts:
             t = time.perf_counter()
             fn()
+            sync()
             times[spec].append((time.perf_counter() - t) * 1000.0)
         print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in times.items()), flush=True)
-    rows = [(spec, times[spec], note) for spec, _, note in parts]
+    return [(spec, times[spec], note) for spec, _, note in parts]
 
-    print(f"\nPrediction parts: {args.arch}, {args.size}x{args.size} images, batch {args.batch}, CPU "
-          f"({torch.get_num_threads()} threads), median of {args.repeats} after {args.warmup} warm-up\n")
+
+def _run(args: argparse.Namespace, tmp: Path) -> None:
+    rows = measure(args, tmp)
+
+    dev = args.device if args.device != "cpu" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nPrediction parts: {args.arch}, {args.size}x{args.size} images, batch {args.batch}, {dev}, median of {args.repeats} after {args.warmup} warm-up\n")
     print(f"| part | median ms / batch | min ms | ms / image | note |")
     print(f"|---|---:|---:|---:|---|")
     for spec, times, note in rows:

@@ -89,30 +89,49 @@ class ExportResult:
 # parsing
 
 
+def _list(value: Any) -> list:
+    """``value`` if it is a list, else [] (exports come from outside: never trust a field's type)."""
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _annotations(task: dict) -> list[dict]:
+    return [a for a in _list(task.get("annotations")) if isinstance(a, dict) and not a.get("was_cancelled")]
+
+
 def _latest_annotation(task: dict) -> dict | None:
-    anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    anns = _annotations(task)
     if not anns:
         return None
-    return max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+
+    def order(a: dict):
+        aid = a.get("id")
+        return (str(a.get("updated_at") or a.get("created_at") or ""),
+                aid if isinstance(aid, int) and not isinstance(aid, bool) else 0)
+
+    return max(anns, key=order)
 
 
 def _class_choice(annotation: dict, config: ParsedConfig) -> str | None:
-    for region in annotation.get("result") or []:
+    for region in _list(annotation.get("result")):
         if not isinstance(region, dict) or region.get("type") != "choices":
             continue
         if region.get("from_name") != config.class_control:
             continue
-        choices = (region.get("value") or {}).get("choices") or []
-        if choices:
-            return str(choices[0])
+        choices = _list(_dict(region.get("value")).get("choices"))
+        if choices and isinstance(choices[0], str):
+            return choices[0]
     return None
 
 
 def _is_spurious_brush(region: dict, config: ParsedConfig) -> bool:
     if not isinstance(region, dict) or region.get("type") != "brushlabels":
         return False
-    value = region.get("value") or {}
-    if SPURIOUS_LABEL not in (value.get("brushlabels") or []):
+    value = _dict(region.get("value"))
+    if SPURIOUS_LABEL not in _list(value.get("brushlabels")):
         return False
     to_name = region.get("to_name")
     return to_name is None or to_name == config.image_name
@@ -120,7 +139,7 @@ def _is_spurious_brush(region: dict, config: ParsedConfig) -> bool:
 
 def _brush_mask(region: dict) -> np.ndarray:
     """Decode one brush region to a bool mask; raises RLEError for anything unusable."""
-    value = region.get("value") or {}
+    value = _dict(region.get("value"))
     fmt = value.get("format", "rle")
     if fmt != "rle":
         raise RLEError(f"brush region {region.get('id')!r} has format {fmt!r}, expected 'rle'")
@@ -139,12 +158,12 @@ def _unknown_brush(region: dict, config: ParsedConfig) -> str | None:
     """Why a brush region is not one the config defines (None when it is known)."""
     if not isinstance(region, dict) or region.get("type") != "brushlabels":
         return None
-    labels = (region.get("value") or {}).get("brushlabels") if isinstance(region.get("value"), dict) else None
+    labels = _dict(region.get("value")).get("brushlabels")
     if not isinstance(labels, list) or not labels:
         return f"brush region {region.get('id')!r} has no labels"
     known = {c: lb for c, lb in ((config.spurious_control, SPURIOUS_LABEL), (config.attention_control, ATTENTION_LABEL)) if c}
     frm = region.get("from_name")
-    if frm not in known:
+    if not isinstance(frm, str) or frm not in known:
         return f"brush region {region.get('id')!r} is on control {frm!r}, which the label config does not define"
     extra = [lb for lb in labels if lb != known[frm]]
     return f"brush region {region.get('id')!r} has label(s) {extra} unknown to control {frm!r}" if extra else None
@@ -192,7 +211,10 @@ def parse_export(
             out.skip("malformed", None, f"export entry is a {type(task).__name__}, not a task object")
             continue
         task_id = task.get("id")
-        data = task.get("data") or {}
+        data = task.get("data")
+        if not isinstance(data, dict):
+            out.skip("malformed", task_id, f"task data is a {type(data).__name__}, not an object")
+            continue
         url = data.get(config.image_value)
         if not isinstance(url, str) or not url:
             out.skip("no_image", task_id, f"task data has no {config.image_value!r} image URL")
@@ -216,11 +238,8 @@ def parse_export(
 
         mask = None
         if annotation is not None:
-            if merge_annotations:
-                anns = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-            else:
-                anns = [annotation]
-            results = [r for a in anns for r in (a.get("result") or []) if isinstance(r, dict)]
+            anns = _annotations(task) if merge_annotations else [annotation]
+            results = [r for a in anns for r in _list(a.get("result")) if isinstance(r, dict)]
             for r in results:
                 why = _unknown_brush(r, config)
                 if why is not None and not _is_spurious_brush(r, config):

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seg-min-size", type=int, default=800)
     ap.add_argument("--seg-max-size", type=int, default=1333)
     ap.add_argument("--index-size", type=int, default=1000, help="training tasks in the influence index")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed seconds; cpu: CPU seconds of this process (steadier on a shared machine)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu / cuda (timings synchronise CUDA after each part)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 32 px, batch 4, 1 repeat")
@@ -83,10 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_clock = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process, all its threads)
+
+
+def _set_clock(name: str) -> None:
+    global _clock
+    _clock = time.process_time if name == "cpu" else time.perf_counter
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _set_clock(args.clock)
     torch.manual_seed(0)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-parts-"))
@@ -132,9 +143,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[float],
         elif name == "influence":
             train = [{"task_id": 10_000 + i, "target": i % len(CLASSES), "image": img}
                      for i, img in enumerate(_images(args.index_size, args.size, seed=1))]
-            t = time.perf_counter()
+            t = _clock()
             build_influence_index(store, "v0", train, model=model, meta=meta, batch_size=64, device=args.device)
-            note = f"index of {args.index_size} (built in {time.perf_counter() - t:.1f}s)"
+            note = f"index of {args.index_size} (built in {_clock() - t:.1f}s)"
             part = InfluencePart(settings, mode="off")
             fn = lambda part=part: part(ctx)  # noqa: E731
         else:
@@ -148,10 +159,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[float],
     times: dict[str, list[float]] = {spec: [] for spec, _, _ in parts}
     for r in range(args.repeats):  # each round times every part once, so other load hits them alike
         for spec, fn, _ in parts:
-            t = time.perf_counter()
+            t = _clock()
             fn()
             sync()
-            times[spec].append((time.perf_counter() - t) * 1000.0)
+            times[spec].append((_clock() - t) * 1000.0)
         print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in times.items()), flush=True)
     return [(spec, times[spec], note) for spec, _, note in parts]
 
@@ -160,7 +171,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> None:
     rows = measure(args, tmp)
 
     dev = args.device if args.device != "cpu" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nPrediction parts: {args.arch}, {args.size}x{args.size} images, batch {args.batch}, {dev}, median of {args.repeats} after {args.warmup} warm-up\n")
+    print(f"\nPrediction parts: {args.arch}, {args.size}x{args.size} images, batch {args.batch}, {dev}, "
+          f"median of {args.repeats} after {args.warmup} warm-up ({args.clock} clock)\n")
     print(f"| part | median ms / batch | min ms | ms / image | note |")
     print(f"|---|---:|---:|---:|---|")
     for spec, times, note in rows:

@@ -21,7 +21,10 @@ the class choice), and ``training.export.parse_export`` (which decodes the RLE w
 batch size, optimizer and schedule:
 
 - ``ERM``: plain training on the spurious training set (no task painted);
-- ``oracle``: plain training on a training set drawn without the spurious feature;
+- ``oracle``: plain training on a training set where the feature is present but random (uncorrelated
+  with the label, as in test): the upper bound, and the reference of "gap closed";
+- ``no feature``: plain training on a training set drawn without the spurious feature at all (for the
+  background and texture kinds this is also a distribution shift: neutral backgrounds in train only);
 - ``paired``: masks on a fraction of the training images (chosen at random per seed), λ and noise mode;
 - ``aug only``: the same with λ = 0: the loss is ``CE(x) + CE(x̃)`` without the alignment term;
 - ``groups``: the cluster-balanced worst-group training of the spurious-MNIST report
@@ -38,6 +41,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import random
 import statistics
@@ -45,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterable
@@ -112,7 +116,7 @@ PRESETS: dict[str, Preset] = {
 
 @dataclass(frozen=True)
 class Condition:
-    method: str  # ERM | oracle | paired | aug only | groups
+    method: str  # ERM | oracle | no feature | paired | aug only | groups
     fraction: float = 0.0
     noise: str = ""
     lam: float = 0.0
@@ -123,7 +127,7 @@ class Condition:
 
 
 def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
-    out = [Condition("ERM"), Condition("oracle"), Condition("groups")]
+    out = [Condition("ERM"), Condition("oracle"), Condition("no feature"), Condition("groups")]
     for f in preset.fractions:
         out.append(Condition("paired", f, noise, lam))
     for f in preset.fractions:
@@ -156,6 +160,9 @@ class FileServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Label Studio's server
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall between header and body writes
+
             def do_GET(self):  # noqa: N802
                 ok = self.headers.get("Authorization") == f"Token {outer.token}"
                 body = outer.files.get(self.path) if ok else None
@@ -272,29 +279,37 @@ class World:
     seed: int
     classes: list[str]
     root: Path
-    oracle_root: Path
     items: list[Item]
-    oracle_items: list[Item]
+    # reference training sets ("oracle", "no feature"): (root, items); their test items are ``items``'
+    refs: dict[str, tuple[Path, list[Item]]] = field(default_factory=dict)
+
+
+REFERENCES = {"oracle": dict(p_spurious=0.0), "no feature": dict(spurious=False)}
 
 
 def make_world(base: Path, preset: Preset, kind: str, seed: int) -> World:
     classes = list(SHAPES[: preset.n_classes])
-    root, oracle_root = base / f"{kind}-s{seed}", base / f"{kind}-s{seed}-oracle"
+    root = base / f"{kind}-s{seed}"
     info = make_spurious_dataset(root, tuple(classes), preset.n_train, preset.n_test, preset.size, preset.p,
                                  seed=seed, kind=kind)
-    oracle = make_spurious_dataset(oracle_root, tuple(classes), preset.n_train, preset.n_test, preset.size,
-                                   preset.p, seed=seed, spurious=False, kind=kind)
     items = dataset_items(root, classes, info["spurious_values"])
-    oracle_items = dataset_items(oracle_root, classes, oracle.get("spurious_values", {}), first_id=100_000)
-    # the oracle is evaluated on the same (spurious, random in test) test set as everyone else
-    oracle_items = [it for it in oracle_items if it.split == TRAIN_SPLIT] + [it for it in items if it.split == TEST_SPLIT]
-    return World(kind, seed, classes, root, oracle_root, items, oracle_items)
+    test = [it for it in items if it.split == TEST_SPLIT]
+    world = World(kind, seed, classes, root, items)
+    for i, (name, kw) in enumerate(REFERENCES.items()):
+        ref_root = base / f"{kind}-s{seed}-{name.replace(' ', '-')}"
+        kw = {"p_spurious": preset.p, **kw}
+        ref = make_spurious_dataset(ref_root, tuple(classes), preset.n_train, 0, preset.size, seed=seed, kind=kind,
+                                    **kw)
+        ref_items = dataset_items(ref_root, classes, ref["spurious_values"], first_id=100_000 * (i + 1))
+        # every reference is evaluated on the same test set as everyone else
+        world.refs[name] = (ref_root, [it for it in ref_items if it.split == TRAIN_SPLIT] + test)
+    return world
 
 
 def served_files(worlds: list[World]) -> dict[str, bytes]:
     files = {}
     for w in worlds:
-        for r, its in ((w.root, w.items), (w.oracle_root, w.oracle_items)):
+        for r, its in [(w.root, w.items), *w.refs.values()]:
             for it in its:
                 if it.url not in files and it.url.startswith(URL_PREFIX + r.name + "/"):
                     files[it.url] = (r / it.rel).read_bytes()
@@ -318,7 +333,7 @@ def painted_subset(world: World, fraction: float) -> list[int]:
     return sorted(random.Random(1000 + world.seed).sample(train, k))
 
 
-def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], k: int, device: str) -> tuple[float, dict]:
+def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], device: str) -> tuple[float, dict]:
     """Worst accuracy over the (label, spurious value) groups of the test split, and all of them."""
     logits = predict_logits(model, test, IMAGENET_MEAN, IMAGENET_STD, device)
     right = (logits.argmax(1) == test.targets).tolist()
@@ -332,8 +347,8 @@ def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], k: int,
 def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageFetcher, device: str,
                   cache: dict) -> dict[str, Any]:
     t0 = time.perf_counter()
-    if cond.method == "oracle":
-        key, items, root, painted = ("oracle",), world.oracle_items, world.oracle_root, []
+    if cond.method in world.refs:
+        (root, items), key, painted = world.refs[cond.method], (cond.method,), []
     elif cond.method in ("paired", "aug only"):
         painted = painted_subset(world, cond.fraction)
         key, items, root = ("painted", tuple(painted)), world.items, world.root
@@ -354,18 +369,25 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
     torch.manual_seed(opts.seed)  # as build_start_model does for mode scratch
     model = build_model(preset.arch, len(world.classes))
     t1 = time.perf_counter()
-    if cond.method == "groups":
-        spurious = {it.task_id: it.spurious for it in items}
-        s = torch.tensor([spurious[t] for t in train.task_ids])
-        groups = group_ids(train.targets, s, len(world.classes))
-        train_group_balanced(model, train, groups, opts, IMAGENET_MEAN, IMAGENET_STD, device)
-    else:
-        train_model(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+    diverged = None
+    try:
+        if cond.method == "groups":
+            spurious = {it.task_id: it.spurious for it in items}
+            s = torch.tensor([spurious[t] for t in train.task_ids])
+            groups = group_ids(train.targets, s, len(world.classes))
+            train_group_balanced(model, train, groups, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+        else:
+            train_model(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+    except FloatingPointError as e:  # the product's divergence check (loss NaN/inf): a result, not a crash
+        diverged = str(e)
     t_train = time.perf_counter() - t1
-    acc = evaluate(model, test, IMAGENET_MEAN, IMAGENET_STD, device)["accuracy"]
-    spurious_test = {it.task_id: it.spurious for it in world.items if it.split == TEST_SPLIT}
-    worst, _ = group_accuracy(model, test, spurious_test, len(world.classes), device)
+    acc = worst = None
+    if diverged is None:
+        acc = evaluate(model, test, IMAGENET_MEAN, IMAGENET_STD, device)["accuracy"]
+        spurious_test = {it.task_id: it.spurious for it in world.items if it.split == TEST_SPLIT}
+        worst, _ = group_accuracy(model, test, spurious_test, device)
     return {"kind": world.kind, "seed": world.seed, **asdict(cond), "test_acc": acc, "worst_group_acc": worst,
+            "diverged": diverged,
             "n_train": len(train), "n_painted": train.n_painted, "n_test": len(test),
             "data_s": round(t_data, 3), "train_s": round(t_train, 3)}
 
@@ -374,7 +396,10 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
 # aggregation and output
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
+def _mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
     m = statistics.fmean(values)
     return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -387,7 +412,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     base = {}
     for (kind, method, *_), rs in by.items():
         if method in ("ERM", "oracle"):
-            base[(kind, method)] = {r["seed"]: r["test_acc"] for r in rs}
+            base[(kind, method)] = {r["seed"]: r["test_acc"] for r in rs if r["test_acc"] is not None}
     out = []
     for (kind, method, fraction, noise, lam), rs in by.items():
         acc = _mean_sd([r["test_acc"] for r in rs])
@@ -395,10 +420,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
         gaps = []
         for r in rs:
             e, o = base.get((kind, "ERM"), {}).get(r["seed"]), base.get((kind, "oracle"), {}).get(r["seed"])
-            if e is not None and o is not None and o - e >= MIN_GAP:
+            if e is not None and o is not None and r["test_acc"] is not None and o - e >= MIN_GAP:
                 gaps.append((r["test_acc"] - e) / (o - e))
         out.append({"kind": kind, "method": method, "fraction": fraction, "noise": noise, "lam": lam,
-                    "n": len(rs), "acc": acc[0], "acc_sd": acc[1], "worst": worst[0], "worst_sd": worst[1],
+                    "n": len(rs), "diverged": sum(r.get("diverged") is not None for r in rs), "acc": acc[0], "acc_sd": acc[1], "worst": worst[0], "worst_sd": worst[1],
                     "gap": statistics.fmean(gaps) if gaps else None,
                     "train_s": statistics.fmean(r["train_s"] for r in rs)})
     return out
@@ -420,8 +445,11 @@ def markdown_table(agg: list[dict]) -> str:
     for r in agg:
         m, frac, noise, lam = _method_label(r)
         gap = f"{100 * r['gap']:.0f}%" if r["gap"] is not None else "–"
-        lines.append(f"| {r['kind']} | {m} | {frac} | {noise} | {lam} | {r['acc']:.3f} ± {r['acc_sd']:.3f} | "
-                     f"{r['worst']:.3f} ± {r['worst_sd']:.3f} | {gap} | {r['train_s']:.1f} |")
+        div = f" (diverged in {r['diverged']}/{r['n']} seeds)" if r.get("diverged") else ""
+        acc = "–" if r["acc"] is None else f"{r['acc']:.3f} ± {r['acc_sd']:.3f}"
+        worst = "–" if r["worst"] is None else f"{r['worst']:.3f} ± {r['worst_sd']:.3f}"
+        lines.append(f"| {r['kind']} | {m} | {frac} | {noise} | {lam} | {acc}{div} | {worst} | {gap} | "
+                     f"{r['train_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -434,6 +462,8 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
     except Exception as e:  # pragma: no cover
         print(f"no PNG: matplotlib unavailable: {e}", file=sys.stderr)
         return None
+    nan = float("nan")
+    agg = [{**r, **{k: nan if r[k] is None else r[k] for k in ("acc", "acc_sd", "worst", "worst_sd")}} for r in agg]
     kinds = list(dict.fromkeys(r["kind"] for r in agg))
     fig, axes = plt.subplots(len(kinds), 2, figsize=(12, 3.8 * len(kinds)), squeeze=False)
     for row, kind in zip(axes, kinds):
@@ -446,9 +476,10 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
             es = [pts[f]["acc_sd"] if f in pts else 0 for f in preset.fractions]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colour,
                         label=f"{method} (λ={l:g}, {noise})")
-        for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green"), ("groups", "tab:purple")):
+        for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green"), ("no feature", "tab:olive"),
+                               ("groups", "tab:purple")):
             r = next((r for r in rs if r["method"] == method), None)
-            if r:
+            if r and not math.isnan(r["acc"]):
                 ax.axhline(r["acc"], color=colour, ls="--", lw=1, label=f"{method} {r['acc']:.2f}")
                 ax.axhspan(r["acc"] - r["acc_sd"], r["acc"] + r["acc_sd"], color=colour, alpha=0.08)
         ax.axhline(1 / preset.n_classes, color="grey", ls=":", lw=1, label="chance")
@@ -466,7 +497,7 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
                color=["tab:orange" if r["lam"] == 0 else "tab:blue" for r in sweep])
         for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green")):
             r = next((r for r in rs if r["method"] == method), None)
-            if r:
+            if r and not math.isnan(r["acc"]):
                 ax.axhline(r["acc"], color=colour, ls="--", lw=1, label=method)
         ax.set_xticks(range(len(sweep)), labels, fontsize=7)
         ax.set_ylim(0, 1.02)
@@ -492,8 +523,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     return (f"{dev}; {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
@@ -553,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_condition(w, c, preset, fetcher, device, cache)
                     rows.append(r)
                     m, frac, noise, lam = _method_label(r)
-                    print(f"  {w.kind} seed {w.seed}: {m:<20} masks {frac:>6} {noise:<12} λ {lam:<5} "
-                          f"test acc {r['test_acc']:.3f}  worst group {r['worst_group_acc']:.3f}  "
+                    res = (f"diverged: {r['diverged']}" if r["diverged"] else
+                           f"test acc {r['test_acc']:.3f}  worst group {r['worst_group_acc']:.3f}")
+                    print(f"  {w.kind} seed {w.seed}: {m:<20} masks {frac:>6} {noise:<12} λ {lam:<5} {res}  "
                           f"({r['train_s']:.1f}s)", flush=True)
     wall = time.perf_counter() - t_start
     agg = aggregate(rows)

@@ -6,11 +6,13 @@ response shapes follow Label Studio 1.23 as recorded in shared/ls-protocol.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import threading
 import time
+import weakref
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -76,6 +78,16 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
                 models[project_id] = model
             return model
 
+    slots_by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def predict_slots() -> asyncio.Semaphore:
+        """At most ``PREDICT_CONCURRENCY`` predictions at once (one semaphore per event loop)."""
+        loop = asyncio.get_running_loop()
+        sem = slots_by_loop.get(loop)
+        if sem is None:
+            sem = slots_by_loop[loop] = asyncio.Semaphore(max(1, settings.predict_concurrency))
+        return sem
+
     app.add_middleware(
         AccessMiddleware, basic_user=settings.basic_auth_user, basic_pass=settings.basic_auth_pass,
         webhook_secret=settings.webhook_secret, max_request_bytes=settings.max_request_bytes,
@@ -90,7 +102,7 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
 
     @app.get("/health")
     @app.get("/")
-    def health() -> dict:
+    async def health() -> dict:  # async: answers from the event loop even when every worker thread is busy
         return {"status": "UP", "model_class": "RobustarModel", "parts": [p.name for p in parts or []],
                 "disabled_parts": dict(settings.extra.get("disabled_parts") or {})}
 
@@ -136,7 +148,8 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
         start = time.perf_counter()
         errors: list[tuple[int, str]] = []
         try:
-            results = await _run_sync(model.predict, tasks, req.context, errors)
+            async with predict_slots():  # waiting requests hold no thread and no images
+                results = await _run_sync(model.predict, tasks, req.context, errors)
         except ClassMismatchError as e:
             return bad_request(str(e), 409)
         metrics.observe_predict(len(tasks), time.perf_counter() - start)

@@ -23,8 +23,6 @@ def _worker(args: argparse.Namespace) -> int:
 
     from ml_backend.config import Settings
 
-    import training.job  # noqa: F401  (imported once here, not in every forked job)
-
     settings = Settings.from_env()
     redis = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=redis) for name in (args.queues or [settings.queue_name])]

@@ -66,6 +66,7 @@ class Settings:
     max_image_bytes: int = 50_000_000
     max_request_bytes: int = 32 * 1024 * 1024
     max_predict_tasks: int = 10_000
+    predict_concurrency: int = 4  # /predict requests computed at once (more wait): bounds memory under load
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -115,6 +116,7 @@ class Settings:
             max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(cls.max_image_bytes))),
             max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(cls.max_request_bytes))),
             max_predict_tasks=int(_env("MAX_PREDICT_TASKS", str(cls.max_predict_tasks))),
+            predict_concurrency=max(1, int(_env("PREDICT_CONCURRENCY", str(cls.predict_concurrency)))),
         )
 
     def torch_device(self) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import threading
 import time
 import weakref
@@ -122,12 +123,12 @@ class Embeddings:
 
 
 def _target_index(target: Any, classes: Sequence[str]) -> int:
-    if target is None:
+    if target is None or isinstance(target, bool):
         return -1
-    if isinstance(target, (int,)) and not isinstance(target, bool):
-        return int(target) if 0 <= int(target) < len(classes) else -1
     if isinstance(target, torch.Tensor):
-        return int(target)
+        target = int(target)
+    if isinstance(target, numbers.Integral):
+        return int(target) if 0 <= int(target) < len(classes) else -1
     try:
         return list(classes).index(str(target))
     except ValueError:

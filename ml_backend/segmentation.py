@@ -197,8 +197,9 @@ class SegmentationPart:
         if self._detector is None:
             with self._lock:
                 if self._detector is None:
+                    # box_score_thresh = our threshold: weaker detections are dropped before the mask head
                     model, names = load_detector(self.weights, self.arch, self.min_size, self.max_size,
-                                                 min(0.05, self.score_threshold), self.device or device,
+                                                 self.score_threshold, self.device or device,
                                                  **self.detector_kwargs)
                     self._names = names
                     self._detector = model

@@ -167,6 +167,28 @@ def test_bad_input_examples(app_client):
     assert r.status_code == 200 and r.json() == {"status": "ignored", "action": "SOMETHING_NEW"}
 
 
+def test_export_brush_regions_with_unknown_labels_or_huge_sizes(caplog):
+    from tests.test_export import annotation, brush_region, export_task
+
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:3] = True
+    typo = brush_region(mask, label="Spuriuos", rid="typo")
+    stranger = brush_region(mask, label="Foo", from_name="unknown_brush", rid="stranger")
+    attention = brush_region(mask, label="Model attention", from_name="attention", rid="accepted-prediction")
+    huge = brush_region(mask, rid="huge")
+    huge["original_width"] = huge["original_height"] = 100_000  # 10^10 pixels: refused before decoding
+    tasks = [
+        export_task(1, "/a.png", annotations=[annotation(1, 1, [brush_region(mask), typo, stranger, attention])]),
+        export_task(2, "/b.png", annotations=[annotation(2, 2, [huge])]),
+        export_task(3, "/c.png", annotations=[annotation(3, 3, [{"type": "brushlabels", "value": [1, 2]}])]),
+    ]
+    out = parse_export(tasks, PARSED)
+    assert [r.task_id for r in out.records] == [1, 3] and out.records[0].mask.sum() == 4
+    assert out.skipped == {"bad_mask": [2]} and out.ignored_regions == {"unknown_brush_label": [1, 1, 3]}
+    assert out.counts()["ignored_regions"] == {"unknown_brush_label": 3}
+    assert "'Spuriuos'" in caplog.text and "'unknown_brush'" in caplog.text and "more than 64000000 pixels" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------------
 # generated payloads against the app
 

@@ -168,3 +168,33 @@ def test_failing_segmentation_degrades_only_itself(tmp_path, caplog):
         results = model.predict(tasks)
     assert [r["type"] for r in results[0]["result"]] == ["choices"]  # the classifier still answers
     assert "segmentation" in caplog.text and "[7]" in caplog.text
+
+
+def test_part_settings_from_the_environment(monkeypatch, tmp_path):
+    env = {"PREDICT_PARTS": "saliency, segmentation", "SALIENCY_METHOD": "gradcam", "SALIENCY_TOP_Q": "2.5",
+           "SEGMENTATION_WEIGHTS": str(tmp_path / "w.pt"), "SEGMENTATION_ARCH": "maskrcnn_resnet50_fpn_v2",
+           "SEGMENTATION_SCORE": "0.3", "SEGMENTATION_MODE": "instances", "SEGMENTATION_CLASSES": "person, 62",
+           "INFLUENCE_TOP_K": "7", "INFLUENCE_SCORE": "tracin", "INFLUENCE_BUILD": "off"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env()
+    assert s.predict_parts == ("saliency", "segmentation") and s.saliency_method == "gradcam" and s.saliency_top_q == 2.5
+    assert s.segmentation_weights == tmp_path / "w.pt" and s.segmentation_arch.endswith("v2")
+    assert (s.segmentation_score, s.segmentation_mode, s.segmentation_classes) == (0.3, "instances", ("person", "62"))
+    assert (s.influence_top_k, s.influence_score, s.influence_build) == (7, "tracin", "off")
+    # the weights file does not exist: segmentation is reported, not started
+    assert [p.name for p in configured_parts(s)] == ["saliency"]
+    assert "does not exist" in s.extra["disabled_parts"]["segmentation"]
+    monkeypatch.setenv("PREDICT_PARTS", "saliency,lime")
+    with pytest.raises(ValueError, match="lime"):
+        configured_parts(Settings.from_env())
+
+
+def test_instance_classes_by_coco_name_or_id():
+    from ml_backend.segmentation import coco_categories, resolve_classes
+
+    names = coco_categories()
+    assert names[1] == "person" and len(names) == 91
+    assert resolve_classes(["Person", "62"], names) == {1, 62}
+    with pytest.raises(ValueError, match="unknown class 'unicorn'"):
+        resolve_classes(["unicorn"], names)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from redis import Redis
 
 from ml_backend.annotate import brush_region, class_region
 from ml_backend.importer import import_dataset
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.e2e
 def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_path):
     dataset = tmp_path / "dataset"
     make_spurious_dataset(dataset, n_train=6, n_test=3, size=32, seed=3)
-    redis_url = f"{redis_base_url}/14"
+    redis_url = f"{redis_base_url}/10"  # this test's own DB, flushed before and after
+    Redis.from_url(redis_url).flushdb()
     env = {
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "MODEL_DIR": str(tmp_path / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32",
@@ -53,7 +55,6 @@ def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_pat
                                 capture_output=True, text=True, timeout=600)
         assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
 
-        from redis import Redis
         from rq import Queue
         from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
@@ -77,3 +78,4 @@ def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_pat
         v1 = [p for p in preds if p["model_version"] == "v1"]
         assert len(v1) == 27 and all(any(r["from_name"] == "pred_class" for r in p["result"]) for p in v1)
         assert Path(env["MODEL_DIR"], f"project-{pid}", "versions", "v1.pt").is_file()
+    Redis.from_url(redis_url).flushdb()

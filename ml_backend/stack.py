@@ -91,7 +91,8 @@ class ManagedProcess:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); log {self.log_path}:\n{self.tail()}")
             try:
-                if requests.get(url, timeout=1).ok:
+                user, password = self.env.get("BASIC_AUTH_USER"), self.env.get("BASIC_AUTH_PASS")
+                if requests.get(url, timeout=1, auth=(user, password) if user and password else None).ok:
                     return
             except requests.RequestException:
                 pass

@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--seg-min-size", type=int, default=800)
     ap.add_argument("--seg-max-size", type=int, default=1333)
+    ap.add_argument("--seg-max-dets", type=int, default=100,
+                    help="torchvision's box_detections_per_img (random-init weights fill all 100 slots; "
+                         "real weights find a handful of objects per image)")
     ap.add_argument("--index-size", type=int, default=1000, help="training tasks in the influence index")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed seconds; cpu: CPU seconds of this process (steadier on a shared machine)")
@@ -136,10 +139,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[float],
         elif name == "segmentation":
             arch = "maskrcnn_resnet50_fpn_v2" if variant == "v2" else "maskrcnn_resnet50_fpn"
             part = SegmentationPart(_detector_weights(tmp, arch), arch, score_threshold=0.5,
-                                    min_size=args.seg_min_size, max_size=args.seg_max_size, batch_size=args.batch)
+                                    min_size=args.seg_min_size, max_size=args.seg_max_size, batch_size=args.batch,
+                                    detector_kwargs={"box_detections_per_img": args.seg_max_dets})
             part.detector(args.device)  # loading the weights file is a one-off, not per request
             fn = lambda part=part: part(ctx)  # noqa: E731
-            note = f"min_size {args.seg_min_size}"
+            note = f"min_size {args.seg_min_size}, <= {args.seg_max_dets} detections/image"
         elif name == "influence":
             train = [{"task_id": 10_000 + i, "target": i % len(CLASSES), "image": img}
                      for i, img in enumerate(_images(args.index_size, args.size, seed=1))]

@@ -34,7 +34,9 @@ import json
 import shutil
 import statistics
 import tempfile
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -189,7 +191,7 @@ def section_job(smoke: bool, device: str, tmp: Path) -> str:
     root = tmp / "job-data"
     info = make_spurious_dataset(root, tuple(classes), n_train, n_test, src, 0.95, seed=0, kind="patch")
     items = dataset_items(root, classes, info["spurious_values"])
-    world = World("patch", 0, classes, root, root, items, items)
+    world = World("patch", 0, classes, root, items)
     painted = painted_subset(world, 0.25)
     files = {it.url: (root / it.rel).read_bytes() for it in items}
     export_text = json.dumps(build_export(root, items, painted)).encode()
@@ -267,20 +269,26 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"speed ({'smoke' if args.smoke else 'default'}): {', '.join(sections)} on {device}", flush=True)
     parts: list[str] = []
+    failed: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="robustar-speed-"))
     try:
         for s in sections:
             t = time.perf_counter()
-            if s == "paired":
-                parts.append(section_paired(args.smoke, device))
-            elif s == "rle":
-                parts.append(section_rle(args.smoke))
-            elif s == "predict":
-                parts.append(section_predict(args.smoke, device, tmp))
-            elif s == "influence":
-                parts.append(section_influence(args.smoke, device, tmp))
-            elif s == "job":
-                parts.append(section_job(args.smoke, device, tmp))
+            try:
+                if s == "paired":
+                    parts.append(section_paired(args.smoke, device))
+                elif s == "rle":
+                    parts.append(section_rle(args.smoke))
+                elif s == "predict":
+                    parts.append(section_predict(args.smoke, device, tmp))
+                elif s == "influence":
+                    parts.append(section_influence(args.smoke, device, tmp))
+                elif s == "job":
+                    parts.append(section_job(args.smoke, device, tmp))
+            except Exception as e:  # report the other sections anyway, then exit 1
+                traceback.print_exc()
+                failed.append(s)
+                parts.append(f"**{s}**: FAILED: {type(e).__name__}: {e}")
             print(f"  section {s}: {time.perf_counter() - t:.0f}s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.md").write_text(report)
     print(f"wrote {out / 'speed.md'}")
+    if failed:
+        print(f"FAILED sections: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -269,6 +269,27 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def _build_influence_index(store, version, splits, model, meta, device, settings, timings) -> str | None:
+    """Build vN's influence index (training-sample gradient embeddings) beside the checkpoint, so the
+    predictions pushed next carry influence and suspicion. Best effort: a failure is logged only."""
+    if "influence" not in getattr(settings, "predict_parts", ()):
+        return None
+    t = time.perf_counter()
+    try:
+        from ml_backend.influence import build_influence_index
+
+        build_influence_index(
+            store, version, splits[TRAIN_SPLIT], splits.get("test"), model=model.eval(), meta=meta, device=device,
+            batch_size=settings.influence_batch_size, score=settings.influence_score,
+        )
+        return "built"
+    except Exception as e:  # the version is published; the backend can still build the index lazily
+        log.warning("project store %s: influence index for %s not built: %s", store.root, version, e)
+        return f"failed: {e}"
+    finally:
+        timings["index"] = time.perf_counter() - t
+
+
 def run_pipeline(
     store: CheckpointStore,
     settings: Settings,
@@ -397,10 +418,13 @@ def run_pipeline(
              ", ".join(f"{s} {parent_metrics.get(s, {}).get('accuracy') if isinstance(parent_metrics.get(s), dict) else None}"
                        f" -> {m['accuracy']}" for s, m in new_metrics.items()))
 
+    influence = _build_influence_index(store, version, splits, start.model, meta, device, settings, timings)
+
     summary = {
         "version": version,
         "parent": parent_version,
         "published": True,
+        "influence_index": influence,
         "arch": start.arch,
         "image_size": start.image_size,
         "classes": list(classes),

@@ -83,6 +83,17 @@ def test_import_connect_predict(label_studio, backend, dataset):
         (region,) = [r for r in pred["result"] if r["from_name"] == "pred_class"]
         assert region["type"] == "choices" and region["value"]["choices"][0] in classes
         assert 0 < pred["score"] <= 1
+        # saliency: a "Model attention" brush region at the image's size, and the heatmap PNG is served
+        (attention,) = [r for r in pred["result"] if r["from_name"] == "attention"]
+        assert attention["value"]["brushlabels"] == ["Model attention"]
+        assert (attention["original_width"], attention["original_height"]) == (48, 48)
+        from training.rle import decode_rle
+
+        assert decode_rle(attention["value"]["rle"], 48, 48).any()
+        png = requests.get(task["data"]["saliency"], timeout=30)
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    health = requests.get(backend.url + "/health", timeout=5).json()
+    assert "SEGMENTATION_WEIGHTS" in health["disabled_parts"]["segmentation"]
 
     # the full import (with predictions) sets the project's model version: the score column fills and sorts
     full = run_import(dataset, label_studio, backend)

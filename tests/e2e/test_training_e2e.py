@@ -29,7 +29,7 @@ def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_pat
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "MODEL_DIR": str(tmp_path / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32",
         "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-train", "TRAIN_EPOCHS": "2", "TRAIN_BATCH_SIZE": "8",
-        "PREDICT_PARTS": "saliency",
+        "PREDICT_PARTS": "saliency,influence",
     }
     with BackendProcess(env, tmp_path / "backend.log") as backend:
         report = import_dataset(dataset, label_studio.url, label_studio.token, title="e2e training",
@@ -78,4 +78,10 @@ def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_pat
         v1 = [p for p in preds if p["model_version"] == "v1"]
         assert len(v1) == 27 and all(any(r["from_name"] == "pred_class" for r in p["result"]) for p in v1)
         assert Path(env["MODEL_DIR"], f"project-{pid}", "versions", "v1.pt").is_file()
+        # the worker built v1's influence index: test tasks name the training tasks behind their prediction
+        assert result["influence_index"] == "built"
+        test_ids = {t.id for t in client.tasks.list(project=pid, fields="all") if t.data["split"] == "test"}
+        lines = [line for p in v1 if p["task"] in test_ids for r in p["result"] if r["from_name"] == "influence"
+                 for line in r["value"]["text"]]
+        assert lines and any(line.startswith("#") for line in lines), lines[:5]
     Redis.from_url(redis_url).flushdb()

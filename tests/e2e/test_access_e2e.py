@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,27 +27,8 @@ def secured_backend(tmp_path_factory, redis_base_url):
     tmp = tmp_path_factory.mktemp("secured-backend")
     env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "PREDICT_PARTS": "saliency",
            "REDIS_URL": f"{redis_base_url}/11", "RQ_QUEUE": "robustar-e2e-access", **SECURITY_ENV}
-    proc = BackendProcess(env, tmp / "backend.log")
-    # BackendProcess polls /health without credentials: a 401 is not "healthy", so poll ourselves
-    proc.start = _start_with_auth.__get__(proc)
-    with proc:
+    with BackendProcess(env, tmp / "backend.log", timeout=90) as proc:  # health is polled with basic auth
         yield proc
-
-
-def _start_with_auth(self, timeout: float = 90):
-    log = open(self.log_path, "ab")
-    self.proc = subprocess.Popen([str(BIN / "robustar"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert self.proc.poll() is None, Path(self.log_path).read_text()[-3000:]
-        try:
-            if requests.get(self.url + "/health", auth=(USER, PASSWORD), timeout=1).ok:
-                return self
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(Path(self.log_path).read_text()[-3000:])
 
 
 def test_basic_auth_and_webhook_secret_with_label_studio(label_studio, secured_backend, tmp_path):

@@ -11,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 import requests
+from redis import Redis
 
 from tests.e2e.backend import BIN, BackendProcess
 from tests.test_export import brush_region
@@ -27,8 +28,11 @@ def secured_backend(tmp_path_factory, redis_base_url):
     tmp = tmp_path_factory.mktemp("secured-backend")
     env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "PREDICT_PARTS": "saliency",
            "REDIS_URL": f"{redis_base_url}/11", "RQ_QUEUE": "robustar-e2e-access", **SECURITY_ENV}
+    redis = Redis.from_url(env["REDIS_URL"])
+    redis.flushdb()  # a job queued by an earlier run would make START_TRAINING "already queued"
     with BackendProcess(env, tmp / "backend.log", timeout=90) as proc:  # health is polled with basic auth
         yield proc
+    redis.flushdb()
 
 
 def test_basic_auth_and_webhook_secret_with_label_studio(label_studio, secured_backend, tmp_path):

@@ -4,7 +4,7 @@ VENV := .venv
 LS_VENV := .venv-ls
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .robustar

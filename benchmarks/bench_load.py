@@ -26,7 +26,8 @@ import numpy as np
 import requests
 
 from label_config import render_config
-from tests.helpers import FileServer, data_uri, png_bytes
+from tests.builders import data_uri, png_bytes
+from tests.fakes import FileServer
 
 CLASSES = ["a", "b", "c"]
 TOKEN = "load-token-0123456789abcdef"

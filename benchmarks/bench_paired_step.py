@@ -21,8 +21,9 @@ import time
 
 import torch
 
+from training.images import make_normalizer
 from training.models import build_model
-from training.paired import make_normalizer, paired_step, plain_step
+from training.paired import paired_step, plain_step
 
 CONFIGS = [  # (arch, image size, batch)
     ("tiny-cnn", 32, 64),

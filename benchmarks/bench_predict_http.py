@@ -18,7 +18,8 @@ import requests
 
 from label_config import render_config
 from ml_backend.stack import backend_process, free_port
-from tests.helpers import FileServer, png_bytes
+from tests.builders import png_bytes
+from tests.fakes import FileServer
 
 TOKEN = "bench-token-0123456789"
 
@@ -64,8 +65,8 @@ def main() -> None:
         args.arch, args.size, args.repeats = "tiny-cnn", 32, 2
     times = measure(args.arch, args.size, args.parts, args.batch, args.repeats)
     med = statistics.median(times)
-    print(f"| arch | image | batch | parts | median s | min s | max s | ms/task |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| arch | image | batch | parts | median s | min s | max s | ms/task |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.arch} | {args.size}² | {args.batch} | {args.parts or 'classifier'} | {med:.3f} | {min(times):.3f} | "
           f"{max(times):.3f} | {1000 * med / args.batch:.1f} |")
 

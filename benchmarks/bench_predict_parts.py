@@ -31,12 +31,12 @@ from PIL import Image
 from label_config import render_config
 from label_config.render import parse_config
 from ml_backend.classifier import classify
-from ml_backend.config import Settings
 from ml_backend.influence import InfluencePart, build_influence_index
 from ml_backend.parts import PredictContext
 from ml_backend.saliency import SaliencyPart
 from ml_backend.segmentation import SegmentationPart
 from ml_backend.serving import ServedModel
+from ml_backend.settings import Settings
 from training.checkpoints import CheckpointMeta, CheckpointStore
 from training.models import build_model
 
@@ -177,8 +177,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> None:
     dev = args.device if args.device != "cpu" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\nPrediction parts: {args.arch}, {args.size}x{args.size} images, batch {args.batch}, {dev}, "
           f"median of {args.repeats} after {args.warmup} warm-up ({args.clock} clock)\n")
-    print(f"| part | median ms / batch | min ms | ms / image | note |")
-    print(f"|---|---:|---:|---:|---|")
+    print("| part | median ms / batch | min ms | ms / image | note |")
+    print("|---|---:|---:|---:|---|")
     for spec, times, note in rows:
         med = statistics.median(times)
         print(f"| {spec} | {med:.0f} | {min(times):.0f} | {med / args.batch:.1f} | {note} |")

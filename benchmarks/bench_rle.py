@@ -1,4 +1,4 @@
-"""Label Studio brush RLE: training.rle against label_studio_sdk.converter.brush.
+"""Label Studio brush RLE: label_config.rle against label_studio_sdk.converter.brush.
 
     python -m benchmarks.bench_rle            # 256^2, 1024^2, 4096^2 masks
     python -m benchmarks.bench_rle --quick    # seconds-long smoke run (256^2, 1024^2, fewer repeats)
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from label_studio_sdk.converter import brush
 
-from training.rle import decode_rle, encode_mask
+from label_config.rle import decode_rle, encode_mask
 
 try:  # optional comparison only (pip install '.[bench]')
     import label_studio_brush_rle_rs as rle_rs

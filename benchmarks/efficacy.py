@@ -13,11 +13,11 @@ spurious value (for the group baseline).
 
 Every run goes through the product: the images are served over HTTP as Label Studio serves uploads
 (``Authorization: Token``), a Label Studio JSON export is built with one annotation per painted
-task (a ``Spurious`` brush region whose RLE is ``training.rle.encode_mask`` of the true mask, plus
-the class choice), and ``training.export.parse_export`` (which decodes the RLE with
-``training.rle.decode_rle``) + ``training.dataset.load_splits`` + ``training.train.train_model``
+task (a ``Spurious`` brush region whose RLE is ``label_config.rle.encode_mask`` of the true mask, plus
+the class choice), and ``label_config.export.parse_export`` (which decodes the RLE with
+``label_config.rle.decode_rle``) + ``training.dataset.load_splits`` + ``training.engine.fit``
 (``training.paired.paired_step``, ``training.noise``) train a fresh model, which
-``training.evaluate`` scores on the test split.  Methods, all with the same architecture, epochs,
+``training.engine.evaluate`` scores on the test split.  Methods, all with the same architecture, epochs,
 batch size, optimizer and schedule:
 
 - ``ERM``: plain training on the spurious training set (no task painted);
@@ -50,7 +50,6 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -58,20 +57,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from label_config import parse_config, render_config
-from ml_backend.images import ImageFetcher
+from benchmarks.groups import group_ids, train_group_balanced
+from label_config import parse_config, regions, render_config
+from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, parse_export
+from ml_backend.fetch import FetchPolicy, ImageFetcher
+from ml_backend.settings import Settings
+from tests.fakes import FileServer
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD
 from training.dataset import PairedDataset, load_splits
-from training.evaluate import evaluate, predict_logits
-from training.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, parse_export
+from training.engine import evaluate, fit, predict_logits
 from training.models import build_model
 from training.noise import NOISE_MODES
 from training.options import TrainOptions
-from training.rle import encode_mask
 from training.synthetic import KINDS, SHAPES, make_spurious_dataset
-from training.train import train_model
-
-from benchmarks.groups import group_ids, train_group_balanced
 
 TOKEN = "bench-efficacy-token"
 MIN_GAP = 0.05  # "gap closed" is shown only for seeds where the oracle beats ERM by at least this much
@@ -148,45 +146,7 @@ def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Label Studio side: files served like uploads, and a JSON export with painted tasks
-
-
-class FileServer:
-    """Serve ``files`` (URL path -> bytes) on 127.0.0.1 over HTTP, requiring ``Token <token>``
-    (as Label Studio serves uploaded task images to the ML backend)."""
-
-    def __init__(self, files: dict[str, bytes], token: str = TOKEN) -> None:
-        self.files, self.token = files, token
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as Label Studio's server
-            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall between header and body writes
-
-            def do_GET(self):  # noqa: N802
-                ok = self.headers.get("Authorization") == f"Token {outer.token}"
-                body = outer.files.get(self.path) if ok else None
-                self.send_response(401 if not ok else 200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                if body:
-                    self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FileServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+# Label Studio side: files served like uploads (tests.fakes.FileServer), and a JSON export with painted tasks
 
 
 class CachingFetcher(ImageFetcher):
@@ -230,21 +190,12 @@ def dataset_items(root: Path, classes: list[str], values: dict[str, int], first_
     return items
 
 
-def brush_region(mask: np.ndarray, rid: str) -> dict:
-    """A ``Spurious`` brush region as Label Studio exports it (RLE by ``training.rle.encode_mask``)."""
-    h, w = mask.shape
-    return {"id": rid, "from_name": "spurious", "to_name": "image", "type": "brushlabels",
-            "original_width": w, "original_height": h, "image_rotation": 0,
-            "value": {"format": "rle", "rle": encode_mask(mask), "brushlabels": ["Spurious"]}}
-
-
 def export_task(item: Item, mask: np.ndarray | None) -> dict:
     """One task of a Label Studio JSON export; painted tasks carry one annotation (brush + class)."""
     annotations = []
     if mask is not None:
-        result = [brush_region(mask, f"b{item.task_id}"),
-                  {"id": f"c{item.task_id}", "from_name": "pred_class", "to_name": "image", "type": "choices",
-                   "value": {"choices": [item.label]}}]
+        result = [regions.brush(mask, region_id=f"b{item.task_id}"),
+                  regions.choices(item.label, region_id=f"c{item.task_id}")]
         annotations.append({"id": item.task_id, "completed_by": 1, "result": result, "was_cancelled": False,
                             "ground_truth": False, "created_at": "2026-11-23T16:15:48.529678Z",
                             "updated_at": "2026-11-23T16:15:48.529678Z", "lead_time": 4.2, "task": item.task_id,
@@ -320,7 +271,7 @@ def load_project(tasks: list[dict], classes: list[str], fetcher: ImageFetcher, s
     """Export JSON -> records (RLE decoded) -> cached images + masks, as the training job does."""
     config = parse_config(render_config(classes))
     export = parse_export(export_json(tasks), config)
-    splits = load_splits(export, fetcher, size, classes, num_workers=4)
+    splits = load_splits(export, fetcher.fetch, size, classes, num_workers=4)
     return export, splits
 
 
@@ -377,7 +328,7 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
             groups = group_ids(train.targets, s, len(world.classes))
             train_group_balanced(model, train, groups, opts, IMAGENET_MEAN, IMAGENET_STD, device)
         else:
-            train_model(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+            fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
     except FloatingPointError as e:  # the product's divergence check (loss NaN/inf): a result, not a crash
         diverged = str(e)
     t_train = time.perf_counter() - t1
@@ -574,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="robustar-efficacy-") as tmp:
         worlds = [make_world(Path(tmp), preset, kind, seed) for kind in preset.kinds for seed in range(preset.seeds)]
-        with FileServer(served_files(worlds)) as server:
-            fetcher = CachingFetcher(server.url, TOKEN, timeout=30)
+        with FileServer(served_files(worlds), TOKEN) as server:
+            fetcher = CachingFetcher(server.url, TOKEN, FetchPolicy.from_settings(Settings()))
             for w in worlds:
                 cache: dict = {}
                 for c in conds:

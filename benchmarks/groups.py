@@ -9,7 +9,7 @@ the *worst* group's loss (``min_f max_g L(f(C_g))``). ``objective="mean"`` back-
 over the groups instead (group-balanced ERM).
 
 It runs on the product's ``PairedDataset``, model zoo, optimizer and normalisation, with the same
-epochs, batch size and lr schedule as ``training.train.train_model``, so only the objective differs.
+epochs, batch size and lr schedule as ``training.engine.fit``, so only the objective differs.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.dataset import PairedDataset
+from training.engine import make_optimizer
+from training.images import make_normalizer
 from training.options import TrainOptions
-from training.paired import make_normalizer
-from training.train import make_optimizer
 
 OBJECTIVES = ("worst", "mean")
 

@@ -10,7 +10,7 @@ Sections (each drives the product code; the per-stage modules can also be run al
 1. ``paired``: ``training.paired.paired_step`` vs ``plain_step``, same model, batch and device, every
    sample painted (``benchmarks.bench_paired_step``); goal paired/plain <= 2.1.
 2. ``rle``: Label Studio brush RLE decode and encode of 256², 1024², 4096² brush-like masks:
-   ``training.rle`` vs ``label_studio_sdk.converter.brush`` vs the Rust ``label-studio-brush-rle-rs``
+   ``label_config.rle`` vs ``label_studio_sdk.converter.brush`` vs the Rust ``label-studio-brush-rle-rs``
    (PyPI; ``pip install '.[bench]'``) (``benchmarks.bench_rle``).
 3. ``predict``: each ``/predict`` part (classifier, saliency per method, Mask R-CNN v1, influence) on
    a batch of 1 and of 16 (``benchmarks.bench_predict_parts``).
@@ -19,7 +19,7 @@ Sections (each drives the product code; the per-stage modules can also be run al
 5. ``job``: one full training job on the efficacy benchmark's dataset, wall time by phase: export
    (JSON of the generated Label Studio export), decode (``parse_export``: records + RLE masks),
    images (``load_splits``: HTTP download with Token auth + decode + resize), eval of the parent,
-   train, eval of the new version, save + publish, report (``training.train.run_pipeline``), and
+   train, eval of the new version, save + publish, report (``training.pipeline.run_pipeline``), and
    the influence index of the new version (``ml_backend.influence.build_influence_index``).
 
 On CUDA every timed GPU stage ends with ``torch.cuda.synchronize``. On CPU torch runs with
@@ -33,16 +33,29 @@ import argparse
 import json
 import shutil
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-from benchmarks import bench_influence, bench_paired_step, bench_predict_parts, bench_rle
-from benchmarks.efficacy import (TOKEN, FileServer, build_export, dataset_items, machine, painted_subset, World)
+from benchmarks import (
+    bench_influence,
+    bench_paired_step,
+    bench_predict_parts,
+    bench_rle,
+)
+from benchmarks.efficacy import (
+    TOKEN,
+    World,
+    build_export,
+    dataset_items,
+    machine,
+    painted_subset,
+)
+from tests.fakes import FileServer
 
 SECTIONS = ("paired", "rle", "predict", "influence", "job")
 # CPU-sized: one config per architecture (bench_paired_step.CONFIGS, the GPU set, adds batch 32 rows)
@@ -172,14 +185,15 @@ def section_influence(smoke: bool, device: str, tmp: Path) -> str:
 
 def section_job(smoke: bool, device: str, tmp: Path) -> str:
     from label_config import parse_config, render_config
-    from ml_backend.config import Settings
-    from ml_backend.images import ImageFetcher
+    from label_config.export import TRAIN_SPLIT, parse_export
+    from ml_backend.fetch import FetchPolicy, ImageFetcher
     from ml_backend.influence import build_influence_index
+    from ml_backend.serving import model_defaults
+    from ml_backend.settings import Settings
     from training.checkpoints import CheckpointStore
-    from training.export import TRAIN_SPLIT, parse_export
     from training.options import TrainOptions
+    from training.pipeline import run_pipeline
     from training.synthetic import SHAPES, make_spurious_dataset
-    from training.train import run_pipeline
 
     if smoke:
         n_train, n_test, src, size, arch, epochs = 10, 5, 32, 32, "tiny-cnn", 1
@@ -196,7 +210,7 @@ def section_job(smoke: bool, device: str, tmp: Path) -> str:
     files = {it.url: (root / it.rel).read_bytes() for it in items}
     export_text = json.dumps(build_export(root, items, painted)).encode()
     timings: dict[str, float] = {}
-    with FileServer(files) as server:
+    with FileServer(files, TOKEN) as server:
         t = time.perf_counter()
         tasks = json.loads(export_text)
         timings["export"] = time.perf_counter() - t
@@ -209,9 +223,9 @@ def section_job(smoke: bool, device: str, tmp: Path) -> str:
         store = CheckpointStore(settings.model_dir, 1)
         opts = TrainOptions(mode="finetune", epochs=epochs, batch_size=32, lr=0.05, device=device, num_workers=8,
                             push_predictions=False, eval_every_epoch=True)
-        fetcher = ImageFetcher(server.url, TOKEN)
+        fetcher = ImageFetcher(server.url, TOKEN, FetchPolicy.from_settings(settings))
         t = time.perf_counter()
-        summary = run_pipeline(store, settings, classes, export, opts, fetcher)
+        summary = run_pipeline(store, classes, export, opts, fetcher.fetch, model_defaults(settings)).summary
         pipeline_wall = time.perf_counter() - t
         for k in ("setup", "images", "eval_parent", "train", "eval_new", "save", "report"):
             timings[k] = summary["timings"].get(k, 0.0)

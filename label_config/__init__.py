@@ -6,10 +6,10 @@ from label_config.render import (
     CLASS_CONTROL,
     IMAGE_OBJECT,
     INFLUENCE_CONTROL,
-    LabelConfigError,
     SALIENCY_OBJECT,
     SPURIOUS_CONTROL,
     SPURIOUS_LABEL,
+    LabelConfigError,
     parse_config,
     render_config,
 )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+
+from ml_backend.settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,8 +22,6 @@ def _worker(args: argparse.Namespace) -> int:
     from redis import Redis
     from rq import Queue, SimpleWorker, Worker
 
-    from ml_backend.config import Settings
-
     settings = Settings.from_env()
     redis = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=redis) for name in (args.queues or [settings.queue_name])]
@@ -35,7 +34,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from ml_backend.importer import ImportErrorWithHint, import_dataset
 
-    api_key = args.api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+    api_key = args.api_key or Settings.from_env().label_studio_api_key
     if not api_key:
         print("error: give --api-key or set LABEL_STUDIO_API_KEY", file=sys.stderr)
         return 2
@@ -63,13 +62,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="robustar", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", default=settings.log_level)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the ML backend HTTP server")
-    p.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9090")))
+    p.add_argument("--host", default=settings.host)
+    p.add_argument("--port", type=int, default=settings.port)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="run an RQ worker for training jobs")
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("import", help="import an ImageFolder dataset into a Label Studio project")
     p.add_argument("dataset", help="folder with train/<class>/* and test/<class>/*")
-    p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", "http://localhost:8080"))
+    p.add_argument("--url", default=settings.label_studio_url or "http://localhost:8080")
     p.add_argument("--api-key", default=None, help="Label Studio legacy API token (or LABEL_STUDIO_API_KEY)")
     p.add_argument("--title", default="Robustar")
-    p.add_argument("--backend-url", default=os.environ.get("BACKEND_PUBLIC_URL"), help="ML backend URL to connect")
+    p.add_argument("--backend-url", default=settings.public_url, help="ML backend URL to connect")
     p.add_argument("--no-predict", action="store_true", help="do not fetch predictions for every task now")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_import)

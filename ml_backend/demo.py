@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from ml_backend.stack import backend_process, port_busy, redis_answers, start_private_redis, worker_process
+from ml_backend.settings import env_value
+from ml_backend.stack import (
+    backend_process,
+    port_busy,
+    redis_answers,
+    start_private_redis,
+    worker_process,
+)
 
 READY_LINE = "Robustar demo is up after"  # the status line's start (tests and scripts wait for it)
 DEFAULT_LS_PORT, DEFAULT_BACKEND_PORT = 8080, 9090
@@ -94,7 +100,11 @@ def _alive(proc) -> bool:
 def _run(args: argparse.Namespace, t0: float, started: list) -> int:
     from ml_backend.annotate import paint_from_masks
     from ml_backend.importer import import_dataset
-    from ml_backend.ls_server import LabelStudioError, LabelStudioServer, ensure_label_studio
+    from ml_backend.ls_server import (
+        LabelStudioError,
+        LabelStudioServer,
+        ensure_label_studio,
+    )
     from training.synthetic import make_spurious_dataset
 
     root = Path(args.data_dir).resolve()
@@ -108,7 +118,7 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
         print("generating the demo dataset (shapes with a class-coloured corner patch) ...", flush=True)
         make_spurious_dataset(dataset, n_train=30, n_test=15, size=64, seed=0)
 
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = env_value("REDIS_URL", "redis://127.0.0.1:6379/0")
     if redis_answers(redis_url):
         redis_note = "(already running; left running on exit)"
     else:
@@ -126,8 +136,8 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
         "LABEL_STUDIO_API_KEY": ls.token,
         "REDIS_URL": redis_url,
         "MODEL_DIR": str(root / "models"),
-        "MODEL_ARCH": os.environ.get("MODEL_ARCH", "tiny-cnn"),
-        "IMAGE_SIZE": os.environ.get("IMAGE_SIZE", "64"),
+        "MODEL_ARCH": env_value("MODEL_ARCH", "tiny-cnn"),
+        "IMAGE_SIZE": env_value("IMAGE_SIZE", "64"),
         "BACKEND_PUBLIC_URL": backend_url,
     }
     # backend and worker boot (torch imports) while Label Studio starts; they need it only per request/job

@@ -9,7 +9,6 @@ version set to the one the backend reports, so the Data Manager's prediction-sco
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from label_config.render import parse_config, render_config
 from ml_backend.security import SECRET_HEADER, basic_auth_header, signed_heatmap_url
+from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class LabelStudioImporter:
         """Give Label Studio's auto-created ``<backend>/webhook`` the headers the backend requires:
         ``X-Robustar-Secret`` (``WEBHOOK_SECRET``) and basic auth (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``)."""
         headers = {}
-        secret = os.environ.get("WEBHOOK_SECRET")
+        secret = Settings.from_env().webhook_secret
         if secret:
             headers[SECRET_HEADER] = secret
         user, password = _basic_auth()
@@ -247,7 +247,8 @@ class LabelStudioImporter:
 
 def _basic_auth() -> tuple[str | None, str | None]:
     """(user, password) from ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` when both are set, else (None, None)."""
-    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    settings = Settings.from_env()
+    user, password = settings.basic_auth_user, settings.basic_auth_pass
     return (user, password) if user and password else (None, None)
 
 

@@ -16,16 +16,19 @@ arrives meanwhile answers "already queued" instead of starting a second job of t
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
+from typing import Callable
 
 from redis import Redis
 from rq import Queue, Retry, get_current_job
 from rq.job import Dependency, Job, JobStatus
 
+from ml_backend.settings import Settings
+
 log = logging.getLogger(__name__)
 
 JOB_FUNC = "ml_backend.jobs.run_training_job"
+TRAIN_TARGET = "ml_backend.worker_job.train_project"
 START_TRAINING = "START_TRAINING"
 ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"}
 _PENDING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
@@ -42,12 +45,12 @@ class TrainingPolicy:
     prefix: str = "robustar:"
 
     @classmethod
-    def from_env(cls) -> "TrainingPolicy":
+    def from_settings(cls, settings: Settings) -> "TrainingPolicy":
         return cls(
-            every_n_annotations=int(os.environ.get("TRAIN_EVERY_N_ANNOTATIONS", "0") or 0),
-            retries=max(0, int(os.environ.get("TRAIN_RETRIES", str(cls.retries)) or 0)),
-            job_timeout=int(os.environ.get("TRAIN_JOB_TIMEOUT", str(cls.job_timeout)) or cls.job_timeout),
-            prefix=os.environ.get("REDIS_KEY_PREFIX", cls.prefix) or cls.prefix,
+            every_n_annotations=settings.train_every_n_annotations,
+            retries=settings.train_retries,
+            job_timeout=settings.train_job_timeout,
+            prefix=settings.redis_key_prefix,
         )
 
 
@@ -56,7 +59,7 @@ class TrainingQueue:
 
     def __init__(
         self, redis: Redis, queue_name: str = "robustar", policy: TrainingPolicy | None = None,
-        target: str = "training.job.train_project",
+        target: str = TRAIN_TARGET,
     ) -> None:
         self.redis = redis
         self.policy = policy or TrainingPolicy()
@@ -131,16 +134,17 @@ class TrainingQueue:
             self.redis.delete(key)
 
 
-def run_training_job(project_id: int, options: dict | None = None, target: str = "training.job.train_project") -> dict:
-    """The RQ entry point: queue bookkeeping around ``target`` (``training.job.train_project``)."""
+def run_training_job(project_id: int, options: dict | None = None, target: str = TRAIN_TARGET) -> dict:
+    """The RQ entry point: queue bookkeeping around ``target`` (``ml_backend.worker_job.train_project``)."""
     from rq.utils import import_attribute
 
     from ml_backend.security import install_log_redaction
 
-    install_log_redaction(os.environ.get("LABEL_STUDIO_API_KEY"))
+    settings = Settings.from_env()
+    install_log_redaction(settings.label_studio_api_key)
     train_project = import_attribute(target)
     job = get_current_job()
-    queue = TrainingQueue(job.connection, job.origin, TrainingPolicy.from_env()) if job else None
+    queue = TrainingQueue(job.connection, job.origin, TrainingPolicy.from_settings(settings)) if job else None
     if queue:
         queue.mark_started(project_id, job.id)
     will_retry = False
@@ -164,3 +168,15 @@ def is_transient(exc: BaseException) -> bool:
     from rq.timeouts import JobTimeoutException
 
     return not isinstance(exc, (ValueError, JobTimeoutException))
+
+
+def rq_progress_sink(job) -> Callable[[dict], None] | None:
+    """Where ``training.progress.Progress`` writes: the RQ job's meta (for logs, rq-dashboard, /job_status)."""
+    if job is None:
+        return None
+
+    def save(state: dict) -> None:
+        job.meta.update(state)
+        job.save_meta()
+
+    return save

@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,10 @@ from typing import Any, Mapping
 
 import requests
 
+from ml_backend.settings import Settings, process_environment
+from ml_backend.stack import free_port, port_busy
+from training.checkpoints import pid_alive
+
 LS_VERSION = "1.23.2"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_USERNAME = "admin@example.com"
@@ -31,19 +34,7 @@ DEFAULT_TOKEN = "0123456789abcdef0123456789abcdef01234567"  # legacy token, 5 < 
 
 def default_venv() -> Path:
     """The Label Studio venv: env ``ROBUSTAR_LS_VENV`` or ``<repo>/.venv-ls``."""
-    return Path(os.environ.get("ROBUSTAR_LS_VENV") or REPO_ROOT / ".venv-ls")
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    return Settings.from_env().ls_venv or REPO_ROOT / ".venv-ls"
 
 
 def ensure_label_studio(venv: Path | None = None) -> Path:
@@ -123,7 +114,7 @@ class LabelStudioServer:
         use_template: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.port = port or find_free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.username, self.password, self.token = username, password, token
         self.venv = (Path(venv) if venv is not None else default_venv()).absolute()
@@ -150,7 +141,7 @@ class LabelStudioServer:
     def environment(self) -> dict[str, str]:
         """The process environment for the server."""
         drop = ("LABEL_STUDIO_", "HEARTEX_", "DJANGO_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}  # ours must not leak into LS
+        env = process_environment(drop_prefixes=drop)  # ours must not leak into LS
         env.update(
             PYTHONUNBUFFERED="1",  # so the log shows start-up messages (e.g. a port move) at once
             DJANGO_DB="sqlite",
@@ -179,7 +170,7 @@ class LabelStudioServer:
         exe = self.venv / "bin" / "label-studio"
         if not exe.exists():
             raise LabelStudioError(f"{exe} not found; call ensure_label_studio({str(self.venv)!r}) first")
-        if _port_in_use(self.port):
+        if port_busy(self.port):
             raise LabelStudioError(f"port {self.port} is already in use")
         fresh = not self.db_path.exists()
         (self.data_dir / "files").mkdir(parents=True, exist_ok=True)
@@ -304,14 +295,8 @@ class LabelStudioServer:
 
 
 def process_group_alive(pgid: int) -> bool:
-    """Whether any process is left in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether any process is left in process group ``pgid`` (signal 0 to ``-pgid`` reaches the group)."""
+    return pid_alive(-pgid)
 
 
 def _wait_group_gone(proc: subprocess.Popen[bytes], pgid: int, timeout: float) -> bool:

@@ -1,26 +1,65 @@
-"""RobustarModel: the label-studio-ml style model that answers predictions and training events."""
+"""RobustarModel: the label-studio-ml style model that answers predictions, and the parts it is built with."""
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
+from label_config import regions
 from label_config.render import ParsedConfig, parse_config
-from ml_backend.base import LabelStudioMLBase
-from ml_backend.classifier import choices_region, classify
-from ml_backend.config import Settings
-from ml_backend.images import ImageError, ImageFetcher
+from ml_backend.classifier import classify
+from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher
+from ml_backend.influence import InfluencePart
 from ml_backend.parts import PartOutput, PredictContext, PredictionPart
+from ml_backend.saliency import SaliencyPart
+from ml_backend.segmentation import SegmentationPart
 from ml_backend.serving import ModelRegistry
+from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
+KNOWN_PARTS = ("saliency", "segmentation", "influence")
 
-class RobustarModel(LabelStudioMLBase):
-    """Classifier + guidance parts for one Label Studio project."""
+
+def configured_parts(settings: Settings) -> list[PredictionPart]:
+    """The prediction parts switched on by ``PREDICT_PARTS`` (default: saliency, influence, and
+    segmentation when ``SEGMENTATION_WEIGHTS`` is set).
+
+    A part that is asked for but cannot run (segmentation without weights) is left out and named,
+    with the reason, in ``settings.extra["disabled_parts"]`` (reported by ``/health``). A bad value
+    (unknown part or method) raises ValueError at startup.
+    """
+    wanted = [p.strip().lower() for p in settings.predict_parts if p.strip()]
+    unknown = sorted(set(wanted) - set(KNOWN_PARTS))
+    if unknown:
+        raise ValueError(f"PREDICT_PARTS: unknown part(s) {unknown}; choose from {', '.join(KNOWN_PARTS)}")
+    disabled: dict[str, str] = settings.extra.setdefault("disabled_parts", {})
+    for name in KNOWN_PARTS:
+        if name not in wanted:
+            disabled[name] = "off (not in PREDICT_PARTS)"
+    parts: list[PredictionPart] = []
+    if "saliency" in wanted:
+        parts.append(SaliencyPart.from_settings(settings))
+    if "segmentation" in wanted:
+        if settings.segmentation_weights is None:
+            disabled["segmentation"] = "no weights: set SEGMENTATION_WEIGHTS to a local Mask R-CNN state_dict"
+        elif not settings.segmentation_weights.is_file():
+            disabled["segmentation"] = f"no weights: SEGMENTATION_WEIGHTS={settings.segmentation_weights} does not exist"
+        else:
+            parts.append(SegmentationPart.from_settings(settings))
+    if "influence" in wanted:
+        parts.append(InfluencePart.from_settings(settings))
+    for name, why in disabled.items():
+        log.info("prediction part %s: %s", name, why)
+    return parts
+
+
+class RobustarModel:
+    """Classifier + guidance parts for one Label Studio project (label-studio-ml's model interface:
+    ``model_version`` for ``/setup``, ``predict`` for ``/predict``)."""
 
     def __init__(
         self,
@@ -31,9 +70,9 @@ class RobustarModel(LabelStudioMLBase):
         parts: list[PredictionPart] | None = None,
         hostname: str | None = None,
         access_token: str | None = None,
-        enqueue_training: Callable[[int, str, dict], dict] | None = None,
     ) -> None:
-        super().__init__(project_id, label_config)
+        self.project_id = project_id
+        self.label_config = label_config
         self.settings = settings
         self.registry = registry
         self.parts = parts or []
@@ -42,22 +81,11 @@ class RobustarModel(LabelStudioMLBase):
             base, key = settings.label_studio_url, settings.label_studio_api_key or access_token
         else:  # the host and token Label Studio sent to /setup go together (no configured key to another host)
             base, key = hostname, access_token or settings.label_studio_api_key
-        self.fetcher = ImageFetcher(
-            base,
-            key,
-            settings.fetch_timeout,
-            allowed_hosts=settings.allowed_image_hosts,
-            image_root=settings.image_root,
-            max_bytes=settings.max_image_bytes,
-        )
-        self._enqueue_training = enqueue_training
+        self.fetcher = ImageFetcher(base, key, FetchPolicy.from_settings(settings))
 
     @property
     def model_version(self) -> str:
         return self.registry.current_version(self.project_id, self.config.classes)
-
-    def setup(self) -> None:
-        self.registry.get(self.project_id, self.config.classes)
 
     def _fetch_all(self, tasks: list[dict]) -> list[Image.Image | ImageError]:
         def one(task: dict) -> Image.Image | ImageError:
@@ -96,7 +124,7 @@ class RobustarModel(LabelStudioMLBase):
         for j, i in enumerate(ok):
             label = served.meta.classes[int(idx[j])]
             results[i]["result"].append(
-                choices_region(self.config.class_control, self.config.image_name, label, float(conf[j]))
+                regions.choices(label, self.config.class_control, self.config.image_name, score=float(conf[j]))
             )
             results[i]["score"] = float(conf[j])
         ctx = PredictContext(
@@ -120,9 +148,3 @@ class RobustarModel(LabelStudioMLBase):
                 if out.scores is not None and out.scores[j] is not None:
                     results[i]["score"] = float(out.scores[j])
         return results
-
-    def fit(self, event: str, data: dict, **kwargs: Any) -> dict:
-        """Queue training for this project (never trains in the request)."""
-        if self._enqueue_training is None:
-            return {"status": "ignored", "reason": "no training queue configured"}
-        return self._enqueue_training(self.project_id, event, data)

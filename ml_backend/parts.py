@@ -6,15 +6,15 @@ logged with the task ids and left out, so one failing part never breaks the resp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from PIL import Image
 
 from label_config.render import ParsedConfig
-from ml_backend.config import Settings
 from ml_backend.serving import ServedModel
+from ml_backend.settings import Settings
 
 
 @dataclass
@@ -36,7 +36,6 @@ class PartOutput:
 
     regions: list[list[dict]]
     scores: list[float | None] | None = None
-    info: dict = field(default_factory=dict)
 
 
 class PredictionPart(Protocol):

@@ -19,41 +19,21 @@ import copy
 import logging
 import math
 import threading
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from label_config import regions as regions_lib
 from label_config.render import ATTENTION_LABEL
-from ml_backend.classifier import normalize, to_tensor
 from ml_backend.heatmaps import HeatmapCache, overlay_png, task_key
 from ml_backend.parts import PartOutput, PredictContext
-from training.rle import encode_mask
+from training.images import normalize, to_batch
 
 log = logging.getLogger(__name__)
 
 METHODS = ("grad", "max_grad", "ig", "gradcam")
-
-
-def brush_region(from_name: str, to_name: str, label: str, mask: np.ndarray, score: float | None = None,
-                 region_id: str | None = None) -> dict:
-    """A Label Studio ``brushlabels`` region for a bool ``H x W`` mask at the image's original size."""
-    h, w = mask.shape
-    region = {
-        "id": region_id or from_name,
-        "from_name": from_name,
-        "to_name": to_name,
-        "type": "brushlabels",
-        "original_width": int(w),
-        "original_height": int(h),
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": encode_mask(mask.astype(bool)), "brushlabels": [label]},
-    }
-    if score is not None:
-        region["score"] = float(score)
-    return region
 
 
 def gradcam_layer(model: nn.Module) -> nn.Module:
@@ -85,7 +65,12 @@ def saliency_maps(
     baseline: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Non-negative saliency maps ``N x S x S`` (at the input size) of normalised inputs ``x`` for ``target``."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+    from captum.attr import (
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Saliency,
+    )
 
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
@@ -176,7 +161,7 @@ class SaliencyPart:
         out: list[np.ndarray] = []
         for start in range(0, len(ctx.images), self.batch_size):
             imgs = ctx.images[start : start + self.batch_size]
-            x = normalize(to_tensor(imgs, meta.image_size).to(served.device), meta.mean, meta.std)
+            x = normalize(to_batch(imgs, meta.image_size).to(served.device), meta.mean, meta.std)
             with self._lock:
                 sal = saliency_maps(self.private_model(ctx.project_id, served.model), x, targets[start : start + len(imgs)], self.method,
                                     self.ig_steps, baseline)
@@ -195,17 +180,11 @@ class SaliencyPart:
                 if control:
                     mask = top_q_mask(sal, self.top_q)
                     if mask.any():
-                        task_regions.append(brush_region(control, ctx.config.image_name, ATTENTION_LABEL, mask,
-                                                         region_id=f"attention-{self.method}"))
+                        task_regions.append(regions_lib.brush(mask, ATTENTION_LABEL, control, ctx.config.image_name,
+                                                          region_id=f"attention-{self.method}"))
                 if self.write_png:
                     cache.write(ctx.served.version, task_key(task), overlay_png(img, sal, self.alpha))
             except Exception:  # one task's region or PNG failing leaves the others intact
                 log.exception("project %s task %s: saliency output failed", ctx.project_id, task.get("id"))
             regions.append(task_regions)
-        return PartOutput(regions=regions, info={"method": self.method})
-
-
-def batch_saliency(model: nn.Module, x: torch.Tensor, target: Sequence[int] | torch.Tensor, method: str,
-                   ig_steps: int = 16) -> torch.Tensor:
-    """Convenience wrapper for benchmarks: saliency maps of a normalised batch."""
-    return saliency_maps(model, x, torch.as_tensor(target), method, ig_steps)
+        return PartOutput(regions=regions)

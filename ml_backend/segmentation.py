@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from label_config import regions as regions_lib
 from label_config.render import SPURIOUS_LABEL
 from ml_backend.parts import PartOutput, PredictContext
-from ml_backend.saliency import brush_region
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class SegmentationPart:
     def __call__(self, ctx: PredictContext) -> PartOutput:
         control = ctx.config.spurious_control
         if not control:
-            return PartOutput(regions=[[] for _ in ctx.tasks], info={"skipped": "no Spurious brush in the config"})
+            return PartOutput(regions=[[] for _ in ctx.tasks])  # no Spurious brush in the config
         detections = self.detect(ctx.images, ctx.served.device)
         regions: list[list[dict]] = []
         for task, img, det in zip(ctx.tasks, ctx.images, detections):
@@ -235,9 +235,9 @@ class SegmentationPart:
                 mask, score = detections_to_mask(det, img.height, img.width, self.score_threshold, self.mode,
                                                  self._class_ids)
                 if mask is not None:
-                    task_regions.append(brush_region(control, ctx.config.image_name, SPURIOUS_LABEL, mask, score,
-                                                     region_id=f"maskrcnn-{self.mode}"))
+                    task_regions.append(regions_lib.brush(mask, SPURIOUS_LABEL, control, ctx.config.image_name, score,
+                                                          region_id=f"maskrcnn-{self.mode}"))
             except Exception:
                 log.exception("project %s task %s: segmentation proposal failed", ctx.project_id, task.get("id"))
             regions.append(task_regions)
-        return PartOutput(regions=regions, info={"arch": self.arch, "mode": self.mode})
+        return PartOutput(regions=regions)

@@ -6,12 +6,15 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from ml_backend.config import Settings
-from training.checkpoints import CheckpointMeta, CheckpointStore
-from training.models import build_model, load_pretrained_backbone
+from ml_backend.settings import Settings
+from training.checkpoints import (
+    CheckpointMeta,
+    CheckpointStore,
+    ModelDefaults,
+    create_initial_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +36,10 @@ class ServedModel:
         return self.meta.version
 
 
-def create_initial_version(store: CheckpointStore, settings: Settings, classes: list[str]) -> str:
-    """Write and publish v0: the configured checkpoint, or a freshly initialised (seeded) model."""
-    torch.manual_seed(settings.seed)
-    model = build_model(settings.model_arch, len(classes))
-    source = "random init (seed %d)" % settings.seed
-    if settings.model_checkpoint:
-        skipped = load_pretrained_backbone(model, settings.model_checkpoint)
-        source = f"{settings.model_checkpoint} (not loaded: {skipped or 'none'})"
-    meta = CheckpointMeta(
-        version="v0",
-        arch=settings.model_arch,
-        classes=list(classes),
-        image_size=settings.image_size,
-        config={"source": source},
-    )
-    try:
-        store.save(model, meta)
-    except FileExistsError:
-        pass  # another process wrote v0 first; use theirs
-    if store.published() is None:
-        store.publish("v0")
-    log.info("project store %s: created v0 from %s", store.root, source)
-    return "v0"
+def model_defaults(settings: Settings) -> ModelDefaults:
+    """What a project's first version (v0) and a from-scratch job are built from."""
+    return ModelDefaults(arch=settings.model_arch, image_size=settings.image_size,
+                         checkpoint=settings.model_checkpoint, seed=settings.seed)
 
 
 class ModelRegistry:
@@ -84,7 +68,7 @@ class ModelRegistry:
             if classes is None:
                 raise FileNotFoundError(f"project {project_id} has no published model version yet")
             with self._lock:
-                version = store.published() or create_initial_version(store, self.settings, classes)
+                version = store.published() or create_initial_version(store, model_defaults(self.settings), classes)
         return version
 
     def get(self, project_id: int, classes: list[str] | None = None) -> ServedModel:

@@ -14,10 +14,13 @@ from pathlib import Path
 import requests
 from redis import Redis
 
+from ml_backend.settings import process_environment
+
 BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -50,7 +53,7 @@ class ManagedProcess:
 
     def __init__(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.cmd, self.log_path = name, cmd, log_path
-        self.env = {**os.environ, **(env or {})}
+        self.env = process_environment(env)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ManagedProcess":

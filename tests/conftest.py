@@ -1,62 +1,128 @@
-"""Shared fixtures: a real Redis (the machine's, or a private redis-server when none runs)."""
+"""Shared fixtures: a real Redis (the machine's, or a private redis-server when none runs) and the one
+allocator of its DB numbers, so no two tests (nor two test runs on the same Redis) share a DB."""
 
 from __future__ import annotations
 
-import shutil
+import os
 import socket
-import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from redis import Redis
 
-TEST_DB = 15  # tests own this DB number on a shared server and flush it before and after
+from tests.fakes import redis_answers, start_redis_server
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ping(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except Exception:
-        return False
+LOCAL_REDIS = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture(scope="session")
 def redis_base_url(tmp_path_factory) -> Iterator[str]:
     """``redis://host:port`` of a running Redis: 127.0.0.1:6379 if it answers, else a private one."""
-    if _ping("redis://127.0.0.1:6379/0"):
-        yield "redis://127.0.0.1:6379"
+    if redis_answers(LOCAL_REDIS + "/0"):
+        yield LOCAL_REDIS
         return
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server executable to start one")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}"
-    for _ in range(100):
-        if _ping(url + "/0"):
-            break
-        time.sleep(0.05)
+    try:
+        proc, url = start_redis_server(tmp_path_factory.mktemp("redis"))
+    except RuntimeError as e:
+        pytest.fail(f"no Redis on 127.0.0.1:6379 and no private one: {e}")
     yield url
     proc.terminate()
     proc.wait(10)
 
 
+class RedisDBs:
+    """Hands out the DB numbers 1..15 of one Redis, one per user at a time, each flushed before and after.
+
+    DB 0 is never handed out (a local stack may use it); it holds one lease key per DB in use
+    (``robustar-tests:db:<n>``, owner and expiry), so a second test run on the same Redis (another
+    checkout, another engineer) takes other DBs. A lease whose owner process is gone is taken over.
+    """
+
+    POOL = range(1, 16)
+    LEASE_SECONDS = 3600
+    KEY = "robustar-tests:db:{}"
+    # if KEYS[1] still holds ARGV[1]: give it to ARGV[2] for ARGV[3] seconds, or delete it when ARGV[2] is ""
+    _SWAP = """if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('del', KEYS[1]) else redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return 1"""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.registry = Redis.from_url(base_url + "/0")
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: set[int] = set()
+
+    def _stale(self, owner: bytes | None) -> bool:
+        """True if ``owner`` is a process on this host that no longer runs."""
+        try:
+            host, pid, _ = owner.decode().split(":")
+            if host != self.host:
+                return False
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except (AttributeError, ValueError, PermissionError):
+            return False
+        return False
+
+    def _claim(self) -> int | None:
+        for db in self.POOL:
+            if db in self.held:
+                continue
+            key = self.KEY.format(db)
+            taken = self.registry.set(key, self.owner, nx=True, ex=self.LEASE_SECONDS)
+            if not taken:
+                owner = self.registry.get(key)
+                taken = self._stale(owner) and self.registry.eval(self._SWAP, 1, key, owner, self.owner,
+                                                                  self.LEASE_SECONDS)
+            if taken:
+                self.held.add(db)
+                return db
+        return None
+
+    def _release(self, db: int) -> None:
+        self.registry.eval(self._SWAP, 1, self.KEY.format(db), self.owner, "", 0)
+        self.held.discard(db)
+
+    @contextmanager
+    def lease(self, wait: float = 300) -> Iterator[str]:
+        """``redis://host:port/<db>`` of a DB that is this block's alone, empty on entry and flushed on exit."""
+        deadline = time.monotonic() + wait
+        while (db := self._claim()) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"all test DBs {self.POOL.start}..{self.POOL.stop - 1} of {self.base_url} "
+                            f"stayed in use for {wait}s")
+            time.sleep(0.5)
+        url = f"{self.base_url}/{db}"
+        conn = Redis.from_url(url)
+        try:
+            conn.flushdb()
+            yield url
+        finally:
+            conn.flushdb()
+            conn.close()
+            self._release(db)
+
+    def close(self) -> None:
+        for db in list(self.held):
+            self._release(db)
+        self.registry.close()
+
+
+@pytest.fixture(scope="session")
+def redis_dbs(redis_base_url: str) -> Iterator[RedisDBs]:
+    """The session's DB allocator; module-scoped fixtures take a DB with ``with redis_dbs.lease() as url``."""
+    dbs = RedisDBs(redis_base_url)
+    yield dbs
+    dbs.close()
+
+
 @pytest.fixture
-def redis_url(redis_base_url: str) -> Iterator[str]:
-    """A URL of the test DB, flushed before and after the test."""
-    url = f"{redis_base_url}/{TEST_DB}"
-    conn = Redis.from_url(url)
-    conn.flushdb()
-    yield url
-    conn.flushdb()
+def redis_url(redis_dbs: RedisDBs) -> Iterator[str]:
+    """A URL of a DB that is this test's alone, flushed before and after the test."""
+    with redis_dbs.lease() as url:
+        yield url

@@ -1,53 +1,33 @@
-"""Helpers for the reliability tests: a private redis-server process, an overall time guard, /proc
-probes (child pids, RSS), and the queue/DB these tests own on a shared Redis."""
+"""Helpers for the reliability tests: a private redis-server that can be stopped, frozen and restarted,
+an overall time guard, and /proc probes (child pids, RSS)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from redis import Redis
 
-SHARED_DB = 11  # our DB number on a shared Redis (flushed before and after)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.fakes import free_port, start_redis_server
 
 
 class RedisServer:
     """A private ``redis-server`` on a free port (no persistence), stoppable, freezable and restartable."""
 
     def __init__(self, workdir: Path) -> None:
-        self.exe = shutil.which("redis-server")
-        if self.exe is None:
+        if shutil.which("redis-server") is None:
             pytest.skip("redis-server executable not found")
         self.workdir, self.port, self.proc = workdir, free_port(), None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if Redis.from_url(self.url, socket_connect_timeout=0.2).ping():
-                    return self
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
+        """Start (or restart, on the same port and empty) and wait until it answers."""
+        self.proc, _ = start_redis_server(self.workdir, self.port)
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -68,17 +48,6 @@ def private_redis(tmp_path):
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def shared_redis_url(redis_base_url):
-    """DB 11 of the session's Redis, flushed before and after."""
-    url = f"{redis_base_url}/{SHARED_DB}"
-    conn = Redis.from_url(url)
-    conn.flushdb()
-    yield url
-    conn.flushdb()
-    conn.close()
 
 
 @contextmanager

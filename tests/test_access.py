@@ -11,11 +11,16 @@ from fastapi.testclient import TestClient
 
 from label_config import render_config
 from ml_backend.app import create_app
-from ml_backend.config import Settings
 from ml_backend.heatmaps import HeatmapCache, register_heatmap_route
-from ml_backend.security import basic_auth_header, heatmap_signature, redact, signed_heatmap_url
-from tests.faultkit import shared_redis_url  # noqa: F401  (fixture: DB 11, flushed)
-from tests.helpers import FileServer, data_uri, png_bytes
+from ml_backend.security import (
+    basic_auth_header,
+    heatmap_signature,
+    redact,
+    signed_heatmap_url,
+)
+from ml_backend.settings import Settings
+from tests.builders import data_uri, png_bytes
+from tests.fakes import FileServer
 
 CLASSES = ["cat", "dog"]
 CONFIG = render_config(CLASSES)
@@ -37,8 +42,8 @@ def predict_body(pid: str = "1.1") -> dict:
     return {"tasks": [{"id": 1, "data": {"image": data_uri(png_bytes((8, 8)))}}], "project": pid, "label_config": CONFIG}
 
 
-def test_basic_auth_guards_every_endpoint(tmp_path, shared_redis_url):
-    with make_client(tmp_path, shared_redis_url, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
+def test_basic_auth_guards_every_endpoint(tmp_path, redis_url):
+    with make_client(tmp_path, redis_url, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
         calls = [("get", "/health", None), ("get", "/", None), ("get", "/metrics", None),
                  ("post", "/setup", {"project": "1.1", "schema": CONFIG}), ("post", "/predict", predict_body()),
                  ("post", "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": 1}}),
@@ -60,8 +65,8 @@ def test_basic_auth_guards_every_endpoint(tmp_path, shared_redis_url):
         assert 'path="/predict",status="401"' in c.get("/metrics", headers=AUTH).text  # refusals are counted
 
 
-def test_webhook_secret(tmp_path, shared_redis_url):
-    with make_client(tmp_path, shared_redis_url, webhook_secret=SECRET) as c:
+def test_webhook_secret(tmp_path, redis_url):
+    with make_client(tmp_path, redis_url, webhook_secret=SECRET) as c:
         body = {"action": "START_TRAINING", "project": {"id": 3}}
         r = c.post("/webhook", json=body)
         assert r.status_code == 401 and "X-Robustar-Secret" in r.json()["message"]
@@ -71,15 +76,15 @@ def test_webhook_secret(tmp_path, shared_redis_url):
         assert r.status_code == 200 and r.json()["status"] == "queued"
         assert c.post("/setup", json={"project": "3.1", "schema": CONFIG}).status_code == 200  # other endpoints open
     # with basic auth too: Label Studio's START_TRAINING (basic auth, no custom header) is accepted
-    with make_client(tmp_path, shared_redis_url, webhook_secret=SECRET, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
+    with make_client(tmp_path, redis_url, webhook_secret=SECRET, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
         assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}}, headers=AUTH).status_code == 200
         assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}},
                       headers={"X-Robustar-Secret": SECRET}).status_code == 401  # the secret does not replace basic auth
 
 
-def test_heatmaps_signed_urls_and_no_path_escape(tmp_path, shared_redis_url):
+def test_heatmaps_signed_urls_and_no_path_escape(tmp_path, redis_url):
     key = "train/cat/a b#1.png"
-    with make_client(tmp_path, shared_redis_url, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
+    with make_client(tmp_path, redis_url, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
         c.post("/setup", json={"project": "7.1", "schema": CONFIG}, headers=AUTH)
         png = png_bytes((4, 4))
         HeatmapCache(tmp_path / "models", 7).write("v0", key, png)
@@ -104,7 +109,7 @@ def test_heatmaps_signed_urls_and_no_path_escape(tmp_path, shared_redis_url):
     assert heatmap_signature(7, key, USER, PASSWORD) != heatmap_signature(7, key, USER, PASSWORD + "x")
 
 
-def test_secrets_never_reach_logs_or_answers(tmp_path, shared_redis_url, caplog):
+def test_secrets_never_reach_logs_or_answers(tmp_path, redis_url, caplog):
     with FileServer({}, "some-other-token") as ls:  # answers 401 to our token: image errors get logged
         url = "redis://:redis-pass-123456@127.0.0.1:1/0"  # Redis down, with a password in its URL
         with caplog.at_level(logging.DEBUG), make_client(

@@ -1,7 +1,6 @@
 """The backend's HTTP protocol, driven with Label Studio 1.23's recorded request shapes."""
 
 import json
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -9,11 +8,12 @@ from redis import Redis
 
 from label_config import render_config
 from ml_backend.app import create_app
-from ml_backend.config import Settings
-from training.checkpoints import CheckpointStore
-from tests.helpers import FileServer, data_uri, png_bytes
+from ml_backend.settings import Settings
+from tests.builders import data_uri, png_bytes
+from tests.fakes import FileServer
+from tests.fixtures import fixture_path
 
-PROTOCOL = Path(__file__).resolve().parents[1].parent / "shared" / "ls-protocol"
+PROTOCOL = fixture_path("ls-protocol")  # recorded LS 1.23.2 traffic
 CLASSES = ["cat", "dog", "bird"]
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 

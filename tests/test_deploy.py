@@ -20,16 +20,14 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from redis import Redis
 
-from ml_backend.stack import free_port
+from tests.fakes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
-TEST_DB = 12
 # read by the code but not deployment settings: the local Label Studio venv of `robustar demo`/tests
 NOT_DEPLOYMENT = {"ROBUSTAR_LS_VENV"}
 LOCAL_ONLY_FILES = {"ls_server.py", "demo.py", "stack.py"}  # the local stack, not in the images
@@ -261,14 +259,6 @@ def test_dockerfile_copies_only_what_the_context_holds():
 # ------------------------------------------------------------------ the image's commands, run here
 
 
-@pytest.fixture
-def redis_db12(redis_base_url):
-    url = f"{redis_base_url}/{TEST_DB}"
-    Redis.from_url(url).flushdb()
-    yield url
-    Redis.from_url(url).flushdb()
-
-
 def _healthcheck(kind: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "docker" / "healthcheck.py"), kind], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=30)
@@ -285,12 +275,13 @@ def _stop(proc: subprocess.Popen) -> int:
     return proc.returncode
 
 
-def test_gunicorn_serves_the_backend_with_the_image_config(tmp_path, redis_db12):
+@pytest.mark.slow  # gunicorn + uvicorn worker processes
+def test_gunicorn_serves_the_backend_with_the_image_config(tmp_path, redis_url):
     """The backend image's CMD, run here: gunicorn + uvicorn workers + docker/gunicorn.conf.py."""
     assert (BIN / "gunicorn").exists(), "gunicorn is missing: pip install -e '.[test]' (the test extra includes it)"
     port = free_port()
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_THREADS": "3", "MODEL_DIR": str(tmp_path / "models"),
-           "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "REDIS_URL": redis_db12, "PYTHONPATH": str(ROOT)}
+           "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
     assert _healthcheck("backend", {"PORT": str(port)}).returncode == 1  # nothing there yet
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
@@ -315,9 +306,10 @@ def test_gunicorn_serves_the_backend_with_the_image_config(tmp_path, redis_db12)
         assert _stop(proc) == 0, log.read_text()[-3000:]
 
 
-def test_worker_healthcheck_sees_its_own_worker(tmp_path, redis_db12):
+@pytest.mark.slow  # a real `robustar worker` process
+def test_worker_healthcheck_sees_its_own_worker(tmp_path, redis_url):
     """The worker image's CMD names the worker "<WORKER_NAME or hostname>-<start time>"; the check finds it."""
-    env = {"REDIS_URL": redis_db12, "RQ_QUEUE": "t-deploy-health", "WORKER_NAME": f"hc{os.getpid()}"}
+    env = {"REDIS_URL": redis_url, "RQ_QUEUE": "t-deploy-health", "WORKER_NAME": f"hc{os.getpid()}"}
     assert _healthcheck("worker", env).returncode == 1
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:

@@ -25,18 +25,20 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from label_config import render_config
+from label_config import regions, render_config
 from ml_backend.jobs import TrainingPolicy, TrainingQueue
+from tests.builders import annotation, data_uri, export_task, png_bytes
 from tests.e2e.backend import BackendProcess
-from tests.test_export import annotation, brush_region, export_task
+from tests.fakes import LS_TOKEN, FakeLabelStudio
 from tests.faultkit import children, kill, private_redis, time_limit, wait_for  # noqa: F401  (fixture)
-from tests.helpers import data_uri, png_bytes
 from training.checkpoints import CheckpointStore
+
+pytestmark = pytest.mark.slow  # real processes, fault injection: seconds each
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSES = ["circle", "square", "triangle"]
-TOKEN = "0123456789abcdef0123456789abcdef01234567"  # the key tests.test_training_job.FakeLabelStudio accepts
+TOKEN = LS_TOKEN  # the key FakeLabelStudio accepts
 QUEUE = "robustar-faults"
 LONG = {"epochs": 500, "batch_size": 8, "lr": 0.05, "device": "cpu", "num_workers": 1}
 SHORT = {**LONG, "epochs": 1}
@@ -65,17 +67,15 @@ def small_export(n_train: int = 6, n_test: int = 2):
                 if split == "train" and tid % 2 == 0:
                     mask = np.zeros((24, 24), bool)
                     mask[:8, :8] = True
-                    anns = [annotation(tid, tid, [brush_region(mask)])]
+                    anns = [annotation(tid, tid, [regions.brush(mask)])]
                 tasks.append(export_task(tid, path, split=split, label=cls, annotations=anns))
     return tasks, files
 
 
 @pytest.fixture
 def fake_ls():
-    from tests.test_training_job import FakeLabelStudio
-
     tasks, files = small_export()
-    with FakeLabelStudio(tasks, files) as ls:
+    with FakeLabelStudio(tasks, files, render_config(CLASSES)) as ls:
         ls.drop_exports = 0  # > 0: that many export requests get their connection cut mid-answer
         base = ls.httpd.RequestHandlerClass
 
@@ -289,16 +289,16 @@ def slow_checkpoint_write(project_id: int, options: dict) -> dict:
     """A job (run by the real worker) that trains nothing but writes v1 through ``CheckpointStore.save``
     slowly: half the bytes, then it waits to be killed."""
     import torch
+    from rq import get_current_job
 
     import training.checkpoints as ck
-    from ml_backend.config import Settings
-    from ml_backend.serving import create_initial_version
-    from rq import get_current_job
+    from ml_backend.serving import model_defaults
+    from ml_backend.settings import Settings
 
     settings = Settings.from_env()
     store = ck.CheckpointStore(settings.model_dir, project_id)
     if store.published() is None:
-        create_initial_version(store, settings, CLASSES)
+        ck.create_initial_version(store, model_defaults(settings), CLASSES)
     model, meta = store.load(store.published())
     meta.version, meta.parent_version = store.next_version(), meta.version
     real_save, job = torch.save, get_current_job()
@@ -399,12 +399,12 @@ def test_whole_worker_killed_job_is_abandoned_then_retried(tmp_path, private_red
 
 
 def enospc_train_project(project_id: int, options: dict) -> dict:
-    """``training.job.train_project`` with a checkpoint write that runs out of space half-way (the
+    """``ml_backend.worker_job.train_project`` with a checkpoint write that runs out of space half-way (the
     fallback where no tmpfs can be mounted)."""
     import torch
 
     import training.checkpoints as ck
-    from training.job import train_project
+    from ml_backend.worker_job import train_project
 
     real_save = torch.save
 
@@ -434,7 +434,7 @@ def test_disk_full_while_writing_checkpoint(tmp_path, private_redis, fake_ls):
     try:
         store = CheckpointStore(model_dir, 1)
         queue = TrainingQueue(redis, QUEUE, TrainingPolicy(retries=1),
-                              target="training.job.train_project" if mounted else "tests.test_faults.enospc_train_project")
+                              target="ml_backend.worker_job.train_project" if mounted else "tests.test_faults.enospc_train_project")
         env = worker_env(private_redis.url, fake_ls.url, model_dir, retries=1)
         # v0 first (as the backend creates it), then fill the disk to the last few KiB
         first = queue.request(1, "START_TRAINING", SHORT)["job"]

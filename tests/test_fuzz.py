@@ -19,13 +19,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from label_config import parse_config, render_config
+from label_config.export import parse_export
+from label_config.regions import brush
+from label_config.rle import RLEError, decode_rle, encode_mask
 from ml_backend.app import create_app
-from ml_backend.config import Settings
-from ml_backend.images import ImageError, decode_image
-from tests.faultkit import shared_redis_url, time_limit  # noqa: F401  (fixture)
-from tests.helpers import FileServer, data_uri, png_bytes
-from training.export import parse_export
-from training.rle import RLEError, decode_rle, encode_mask
+from ml_backend.settings import Settings
+from tests.builders import annotation, data_uri, export_task, png_bytes
+from tests.fakes import FileServer
+from tests.faultkit import time_limit
+from training.images import ImageError, decode_image
 
 CLASSES = ["cat", "dog", "bird"]
 CONFIG = render_config(CLASSES)
@@ -60,8 +62,8 @@ def image_server():
 
 
 @pytest.fixture
-def app_client(tmp_path, shared_redis_url, image_server):
-    s = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=16, redis_url=shared_redis_url,
+def app_client(tmp_path, redis_url, image_server):
+    s = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=16, redis_url=redis_url,
                  queue_name="robustar-fuzz", label_studio_url=image_server.url, label_studio_api_key=TOKEN,
                  max_request_bytes=2_000_000, max_predict_tasks=50, fetch_workers=2)
     with TestClient(create_app(s)) as c:
@@ -168,17 +170,15 @@ def test_bad_input_examples(app_client):
 
 
 def test_export_brush_regions_with_unknown_labels_or_huge_sizes(caplog):
-    from tests.test_export import annotation, brush_region, export_task
-
     mask = np.zeros((4, 5), bool)
     mask[1:3, 1:3] = True
-    typo = brush_region(mask, label="Spuriuos", rid="typo")
-    stranger = brush_region(mask, label="Foo", from_name="unknown_brush", rid="stranger")
-    attention = brush_region(mask, label="Model attention", from_name="attention", rid="accepted-prediction")
-    huge = brush_region(mask, rid="huge")
+    typo = brush(mask, label="Spuriuos", region_id="typo")
+    stranger = brush(mask, label="Foo", from_name="unknown_brush", region_id="stranger")
+    attention = brush(mask, label="Model attention", from_name="attention", region_id="accepted-prediction")
+    huge = brush(mask, region_id="huge")
     huge["original_width"] = huge["original_height"] = 100_000  # 10^10 pixels: refused before decoding
     tasks = [
-        export_task(1, "/a.png", annotations=[annotation(1, 1, [brush_region(mask), typo, stranger, attention])]),
+        export_task(1, "/a.png", annotations=[annotation(1, 1, [brush(mask), typo, stranger, attention])]),
         export_task(2, "/b.png", annotations=[annotation(2, 2, [huge])]),
         export_task(3, "/c.png", annotations=[annotation(3, 3, [{"type": "brushlabels", "value": [1, 2]}])]),
     ]

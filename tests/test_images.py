@@ -5,6 +5,7 @@ what reached them (a refused URL must never be requested)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
@@ -16,10 +17,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.images import ImageError, ImageFetcher, decode_image
-from tests.helpers import data_uri, png_bytes
+from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher
+from ml_backend.settings import Settings
+from tests.builders import data_uri, png_bytes
+from training.images import decode_image
 
 TOKEN = "images-token-0123456789abcdef"
+
+
+def fetcher(base_url: str | None, api_key: str | None, **policy) -> ImageFetcher:
+    """An ImageFetcher under the policy of the settings (environment), with ``policy`` fields replaced."""
+    return ImageFetcher(base_url, api_key, dataclasses.replace(FetchPolicy.from_settings(Settings.from_env()), **policy))
 
 
 class Server:
@@ -162,7 +170,7 @@ def test_corrupt_truncated_empty_and_bomb_images_are_image_errors():
 def test_token_only_to_label_studio_and_other_hosts_refused():
     img = png_bytes((8, 8))
     with Server({"/data/upload/1/a.png": (200, {}, img)}) as ls, Server({"/x.png": (200, {}, img)}) as other:
-        f = ImageFetcher(ls.url, TOKEN, allowed_hosts=(), image_root=None)
+        f = fetcher(ls.url, TOKEN, allowed_hosts=(), image_root=None)
         assert f.fetch_bytes("/data/upload/1/a.png") == img
         assert f.fetch_bytes(ls.url + "/data/upload/1/a.png") == img
         assert ls.requests == [("/data/upload/1/a.png", f"Token {TOKEN}")] * 2
@@ -188,21 +196,21 @@ def test_token_only_to_label_studio_and_other_hosts_refused():
         assert other.requests == [] and all(auth == f"Token {TOKEN}" for _, auth in ls.requests)
 
         # an extra allowed host is fetched, without the token
-        f2 = ImageFetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,))
+        f2 = fetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,))
         assert f2.fetch_bytes(other.url + "/x.png") == img
         assert other.requests == [("/x.png", None)]
-        f3 = ImageFetcher(ls.url, TOKEN, allowed_hosts=("127.0.0.1",))  # any port of that host
+        f3 = fetcher(ls.url, TOKEN, allowed_hosts=("127.0.0.1",))  # any port of that host
         assert f3.fetch_bytes(other.url + "/x.png") == img
     # no Label Studio URL known: relative URLs and other hosts are refused
     with pytest.raises(ImageError, match="LABEL_STUDIO_URL"):
-        ImageFetcher(None, None).fetch_bytes("/data/upload/1/a.png")
+        fetcher(None, None).fetch_bytes("/data/upload/1/a.png")
     with pytest.raises(ImageError, match="not allowed"):
-        ImageFetcher(None, None, allowed_hosts=()).fetch_bytes("http://127.0.0.1:1/x.png")
+        fetcher(None, None, allowed_hosts=()).fetch_bytes("http://127.0.0.1:1/x.png")
 
 
 def test_allowed_hosts_from_environment(monkeypatch):
     monkeypatch.setenv("ALLOWED_IMAGE_HOSTS", "cdn.example.com, *.s3.amazonaws.com,https://img.example.org")
-    f = ImageFetcher("http://ls:8080", TOKEN)
+    f = fetcher("http://ls:8080", TOKEN)
     assert f.check_url("https://cdn.example.com/a.png")
     assert f.check_url("https://bucket.s3.amazonaws.com/a.png?X-Amz=1")
     assert f.check_url("https://img.example.org/a.png")
@@ -221,7 +229,7 @@ def test_redirects_are_rechecked_and_drop_the_token():
             "/data/loop": (302, {"Location": "/data/loop"}, b""),
         }
         with Server(routes) as ls:
-            f = ImageFetcher(ls.url, TOKEN, allowed_hosts=())
+            f = fetcher(ls.url, TOKEN, allowed_hosts=())
             assert f.fetch_bytes("/data/inside") == img
             assert ls.requests == [("/data/inside", f"Token {TOKEN}"), ("/data/upload/1/a.png", f"Token {TOKEN}")]
             with pytest.raises(ImageError, match="not allowed"):
@@ -229,7 +237,7 @@ def test_redirects_are_rechecked_and_drop_the_token():
             assert other.requests == []
             with pytest.raises(ImageError, match="redirects"):
                 f.fetch_bytes("/data/loop")
-            allowed = ImageFetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,))
+            allowed = fetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,))
             assert allowed.fetch_bytes("/data/outside") == img
             assert other.requests == [("/x.png", None)]  # the token never leaves Label Studio
 
@@ -237,14 +245,14 @@ def test_redirects_are_rechecked_and_drop_the_token():
 def test_download_size_is_capped_while_streaming():
     big = os.urandom(300_000)
     with Server({"/data/big": (200, {}, big)}, chunked={"/data/chunked": big}) as ls:
-        f = ImageFetcher(ls.url, TOKEN, max_bytes=100_000)
+        f = fetcher(ls.url, TOKEN, max_bytes=100_000)
         with pytest.raises(ImageError, match="MAX_IMAGE_BYTES"):
             f.fetch_bytes("/data/big")
         with pytest.raises(ImageError, match="MAX_IMAGE_BYTES"):
             f.fetch_bytes("/data/chunked")
-        assert ImageFetcher(ls.url, TOKEN, max_bytes=400_000).fetch_bytes("/data/chunked") == big
+        assert fetcher(ls.url, TOKEN, max_bytes=400_000).fetch_bytes("/data/chunked") == big
     with pytest.raises(ImageError, match="MAX_IMAGE_BYTES"):
-        ImageFetcher(None, None, max_bytes=1000).fetch_bytes(data_uri(os.urandom(5000)))
+        fetcher(None, None, max_bytes=1000).fetch_bytes(data_uri(os.urandom(5000)))
 
 
 def test_local_files_only_inside_image_root(tmp_path):
@@ -256,18 +264,18 @@ def test_local_files_only_inside_image_root(tmp_path):
     (root / "link.png").symlink_to(secret)
     (root / "dirlink").symlink_to(tmp_path)
 
-    assert ImageFetcher(None, None, image_root=root).fetch(f"file://{root}/sub/a.png").size == (5, 5)
+    assert fetcher(None, None, image_root=root).fetch(f"file://{root}/sub/a.png").size == (5, 5)
     for url in (f"file://{root}/sub/../../secret.png", f"file://{root}/link.png", f"file://{root}/dirlink/secret.png",
                 f"file://{root}/sub/%2e%2e/%2e%2e/secret.png", f"file://{root}/sub/missing.png", f"file://{root}",
                 f"file://{tmp_path}/images-evil/a.png", "file://otherhost/etc/passwd", "file:///etc/passwd"):
         with pytest.raises(ImageError):
-            ImageFetcher(None, None, image_root=root).fetch_bytes(url)
+            fetcher(None, None, image_root=root).fetch_bytes(url)
     with pytest.raises(ImageError, match="IMAGE_ROOT"):
-        ImageFetcher(None, None, image_root=None).fetch_bytes(f"file://{root}/sub/a.png")
+        fetcher(None, None, image_root=None).fetch_bytes(f"file://{root}/sub/a.png")
 
 
 def test_error_messages_do_not_echo_whole_data_uris():
     uri = data_uri(b"x" * 50_000)
     with pytest.raises(ImageError) as err:
-        ImageFetcher(None, None).fetch(uri)
+        fetcher(None, None).fetch(uri)
     assert len(str(err.value)) < 400

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -14,8 +13,6 @@ from torch.utils.data import TensorDataset
 
 from label_config import render_config
 from label_config.render import parse_config
-from ml_backend.classifier import normalize, to_tensor
-from ml_backend.config import Settings
 from ml_backend.influence import (
     InfluenceIndex,
     InfluencePart,
@@ -29,9 +26,16 @@ from ml_backend.influence import (
 )
 from ml_backend.parts import PredictContext
 from ml_backend.serving import ServedModel
+from ml_backend.settings import Settings
 from ml_backend.suspicion import SELF
-from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, CheckpointStore
+from training.checkpoints import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointMeta,
+    CheckpointStore,
+)
 from training.dataset import PairedDataset
+from training.images import normalize, to_batch
 from training.models import build_model
 from training.synthetic import render_sample
 
@@ -89,7 +93,7 @@ def setup(tmp_path_factory):
 def _setup(tmp_path_factory):
     data = Data()
     torch.manual_seed(0)
-    x = normalize(to_tensor([r.image for r in data.train], S), IMAGENET_MEAN, IMAGENET_STD)
+    x = normalize(to_batch([r.image for r in data.train], S), IMAGENET_MEAN, IMAGENET_STD)
     y = torch.tensor([CLASSES.index(r.target) for r in data.train])
     model = build_model("tiny-cnn", 3)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -170,7 +174,7 @@ def test_raw_tracin_ranking_equals_captum_tracincpfast(setup, tmp_path, proponen
 
     tracin = TracInCPFast(model, model.fc, TensorDataset(x, y), [str(ckpt)], checkpoints_load_func=load,
                           loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"), batch_size=32)
-    xt = normalize(to_tensor([r.image for r in data.test], S), meta.mean, meta.std)
+    xt = normalize(to_batch([r.image for r in data.test], S), meta.mean, meta.std)
     c_idx, c_val = tracin.influence((xt, te.preds), k=5, proponents=proponents)
     values, rows = index.top_k(delta_for(te.probs, te.preds), te.feats, 5,
                                "proponents" if proponents else "opponents", score="tracin")
@@ -199,7 +203,7 @@ def test_self_influence_without_misclassified_tests(setup):
 def _ctx(setup, tasks, images, settings) -> PredictContext:
     _, model, meta, _, _, _, _, _ = setup
     with torch.no_grad():
-        probs = torch.softmax(model(normalize(to_tensor(images, S), meta.mean, meta.std)), 1)
+        probs = torch.softmax(model(normalize(to_batch(images, S), meta.mean, meta.std)), 1)
     return PredictContext(1, settings, CONFIG, ServedModel(model, meta, "cpu"), tasks, images, probs)
 
 
@@ -273,8 +277,9 @@ def test_index_from_export_task_records_with_urls(setup):
     import base64
     import io
 
-    from ml_backend.images import ImageFetcher
-    from training.export import TaskRecord
+    from label_config.export import TaskRecord
+    from ml_backend.fetch import FetchPolicy, ImageFetcher
+    from ml_backend.settings import Settings
 
     data, model, meta, _, index, _, _, _ = setup
 
@@ -286,7 +291,7 @@ def test_index_from_export_task_records_with_urls(setup):
     records = [TaskRecord(r.task_id, uri(r.image), "train", r.target) for r in data.train[:10]]
     records.append(TaskRecord(5000, "data:image/png;base64,bm90IGFuIGltYWdl", "train", "circle"))
     records.append(TaskRecord(5001, uri(data.train[0].image), "train", "hexagon"))
-    built = build_influence_index(None, "v0", records, fetcher=ImageFetcher(None, None), model=model, meta=meta,
+    built = build_influence_index(None, "v0", records, fetcher=ImageFetcher(None, None, FetchPolicy.from_settings(Settings())), model=model, meta=meta,
                                   save=False)
     assert built.task_ids.tolist() == [r.task_id for r in data.train[:10]]
     assert torch.allclose(built.feats, index.feats[:10], atol=1e-5)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
@@ -49,6 +48,7 @@ def test_annotation_policy_counts_events(redis_url):
     assert off.handle_event(2, "PROJECT_UPDATED")["status"] == "ignored"
 
 
+@pytest.mark.slow  # a real `robustar worker` process
 def test_webhook_storm_leaves_one_queued_and_one_running_job(redis_url):
     redis = Redis.from_url(redis_url, socket_timeout=None)  # blpop waits longer than redis-py's default read timeout
     queue = TrainingQueue(redis, "t-storm", TrainingPolicy(every_n_annotations=1), target=TARGET)

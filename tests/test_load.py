@@ -4,9 +4,13 @@ Bigger runs: ``python -m benchmarks.bench_load --help``."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_load import HEADER, run_load
 from tests.e2e.backend import BackendProcess
 from tests.faultkit import time_limit
+
+pytestmark = pytest.mark.slow  # a `robustar serve` subprocess under 2 x 200 concurrent requests
 
 MAX_RSS_GROWTH_MIB = 400  # after the warm-up request; measured ~tens of MiB
 

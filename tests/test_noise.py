@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.noise import MIXTURE_MODES, NOISE_MODES, STRIPE_PERIOD, STRIPE_WIDTH, apply_noise, noise_fill
+from training.noise import (
+    MIXTURE_MODES,
+    NOISE_MODES,
+    STRIPE_PERIOD,
+    STRIPE_WIDTH,
+    apply_noise,
+    noise_fill,
+)
 
 B, H, W = 24, 17, 23
 RANGES = {"pure_black": (0, 0), "noise": (0, 255), "noise_weak": (64, 191), "noise_minor": (96, 159),

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.images import make_normalizer
 from training.models import build_model
-from training.paired import make_normalizer, paired_loss, paired_step, plain_step
+from training.paired import paired_loss, paired_step, plain_step
 
 
 def logits_batch(b=8, k=5, seed=0):

@@ -1,4 +1,4 @@
-"""training.rle against label_studio_sdk.converter.brush, on masks and on hand-packed rle-pack streams."""
+"""label_config.rle against label_studio_sdk.converter.brush, on masks and on hand-packed rle-pack streams."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from label_studio_sdk.converter import brush
 
-from training import rle as rle_mod
-from training.rle import RLEError, decode_rle, decode_rle_values, encode_mask
+from label_config.rle import RLEError, decode_rle, decode_rle_values, encode_mask
+from label_config import rle as rle_mod
 
-# the 6x8 fixture of shared/ls-protocol/rle_roundtrip.json (captured from Label Studio / the SDK)
+# a 6x8 mask and its RLE as captured from Label Studio 1.23.2 / the SDK (the recordings' rle_roundtrip.json)
 FIXTURE_RLE = [0, 0, 0, 192, 57, 27, 254, 39, 0, 191, 255, 124, 2, 255, 253, 240, 11, 255, 249, 28, 0]
 FIXTURE_MASK = np.zeros((6, 8), dtype=bool)
 FIXTURE_MASK[1:4, 2:6] = True
@@ -305,32 +304,3 @@ def test_fuzzed_streams_never_hang_or_misshape():
             pytest.fail("decoded a stream the SDK rejects")
         np.testing.assert_array_equal(got, ref.reshape(h, w, 4)[:, :, 3] > 0)
     assert outcomes["ok"] > 50 and outcomes["error"] > 50
-
-
-# ------------------------------------------------------------------ training.masks
-
-
-def test_union_mask_from_results():
-    from training.masks import masks_to_tensor, union_mask
-
-    a = np.zeros((30, 40), dtype=bool)
-    a[2:10, 5:20] = True
-    b = np.zeros((30, 40), dtype=bool)
-    b[20:28, 30:38] = True
-    other = np.ones((30, 40), dtype=bool)
-
-    def brush_result(m, label, from_name="mask"):
-        return {"type": "brushlabels", "from_name": from_name, "to_name": "image", "original_width": 40,
-                "original_height": 30, "value": {"format": "rle", "rle": encode_mask(m), "brushlabels": [label]}}
-
-    results = [brush_result(a, "Spurious"), {"type": "choices", "value": {"choices": ["cat"]}},
-               brush_result(b, "Spurious"), brush_result(other, "Model attention")]
-    np.testing.assert_array_equal(union_mask(results), a | b)
-    assert union_mask(results[1:2]) is None
-    assert union_mask(results, from_name="other") is None
-    t = masks_to_tensor([union_mask(results), None], 15)
-    assert t.shape == (2, 1, 15, 15) and t.dtype == torch.bool
-    assert t[0].any() and not t[1].any()
-    broken = dict(results[0], value=dict(results[0]["value"], rle=results[0]["value"]["rle"][:10]))
-    with pytest.raises(RLEError):
-        union_mask([broken])

@@ -12,16 +12,21 @@ from PIL import Image
 
 from label_config import render_config
 from label_config.render import parse_config
-from ml_backend.classifier import normalize, to_tensor
-from ml_backend.config import Settings
+from label_config.rle import decode_rle
 from ml_backend.heatmaps import HeatmapCache, overlay_png, task_key
 from ml_backend.parts import PredictContext
 from ml_backend.saliency import METHODS, SaliencyPart, saliency_maps, top_q_mask
 from ml_backend.server import build_app
 from ml_backend.serving import ServedModel
-from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta, CheckpointStore
+from ml_backend.settings import Settings
+from training.checkpoints import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointMeta,
+    CheckpointStore,
+)
+from training.images import normalize, to_batch
 from training.models import build_model
-from training.rle import decode_rle
 
 CLASSES = ["red", "blue"]
 CONFIG = parse_config(render_config(CLASSES))
@@ -52,7 +57,7 @@ def _train():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     imgs, y = _images(256, rng)
-    x = normalize(to_tensor(imgs, S), IMAGENET_MEAN, IMAGENET_STD)
+    x = normalize(to_batch(imgs, S), IMAGENET_MEAN, IMAGENET_STD)
     model = build_model("tiny-cnn", 2)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(200):
@@ -64,7 +69,7 @@ def _train():
     model.eval()
     test_imgs, test_y = _images(16, rng)
     meta = CheckpointMeta(version="v0", arch="tiny-cnn", classes=CLASSES, image_size=S)
-    xt = normalize(to_tensor(test_imgs, S), IMAGENET_MEAN, IMAGENET_STD)
+    xt = normalize(to_batch(test_imgs, S), IMAGENET_MEAN, IMAGENET_STD)
     with torch.no_grad():
         probs = torch.softmax(model(xt), 1)
     assert (probs.argmax(1) == test_y).float().mean() >= 0.9  # the model did learn the region
@@ -80,7 +85,7 @@ def _region() -> np.ndarray:
 @pytest.mark.parametrize("method", METHODS)
 def test_top_q_pixels_fall_in_the_deciding_region(trained, method):
     model, meta, imgs, probs = trained
-    x = normalize(to_tensor(imgs, S), meta.mean, meta.std)
+    x = normalize(to_batch(imgs, S), meta.mean, meta.std)
     maps = saliency_maps(model, x, probs.argmax(1), method)
     assert maps.shape == (len(imgs), S, S) and (maps >= 0).all()
     inside = [(top_q_mask(m.numpy(), 5) & _region()).sum() / top_q_mask(m.numpy(), 5).sum() for m in maps]
@@ -101,7 +106,7 @@ def _ctx(trained, images, settings, tasks=None) -> PredictContext:
     served = ServedModel(model, meta, "cpu")
     tasks = tasks or [{"id": 100 + i, "data": {"key": f"test/red/{i}.png", "split": "test"}} for i in range(len(images))]
     with torch.no_grad():
-        probs = torch.softmax(model(normalize(to_tensor(images, S), meta.mean, meta.std)), 1)
+        probs = torch.softmax(model(normalize(to_batch(images, S), meta.mean, meta.std)), 1)
     return PredictContext(3, settings, CONFIG, served, tasks, images, probs)
 
 

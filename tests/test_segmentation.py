@@ -12,16 +12,16 @@ from PIL import Image
 
 from label_config import render_config
 from label_config.render import parse_config
-from ml_backend.config import Settings
-from ml_backend.model import RobustarModel
+from label_config.rle import decode_rle
+from ml_backend.model import RobustarModel, configured_parts
 from ml_backend.parts import PredictContext
 from ml_backend.segmentation import SegmentationPart, detections_to_mask, load_detector
-from ml_backend.server import build_app, configured_parts
+from ml_backend.server import build_app
 from ml_backend.serving import ModelRegistry, ServedModel
-from tests.helpers import data_uri, png_bytes
+from ml_backend.settings import Settings
+from tests.builders import data_uri, png_bytes
 from training.checkpoints import CheckpointMeta
 from training.models import build_model
-from training.rle import decode_rle
 
 CLASSES = ["cat", "dog"]
 CONFIG = parse_config(render_config(CLASSES))

@@ -1,15 +1,14 @@
 """The training job: records -> images -> paired training -> evaluation -> versioned checkpoint,
-and ``training.job.train_project`` run by a real RQ SimpleWorker (Redis DB 13) against a local HTTP
+and ``ml_backend.worker_job.train_project`` run by a real RQ SimpleWorker (a Redis DB of its own) against a local HTTP
 stand-in for Label Studio's export, project, image and prediction endpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import threading
+import logging
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
@@ -17,25 +16,40 @@ import torch
 from PIL import Image
 from redis import Redis
 
+from label_config import regions
+from label_config.export import parse_export
 from label_config.render import parse_config, render_config
-from ml_backend.config import Settings
-from ml_backend.images import ImageFetcher
-from tests.helpers import data_uri, png_bytes
-from tests.test_export import annotation, brush_region, choice_region, export_task
+from ml_backend.fetch import FetchPolicy, ImageFetcher
+from ml_backend.jobs import rq_progress_sink
+from ml_backend.serving import model_defaults
+from ml_backend.settings import Settings
+from ml_backend.worker_job import job_options
+from tests.builders import annotation, data_uri, export_task, png_bytes
+from tests.fakes import LS_TOKEN, FakeLabelStudio, FileServer
 from training.checkpoints import CheckpointStore
 from training.dataset import load_splits
-from training.export import parse_export
 from training.options import OptionsError, TrainOptions
+from training.pipeline import run_pipeline
 from training.progress import Progress
 from training.synthetic import make_spurious_dataset
-from training.train import run_pipeline
 
 CLASSES = ["circle", "square", "triangle"]
 LABEL_CONFIG = render_config(CLASSES)
 CONFIG = parse_config(LABEL_CONFIG)
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
-REDIS_DB = 13
+TOKEN = LS_TOKEN  # the key FakeLabelStudio accepts
 FAST = {"epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu", "num_workers": 2}
+POLICY = FetchPolicy.from_settings(Settings())
+
+
+def options(overrides: dict | None = None, settings: Settings | None = None) -> TrainOptions:
+    """The job's options: settings (TRAIN_* from the environment) <- ``overrides``."""
+    return job_options(settings or Settings.from_env(), overrides)
+
+
+def pipeline(store: CheckpointStore, settings: Settings, export, opts: TrainOptions, **kw) -> dict:
+    """``run_pipeline`` as the worker calls it (data URIs need no Label Studio): its summary."""
+    fetch = ImageFetcher(None, None, POLICY).fetch
+    return run_pipeline(store, CLASSES, export, opts, fetch, model_defaults(settings), **kw).summary
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +69,7 @@ def synthetic_export(root: Path, image_url=lambda split, cls, path: data_uri(pat
                 anns = []
                 if split == "train" and tid % paint_every == 0:
                     mask = np.asarray(Image.open(root / "masks" / split / cls / path.name)) > 0
-                    anns = [annotation(tid, tid, [brush_region(mask), choice_region(cls)])]
+                    anns = [annotation(tid, tid, [regions.brush(mask), regions.choices(cls)])]
                 url = image_url(split, cls, path)
                 files[url] = path.read_bytes()
                 tasks.append(export_task(tid, url, split=split, label=cls, annotations=anns))
@@ -71,9 +85,8 @@ def test_records_to_published_version(tmp_path, synthetic):
     settings = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=32, seed=0)
     store = CheckpointStore(settings.model_dir, 5)
     export = parse_export(tasks, CONFIG)
-    opts = TrainOptions.from_env(FAST, settings)
-    summary = run_pipeline(store, settings, CLASSES, export, opts, ImageFetcher(None, None),
-                           extra_config={"project_id": 5})
+    opts = options(FAST, settings)
+    summary = pipeline(store, settings, export, opts, extra_config={"project_id": 5})
     json.dumps(summary)  # JSON-serialisable
     assert (summary["version"], summary["parent"], summary["published"]) == ("v1", "v0", True)
     assert store.versions() == ["v0", "v1"] and store.published() == "v1"
@@ -105,9 +118,8 @@ def test_records_to_published_version(tmp_path, synthetic):
     # a second job: v2 from v1, old versions kept untouched
     v1_bytes = store.path("v1").read_bytes()
     export2 = parse_export(tasks, CONFIG)
-    summary2 = run_pipeline(store, settings, CLASSES, export2, TrainOptions.from_env({**FAST, "epochs": 1,
-                            "mode": "scratch", "noise_mode": "mixture", "optimizer": "adam", "lr": 1e-3}, settings),
-                            ImageFetcher(None, None))
+    summary2 = pipeline(store, settings, export2, options({**FAST, "epochs": 1,
+                            "mode": "scratch", "noise_mode": "mixture", "optimizer": "adam", "lr": 1e-3}, settings))
     assert (summary2["version"], summary2["parent"]) == ("v2", "v1")
     assert summary2["init"].startswith("random init")
     assert store.versions() == ["v0", "v1", "v2"] and store.published() == "v2"
@@ -118,9 +130,8 @@ def test_scratch_paired_training_learns(tmp_path, synthetic):
     """Sanity (the efficacy benchmark lives in benchmarks/): every train image painted, from scratch."""
     tasks, _ = synthetic_export(synthetic, paint_every=1)
     settings = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=32)
-    opts = TrainOptions.from_env({**FAST, "epochs": 4, "mode": "scratch", "lam": 1.0}, settings)
-    s = run_pipeline(CheckpointStore(settings.model_dir, 1), settings, CLASSES, parse_export(tasks, CONFIG), opts,
-                     ImageFetcher(None, None))
+    opts = options({**FAST, "epochs": 4, "mode": "scratch", "lam": 1.0}, settings)
+    s = pipeline(CheckpointStore(settings.model_dir, 1), settings, parse_export(tasks, CONFIG), opts)
     assert s["metrics"]["new"]["train"]["accuracy"] > 0.5
 
 
@@ -128,8 +139,7 @@ def test_no_training_tasks_is_a_clear_error(tmp_path):
     tasks = [export_task(1, data_uri(png_bytes((8, 8))), split="test", label="circle")]
     settings = Settings(model_dir=tmp_path, model_arch="tiny-cnn", image_size=16)
     with pytest.raises(ValueError, match="no usable training tasks"):
-        run_pipeline(CheckpointStore(tmp_path, 1), settings, CLASSES, parse_export(tasks, CONFIG),
-                     TrainOptions.from_env(FAST, settings), ImageFetcher(None, None))
+        pipeline(CheckpointStore(tmp_path, 1), settings, parse_export(tasks, CONFIG), options(FAST, settings))
     assert CheckpointStore(tmp_path, 1).published() == "v0"  # nothing new published
 
 
@@ -142,13 +152,13 @@ def test_dataset_resizes_masks_nearest_and_skips_bad_images():
     mask[:, :20] = True  # left half
     img = data_uri(png_bytes((40, 30)))
     tasks = [
-        export_task(1, img, label="circle", annotations=[annotation(1, 1, [brush_region(mask)])]),
+        export_task(1, img, label="circle", annotations=[annotation(1, 1, [regions.brush(mask)])]),
         export_task(2, img, split="test", label="square"),
-        export_task(3, data_uri(png_bytes((20, 20))), label="circle", annotations=[annotation(2, 3, [brush_region(mask)])]),
+        export_task(3, data_uri(png_bytes((20, 20))), label="circle", annotations=[annotation(2, 3, [regions.brush(mask)])]),
         export_task(4, "data:image/png;base64,bm90IGFuIGltYWdl", label="circle"),
     ]
     export = parse_export(tasks, CONFIG)
-    splits = load_splits(export, ImageFetcher(None, None), 16, CLASSES, num_workers=2)
+    splits = load_splits(export, ImageFetcher(None, None, POLICY).fetch, 16, CLASSES, num_workers=2)
     assert export.skipped == {"mask_size": [3], "image_error": [4]}
     assert [r.task_id for r in export.records] == [1, 2]
     train, test = splits["train"], splits["test"]
@@ -170,38 +180,38 @@ def test_options_env_overrides_and_errors(monkeypatch):
     monkeypatch.setenv("TRAIN_EPOCHS", "3")
     monkeypatch.setenv("TRAIN_LAMBDA", "0.5")
     monkeypatch.setenv("TRAIN_EVAL_EVERY_EPOCH", "false")
-    settings = Settings(seed=7, device="cpu", fetch_workers=3)
-    o = TrainOptions.from_env({"lambda": 2, "batch_size": "8", "noise": "random_pure"}, settings)
+    settings = dataclasses.replace(Settings.from_env(), seed=7, device="cpu", fetch_workers=3)
+    o = options({"lambda": 2, "batch_size": "8", "noise": "random_pure"}, settings)
     assert (o.epochs, o.lam, o.batch_size, o.noise_mode, o.eval_every_epoch) == (3, 2.0, 8, "random_pure", False)
     assert (o.seed, o.device, o.num_workers, o.mode) == (7, "cpu", 3, "finetune")
-    assert TrainOptions.from_env({"mode": "pretrained:/w.pth"}).pretrained_path == "/w.pth"
+    assert options({"mode": "pretrained:/w.pth"}).pretrained_path == "/w.pth"
     for bad, match in (({"epochs": "many"}, "epochs"), ({"noise_mode": "pink"}, "noise_mode"),
                        ({"optimizer": "lbfgs"}, "optimizer"), ({"mode": "magic"}, "mode"),
                        ({"learning": 1}, "unknown training option"), ({"arch": "vgg"}, "arch"),
                        ({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size")):
         with pytest.raises(OptionsError, match=match):
-            TrainOptions.from_env(bad)
+            options(bad)
 
 
 def test_finetune_keeps_the_parent_arch(tmp_path, synthetic):
     tasks, _ = synthetic_export(synthetic)
     settings = Settings(model_dir=tmp_path, model_arch="tiny-cnn", image_size=32)
     with pytest.raises(OptionsError, match="keeps the parent's architecture"):
-        run_pipeline(CheckpointStore(tmp_path, 1), settings, CLASSES, parse_export(tasks[:3], CONFIG),
-                     TrainOptions.from_env({**FAST, "arch": "resnet-18"}, settings), ImageFetcher(None, None))
+        pipeline(CheckpointStore(tmp_path, 1), settings, parse_export(tasks[:3], CONFIG),
+                 options({**FAST, "arch": "resnet-18"}, settings))
 
 
 def test_finetune_with_changed_classes_gets_a_new_head():
     from training.checkpoints import CheckpointMeta
     from training.models import build_model
-    from training.train import build_start_model
+    from training.pipeline import start_model
 
     parent = build_model("tiny-cnn", 3)
     meta = CheckpointMeta(version="v4", arch="tiny-cnn", classes=CLASSES, image_size=32)
-    start = build_start_model(TrainOptions.from_env(FAST), Settings(), ["a", "b"], (parent, meta))
+    start = start_model(options(FAST), model_defaults(Settings()), ["a", "b"], (parent, meta))
     assert start.model.fc.out_features == 2 and "new classifier head" in start.init
     torch.testing.assert_close(start.model.features[0].weight, parent.features[0].weight)
-    same = build_start_model(TrainOptions.from_env({**FAST, "image_size": 48}), Settings(), CLASSES, (parent, meta))
+    same = start_model(options({**FAST, "image_size": 48}), model_defaults(Settings()), CLASSES, (parent, meta))
     torch.testing.assert_close(same.model.fc.weight, parent.fc.weight)
     assert (same.arch, same.image_size, same.init) == ("tiny-cnn", 48, "fine-tuned from v4")
 
@@ -218,7 +228,7 @@ class FakeJob:
 
 def test_progress_is_throttled_and_phases_always_saved():
     job = FakeJob()
-    p = Progress(job=job, min_interval=60)
+    p = Progress(rq_progress_sink(job), min_interval=60)
     p.phase("train", epochs=2)
     for step in range(100):
         p.update(step=step, loss=1.0)
@@ -233,98 +243,10 @@ def test_progress_is_throttled_and_phases_always_saved():
 # train_project through a real RQ worker, against a local stand-in for Label Studio
 
 
-class FakeLabelStudio:
-    """Serves Label Studio's paths the job uses (token-checked) and records every request."""
-
-    def __init__(self, tasks: list[dict], files: dict[str, bytes], project_id: int = 1, fail_predictions=False):
-        self.project = {  # the fields of GET /api/projects/<id> the job reads, plus a few for realism
-            "id": project_id, "title": "Robustar", "label_config": LABEL_CONFIG, "model_version": "Robustar",
-            "task_number": len(tasks), "show_collab_predictions": True, "maximum_annotations": 1,
-            "created_by": {"id": 1, "first_name": "", "last_name": "", "email": "admin@example.com", "avatar": None},
-        }
-        self.tasks, self.files, self.pid = tasks, files, project_id
-        self.fail_predictions = fail_predictions
-        self.requests: list[tuple[str, str, str | None]] = []
-        self.predictions: list[dict] = []
-        self.patches: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, code: int, body=None, ctype="application/json"):
-                data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(n) or b"null")
-
-            def _route(self, method):
-                url = urlparse(self.path)
-                path = url.path.rstrip("/")
-                outer.requests.append((method, self.path, self.headers.get("Authorization")))
-                if self.headers.get("Authorization") != f"Token {TOKEN}":
-                    return self._send(401, {"detail": "Authentication credentials were not provided."})
-                proj = f"/api/projects/{outer.pid}"
-                if method == "GET" and path == proj:
-                    return self._send(200, outer.project)
-                if method == "GET" and path == proj + "/export":
-                    q = parse_qs(url.query)
-                    if q.get("download_all_tasks") != ["true"]:
-                        return self._send(200, [t for t in outer.tasks if t["annotations"]])
-                    return self._send(200, outer.tasks)
-                if method == "GET" and url.path in outer.files:
-                    return self._send(200, outer.files[url.path], "image/png")
-                if method == "POST" and path in (proj + "/import/predictions", "/api/predictions"):
-                    body = self._body()
-                    if outer.fail_predictions:
-                        return self._send(500, {"detail": "boom"})
-                    items = body if isinstance(body, list) else [body]
-                    outer.predictions.extend(items)
-                    if isinstance(body, list):
-                        return self._send(201, {"created": len(items)})
-                    return self._send(201, {"id": len(outer.predictions), **body})
-                if method == "PATCH" and path == proj:
-                    body = self._body()
-                    outer.patches.append(body)
-                    outer.project.update(body)
-                    return self._send(200, outer.project)
-                return self._send(404, {"detail": "not found"})
-
-            def do_GET(self):  # noqa: N802
-                self._route("GET")
-
-            def do_POST(self):  # noqa: N802
-                self._route("POST")
-
-            def do_PATCH(self):  # noqa: N802
-                self._route("PATCH")
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def redis13(redis_base_url):
-    conn = Redis.from_url(f"{redis_base_url}/{REDIS_DB}")
-    conn.flushdb()
+def redis_conn(redis_url):
+    conn = Redis.from_url(redis_url)
     yield conn
-    conn.flushdb()
     conn.close()
 
 
@@ -345,27 +267,27 @@ def _ls_tasks(synthetic: Path):
     return tasks, files
 
 
-def _run_in_worker(redis13, options: dict):
+def _run_in_worker(redis_conn, options: dict):
     from rq import Queue, SimpleWorker
 
-    queue = Queue("robustar-test-training", connection=redis13)
-    job = queue.enqueue("training.job.train_project", kwargs={"project_id": 1, "options": options},
+    queue = Queue("robustar-test-training", connection=redis_conn)
+    job = queue.enqueue("ml_backend.worker_job.train_project", kwargs={"project_id": 1, "options": options},
                         job_timeout=600, meta={"project_id": 1, "phase": "queued"})
     t0 = time.perf_counter()
-    SimpleWorker([queue], connection=redis13).work(burst=True, with_scheduler=False)
+    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
     wall = time.perf_counter() - t0
     job.refresh()
     return job, wall
 
 
-def test_train_project_in_rq_simple_worker(tmp_path, synthetic, redis13, monkeypatch, capsys):
+def test_train_project_in_rq_simple_worker(tmp_path, synthetic, redis_conn, monkeypatch, capsys):
     from rq.job import JobStatus
 
     tasks, files = _ls_tasks(synthetic)
-    with FakeLabelStudio(tasks, files) as ls:
+    with FakeLabelStudio(tasks, files, LABEL_CONFIG) as ls:
         # the pushed predictions come from the backend's own predict (with a prediction part on)
         _worker_env(monkeypatch, ls.url, tmp_path / "models", parts="saliency")
-        job, wall = _run_in_worker(redis13, {**FAST, "epochs": 3})
+        job, wall = _run_in_worker(redis_conn, {**FAST, "epochs": 3})
         assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string if job.latest_result() else None
         result = job.return_value()
 
@@ -399,13 +321,13 @@ def test_train_project_in_rq_simple_worker(tmp_path, synthetic, redis13, monkeyp
               f"worker wall {wall:.2f}s, phases {result['timings']}")
 
 
-def test_prediction_push_failure_is_not_fatal(tmp_path, synthetic, redis13, monkeypatch):
+def test_prediction_push_failure_is_not_fatal(tmp_path, synthetic, redis_conn, monkeypatch):
     from rq.job import JobStatus
 
     tasks, files = _ls_tasks(synthetic)
-    with FakeLabelStudio(tasks, files, fail_predictions=True) as ls:
+    with FakeLabelStudio(tasks, files, LABEL_CONFIG, fail_predictions=True) as ls:
         _worker_env(monkeypatch, ls.url, tmp_path / "models")
-        job, _ = _run_in_worker(redis13, {**FAST, "epochs": 1})
+        job, _ = _run_in_worker(redis_conn, {**FAST, "epochs": 1})
     assert job.get_status() == JobStatus.FINISHED
     result = job.return_value()
     assert result["version"] == "v1" and "error" in result["predictions"]
@@ -414,7 +336,7 @@ def test_prediction_push_failure_is_not_fatal(tmp_path, synthetic, redis13, monk
 
 
 def test_train_project_needs_label_studio_settings(monkeypatch, tmp_path):
-    from training.job import train_project
+    from ml_backend.worker_job import train_project
 
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
@@ -423,15 +345,47 @@ def test_train_project_needs_label_studio_settings(monkeypatch, tmp_path):
         train_project(1, {})
 
 
-def test_failed_job_keeps_the_served_version(tmp_path, synthetic, redis13, monkeypatch):
+def test_failed_job_keeps_the_served_version(tmp_path, synthetic, redis_conn, monkeypatch):
     """Label Studio answers 401 (wrong key): the job fails with a clear error, nothing new is published."""
     from rq.job import JobStatus
 
     tasks, files = _ls_tasks(synthetic)
-    with FakeLabelStudio(tasks, files) as ls:
+    with FakeLabelStudio(tasks, files, LABEL_CONFIG) as ls:
         _worker_env(monkeypatch, ls.url, tmp_path / "models")
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", "wrong-key")
-        job, _ = _run_in_worker(redis13, {**FAST, "epochs": 1})
+        job, _ = _run_in_worker(redis_conn, {**FAST, "epochs": 1})
     assert job.get_status() == JobStatus.FAILED
     assert "cannot read project 1" in job.latest_result().exc_string
     assert CheckpointStore(tmp_path / "models", 1).published() is None
+
+
+def test_worker_fetches_under_the_backends_image_policy(tmp_path, synthetic, monkeypatch, caplog):
+    """The job builds its ImageFetcher from the same settings as the backend: a task image on a host
+    that is not allowed is refused (skipped, named) and never requested; allowed (ALLOWED_IMAGE_HOSTS),
+    it is requested, without the Label Studio key."""
+    from ml_backend.worker_job import train_project
+
+    tasks, files = _ls_tasks(synthetic)
+    train_tasks = [t for t in tasks if t["data"]["split"] == "train"]
+    elsewhere = {t["data"]["image"]: files[t["data"]["image"]] for t in train_tasks[:6]}
+    with FakeLabelStudio(tasks, files, LABEL_CONFIG) as ls, FileServer(elsewhere, TOKEN) as other:
+        for t in train_tasks[:6]:
+            t["data"]["image"] = other.url + t["data"]["image"]
+        _worker_env(monkeypatch, ls.url, tmp_path / "refused", parts="")
+        monkeypatch.delenv("ALLOWED_IMAGE_HOSTS", raising=False)
+        with caplog.at_level(logging.WARNING, logger="label_config.export"):
+            refused = train_project(1, {**FAST, "epochs": 1, "push_predictions": False})
+        assert other.requests == []
+        refusals = [r.getMessage() for r in caplog.records if "image_error" in r.getMessage()]
+        assert len(refusals) == 6 and all(f"image host 127.0.0.1:{other.url.rsplit(':', 1)[1]} is not allowed" in m
+                                          for m in refusals)
+        assert refused["counts"]["skipped"] == {"unknown_label": 1, "image_error": 6}
+        assert sorted(refused["counts"]["skipped_ids"]["image_error"]) == sorted(t["id"] for t in train_tasks[:6])
+        assert refused["counts"]["by_split"]["train"] == 30
+
+        _worker_env(monkeypatch, ls.url, tmp_path / "allowed", parts="")
+        monkeypatch.setenv("ALLOWED_IMAGE_HOSTS", other.url)
+        allowed = train_project(1, {**FAST, "epochs": 1, "push_predictions": False})
+        # now fetched from that host, without Label Studio's key (which goes to Label Studio only): it answers 401
+        assert len(other.requests) == 6 and all(auth is None for _, auth in other.requests)
+        assert allowed["counts"]["skipped"] == {"unknown_label": 1, "image_error": 6}

@@ -17,11 +17,12 @@ from rq.job import Job
 
 from ml_backend.jobs import TrainingPolicy, TrainingQueue
 
+pytestmark = pytest.mark.slow  # two `robustar worker` processes
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TARGET = "tests.test_workers_scale.recording_train"
 QUEUE = "t-scale"
-TEST_DB = 12
 
 
 def recording_train(project_id: int, options: dict) -> dict:
@@ -42,14 +43,6 @@ def recording_train(project_id: int, options: dict) -> dict:
     if released is None:
         raise TimeoutError("the test never released this job")
     return {"project": project_id}
-
-
-@pytest.fixture
-def redis_url(redis_base_url):
-    url = f"{redis_base_url}/{TEST_DB}"
-    Redis.from_url(url).flushdb()
-    yield url
-    Redis.from_url(url).flushdb()
 
 
 def start_worker(name: str, redis_url: str, log_path: Path) -> subprocess.Popen:

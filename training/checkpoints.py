@@ -13,6 +13,7 @@ lists; one left by a writer that was killed or ran out of disk is removed by the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -25,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.models import build_model
+from training.models import build_model, load_pretrained_backbone
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,7 +72,7 @@ def version_number(version: str) -> int:
     return int(m.group(1))
 
 
-def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
+def atomic_write(path: Path, write, overwrite: bool = True) -> None:
     """Write via a temp file in the same folder, fsync, then rename (or hard-link when not overwriting)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp")
@@ -107,7 +110,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a negative pid: any process of that process group)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -132,7 +136,7 @@ def remove_stale_temp_files(folder: Path, max_age: float = STALE_TMP_SECONDS) ->
         except FileNotFoundError:
             continue
         dead = m is not None and m.group("host") == host and m.group("pid") != str(os.getpid()) \
-            and not _pid_alive(int(m.group("pid")))
+            and not pid_alive(int(m.group("pid")))
         if old or dead:
             try:
                 p.unlink()
@@ -178,7 +182,7 @@ class CheckpointStore:
         path = self.path(meta.version)
         remove_stale_temp_files(self.versions_dir)
         payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta.to_dict()}
-        _atomic_write(path, lambda f: torch.save(payload, f), overwrite=False)
+        atomic_write(path, lambda f: torch.save(payload, f), overwrite=False)
         return path
 
     def publish(self, version: str) -> None:
@@ -186,7 +190,7 @@ class CheckpointStore:
         if not self.path(version).exists():
             raise FileNotFoundError(f"cannot publish {version}: no checkpoint at {self.path(version)}")
         remove_stale_temp_files(self.root)
-        _atomic_write(self.pointer, lambda f: f.write(version.encode()))
+        atomic_write(self.pointer, lambda f: f.write(version.encode()))
 
     def load(self, version: str, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
         """Load a version's model (eval mode) and metadata."""
@@ -199,3 +203,33 @@ class CheckpointStore:
     def read_meta(self, version: str) -> CheckpointMeta:
         payload = torch.load(self.path(version), map_location="cpu", weights_only=True)
         return CheckpointMeta.from_dict(payload["meta"])
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """The configured starting point: architecture, input size, optional weights file, seed."""
+
+    arch: str
+    image_size: int
+    checkpoint: Path | None = None
+    seed: int = 0
+
+
+def create_initial_version(store: CheckpointStore, defaults: ModelDefaults, classes: list[str]) -> str:
+    """Write and publish v0: the configured checkpoint, or a freshly initialised (seeded) model."""
+    torch.manual_seed(defaults.seed)
+    model = build_model(defaults.arch, len(classes))
+    source = "random init (seed %d)" % defaults.seed
+    if defaults.checkpoint:
+        skipped = load_pretrained_backbone(model, defaults.checkpoint)
+        source = f"{defaults.checkpoint} (not loaded: {skipped or 'none'})"
+    meta = CheckpointMeta(version="v0", arch=defaults.arch, classes=list(classes), image_size=defaults.image_size,
+                          config={"source": source})
+    try:
+        store.save(model, meta)
+    except FileExistsError:
+        pass  # another process wrote v0 first; use theirs
+    if store.published() is None:
+        store.publish("v0")
+    log.info("project store %s: created v0 from %s", store.root, source)
+    return "v0"

@@ -1,7 +1,7 @@
 """Task images + spurious masks, resized to the model input and cached in memory, per split.
 
-Images are resized exactly as the backend does for predictions (``ml_backend.classifier.to_tensor``:
-PIL bilinear to ``size x size``), masks with nearest-neighbour. Everything is kept as uint8/bool
+Images are resized exactly as the backend does for predictions (``training.images.resize_rgb``:
+PIL bilinear to ``size x size``), masks with nearest-neighbour (``resize_mask``). Everything is kept as uint8/bool
 tensors (3 bytes + 1 byte per pixel), so a split of 10k images at 224 px takes ~2 GB; batches are
 sliced from these tensors and moved to the device as a whole, with no per-sample Python work.
 """
@@ -15,11 +15,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from ml_backend.images import ImageError, ImageFetcher
-from training.export import ExportResult, TaskRecord
+from label_config.export import ExportResult, TaskRecord
+from training.images import ImageError, ImageSource, resize_mask, resize_rgb
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +105,9 @@ class _Loaded:
     reason: str | None = None
 
 
-def prepare_image(img: Image.Image, size: int) -> np.ndarray:
-    """RGB ``size x size`` uint8 array, resized like the backend's prediction path."""
-    return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
-
-
-def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Bool ``size x size`` mask (nearest-neighbour resize of a bool H x W mask)."""
-    pil = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((size, size), Image.NEAREST)
-    return np.asarray(pil) > 127
-
-
-def _load_one(record: TaskRecord, fetcher: ImageFetcher, size: int) -> _Loaded:
+def _load_one(record: TaskRecord, load_image: ImageSource, size: int) -> _Loaded:
     try:
-        img = fetcher.fetch(record.image_url)
+        img = load_image(record.image_url)
     except ImageError as e:
         return _Loaded(record, error=str(e), reason="image_error")
     except Exception as e:  # never let one task's image fail the job
@@ -133,18 +121,18 @@ def _load_one(record: TaskRecord, fetcher: ImageFetcher, size: int) -> _Loaded:
                 error=f"painted mask is {w}x{h} but the image is {img.size[0]}x{img.size[1]}",
                 reason="mask_size",
             )
-        mask = prepare_mask(record.mask, size)
-    return _Loaded(record, image=prepare_image(img, size), mask=mask)
+        mask = resize_mask(record.mask, size)
+    return _Loaded(record, image=resize_rgb(img, size), mask=mask)
 
 
 def load_splits(
     export: ExportResult,
-    fetcher: ImageFetcher,
+    load_image: ImageSource,
     image_size: int,
     classes: list[str],
     num_workers: int = 8,
 ) -> dict[str, PairedDataset]:
-    """Fetch every record's image (threads), resize image and mask, and group by split.
+    """Load every record's image with ``load_image`` (threads), resize image and mask, group by split.
 
     Records whose image cannot be fetched/decoded or whose mask does not match the image size are
     skipped (logged, added to ``export.skipped`` and removed from ``export.records``).
@@ -155,7 +143,7 @@ def load_splits(
         return {}
     workers = max(1, min(num_workers, len(records)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        loaded = list(pool.map(lambda r: _load_one(r, fetcher, image_size), records))
+        loaded = list(pool.map(_load_one, records, [load_image] * len(records), [image_size] * len(records)))
     by_split: dict[str, list[_Loaded]] = {}
     kept: list[TaskRecord] = []
     for item in loaded:

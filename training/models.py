@@ -78,3 +78,10 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> list[str]:
     skipped = sorted(set(own) - set(usable))
     model.load_state_dict(usable, strict=False)
     return skipped
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"

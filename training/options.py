@@ -1,6 +1,7 @@
-"""Training options: defaults from environment variables, overridden per job (webhook / API options).
+"""Training options: defaults (the ``TRAIN_*`` variables, read by ``ml_backend.settings``) overridden
+per job (webhook / API options).
 
-Environment variables (all optional):
+Variables (all optional):
 
 ====================  =============  ==========================================================
 variable              default        meaning
@@ -35,7 +36,6 @@ TRAIN_AMP             true           bf16 autocast on CUDA (ignored on CPU)
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -46,11 +46,6 @@ LABEL_SOURCES = ("annotation", "data")
 
 class OptionsError(ValueError):
     """A training option has an unusable value; the message names it."""
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else None
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -88,7 +83,7 @@ class TrainOptions:
     push_predictions: bool = True
     amp: bool = True
 
-    _ENV = {
+    ENV = {
         "mode": "TRAIN_MODE",
         "arch": "TRAIN_ARCH",
         "epochs": "TRAIN_EPOCHS",
@@ -114,15 +109,15 @@ class TrainOptions:
                 "learning_rate": "lr", "threads": "num_workers"}
 
     @classmethod
-    def from_env(cls, overrides: dict | None = None, settings: Any = None) -> "TrainOptions":
-        """Defaults <- environment (``TRAIN_*``, falling back to the backend's SEED/DEVICE/FETCH_WORKERS)
-        <- ``overrides`` (job options). Raises OptionsError naming any bad or unknown option."""
-        raw: dict[str, Any] = {}
-        if settings is not None:
-            raw.update(seed=settings.seed, device=settings.device, num_workers=settings.fetch_workers)
-        for name, var in cls._ENV.items():
-            v = _env(var)
-            if v is not None:
+    def resolve(cls, env: dict[str, str] | None = None, overrides: dict | None = None,
+                base: dict[str, Any] | None = None) -> "TrainOptions":
+        """Defaults <- ``base`` (the backend's seed/device/fetch workers) <- ``env`` (``TRAIN_*`` values,
+        as read by the settings module) <- ``overrides`` (job options). Raises OptionsError naming any
+        bad or unknown option."""
+        raw: dict[str, Any] = dict(base or {})
+        for name, var in cls.ENV.items():
+            v = (env or {}).get(var)
+            if v not in (None, ""):
                 raw[name] = v
         known = {f.name for f in fields(cls)}
         for key, value in (overrides or {}).items():
@@ -192,11 +187,9 @@ class TrainOptions:
         return self.mode.split(":", 1)[1] if self.mode.startswith("pretrained:") else None
 
     def torch_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+        from training.models import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

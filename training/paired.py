@@ -39,23 +39,7 @@ from torch import Tensor, nn
 
 from training.noise import apply_noise
 
-__all__ = ["paired_loss", "paired_step", "plain_step", "make_normalizer"]
-
-
-def make_normalizer(mean, std) -> Callable[[Tensor], Tensor]:
-    """``x_norm_fn`` for the steps: ``(x - mean) / std`` per channel, on the input's device."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    cache: dict = {}
-
-    def norm(x: Tensor) -> Tensor:
-        key = (x.device, x.dtype)
-        if key not in cache:
-            cache[key] = (mean_t.to(x.device, x.dtype), std_t.to(x.device, x.dtype))
-        m, s = cache[key]
-        return (x - m) / s
-
-    return norm
+__all__ = ["paired_loss", "paired_step", "plain_step"]
 
 
 def paired_loss(
@@ -143,7 +127,7 @@ def paired_step(
     Args:
         model: the classifier, already on the data's device and in train mode (not changed here).
         optimizer: its optimizer; ``zero_grad`` / ``step`` are called here.
-        x_norm_fn: maps [0, 1] images to model input (e.g. ``make_normalizer(mean, std)``).
+        x_norm_fn: maps [0, 1] images to model input (e.g. ``training.images.make_normalizer(mean, std)``).
         images: [B, 3, H, W] float in [0, 1], un-normalized (noise is filled in pixel space).
         masks: [B, 1, H, W] (or [B, H, W]) bool; all-False for unpainted samples.
         targets: [B] class indices.

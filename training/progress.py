@@ -1,42 +1,32 @@
-"""Job progress in RQ job meta (for logs, rq-dashboard and the backend), throttled to ~1 write/s.
+"""Job progress, logged and handed to a sink (the worker's: RQ job meta), throttled to ~1 write/s.
 
-Meta keys written on the current RQ job (top level, next to what the enqueuer put there):
-``phase`` (export | decode | images | train | eval | save | predictions | done), ``epoch``,
+Keys: ``phase`` (export | decode | images | train | eval | save | predictions | done), ``epoch``,
 ``epochs``, ``step``, ``total_steps``, ``loss``, ``eta_s``, ``progress_at`` (unix time).
-Outside an RQ job (tests, CLI) the same calls only log.
+Without a sink (tests, CLI) the same calls only log.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
 
 class Progress:
-    """Writes progress to ``job.meta`` (``save_meta``) at most every ``min_interval`` seconds."""
+    """Hands the progress state to ``sink`` at most every ``min_interval`` seconds."""
 
-    def __init__(self, job: Any = "current", min_interval: float = 1.0, project_id: Any = None) -> None:
-        if job == "current":
-            try:
-                from rq import get_current_job
-
-                job = get_current_job()
-            except Exception:  # no RQ context
-                job = None
-        self.job = job
+    def __init__(self, sink: Callable[[dict], None] | None = None, min_interval: float = 1.0,
+                 project_id: Any = None, job_id: str | None = None) -> None:
+        self.sink = sink
+        self.job_id = job_id
         self.min_interval = min_interval
         self.project_id = project_id
         self.state: dict[str, Any] = {}
         self._last_save = 0.0
         self._last_log = 0.0
         self.failed_saves = 0
-
-    @property
-    def job_id(self) -> str | None:
-        return getattr(self.job, "id", None)
 
     def phase(self, name: str, **fields: Any) -> None:
         """Enter a phase (always saved and logged)."""
@@ -52,16 +42,14 @@ class Progress:
         if not force and now - self._last_save < self.min_interval:
             return
         self._last_save = now
-        if self.job is None:
+        if self.sink is None:
             return
         try:
-            self.job.meta.update(self.state)
-            self.job.meta["progress_at"] = time.time()
-            self.job.save_meta()
-        except Exception as e:  # progress is best effort; Redis hiccups must not fail training
+            self.sink({**self.state, "progress_at": time.time()})
+        except Exception as e:  # progress is best effort; e.g. Redis hiccups must not fail training
             self.failed_saves += 1
             if self.failed_saves <= 3:
-                log.warning("project %s job %s: cannot save progress to RQ meta: %s", self.project_id, self.job_id, e)
+                log.warning("project %s job %s: cannot save progress: %s", self.project_id, self.job_id, e)
 
     def log_every(self, seconds: float, message: str, *args: Any) -> None:
         """Log ``message`` at most every ``seconds`` (step-level progress lines)."""

@@ -11,28 +11,26 @@ import subprocess
 import numpy as np
 import pytest
 import requests
-from redis import Redis
 
+from label_config import regions
 from tests.e2e.backend import BIN, BackendProcess
-from tests.test_export import brush_region
 from training.synthetic import make_spurious_dataset
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 USER, PASSWORD, SECRET = "ls-robot", "basic-pass-0123456789", "webhook-secret-0123456789"
 SECURITY_ENV = {"BASIC_AUTH_USER": USER, "BASIC_AUTH_PASS": PASSWORD, "WEBHOOK_SECRET": SECRET}
 
 
 @pytest.fixture(scope="module")
-def secured_backend(tmp_path_factory, redis_base_url):
+def secured_backend(tmp_path_factory, redis_dbs):
     tmp = tmp_path_factory.mktemp("secured-backend")
-    env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "PREDICT_PARTS": "saliency",
-           "REDIS_URL": f"{redis_base_url}/11", "RQ_QUEUE": "robustar-e2e-access", **SECURITY_ENV}
-    redis = Redis.from_url(env["REDIS_URL"])
-    redis.flushdb()  # a job queued by an earlier run would make START_TRAINING "already queued"
-    with BackendProcess(env, tmp / "backend.log", timeout=90) as proc:  # health is polled with basic auth
-        yield proc
-    redis.flushdb()
+    # a DB of its own, empty: a job queued by an earlier run would make START_TRAINING "already queued"
+    with redis_dbs.lease() as redis_url:
+        env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "PREDICT_PARTS": "saliency",
+               "REDIS_URL": redis_url, "RQ_QUEUE": "robustar-e2e-access", **SECURITY_ENV}
+        with BackendProcess(env, tmp / "backend.log", timeout=90) as proc:  # health is polled with basic auth
+            yield proc
 
 
 def test_basic_auth_and_webhook_secret_with_label_studio(label_studio, secured_backend, tmp_path):
@@ -75,7 +73,7 @@ def test_basic_auth_and_webhook_secret_with_label_studio(label_studio, secured_b
     mask = np.zeros((32, 32), bool)
     mask[:8, :8] = True
     r = http.post(f"{url}/api/tasks/{tasks[0]['id']}/annotations/",
-                  json={"result": [brush_region(mask)], "was_cancelled": False})
+                  json={"result": [regions.brush(mask)], "was_cancelled": False})
     assert r.status_code == 201, r.text
     metrics = requests.get(backend + "/metrics", auth=(USER, PASSWORD), timeout=10).text
     assert 'robustar_webhook_events_total{action="START_TRAINING",status="queued"} 1' in metrics, metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from label_config import parse_config
 from tests.e2e.backend import BIN, BackendProcess
 from training.synthetic import make_spurious_dataset
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +25,12 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory, redis_base_url):
+def backend(tmp_path_factory, redis_dbs):
     tmp = tmp_path_factory.mktemp("backend")
-    env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "48", "REDIS_URL": f"{redis_base_url}/14"}
-    with BackendProcess(env, tmp / "backend.log") as proc:
-        yield proc
+    with redis_dbs.lease() as redis_url:
+        env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "48", "REDIS_URL": redis_url}
+        with BackendProcess(env, tmp / "backend.log") as proc:
+            yield proc
 
 
 def run_import(dataset: Path, label_studio, backend, *extra: str) -> subprocess.CompletedProcess:
@@ -87,7 +87,7 @@ def test_import_connect_predict(label_studio, backend, dataset):
         (attention,) = [r for r in pred["result"] if r["from_name"] == "attention"]
         assert attention["value"]["brushlabels"] == ["Model attention"]
         assert (attention["original_width"], attention["original_height"]) == (48, 48)
-        from training.rle import decode_rle
+        from label_config.rle import decode_rle
 
         assert decode_rle(attention["value"]["rle"], 48, 48).any()
         png = requests.get(task["data"]["saliency"], timeout=30)

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 import requests
 
-from ml_backend.ls_server import LabelStudioError, LabelStudioServer, default_venv, process_group_alive
+from ml_backend.ls_server import (
+    LabelStudioError,
+    LabelStudioServer,
+    default_venv,
+    process_group_alive,
+)
+
+pytestmark = pytest.mark.slow
 
 CONFIG = (
     '<View><Image name="image" value="$image"/>'

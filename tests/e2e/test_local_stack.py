@@ -25,7 +25,10 @@ import requests
 from redis import Redis
 
 from ml_backend.demo import READY_LINE
-from ml_backend.stack import free_port, start_private_redis
+from ml_backend.stack import start_private_redis
+from tests.fakes import free_port
+
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 600  # a fresh data dir on a loaded 2-core machine: LS migrations + 135 predictions

@@ -12,19 +12,17 @@ import requests
 from PIL import Image
 from redis import Redis
 
-from ml_backend.annotate import brush_region, class_region
+from label_config import regions
 from ml_backend.importer import import_dataset
 from tests.e2e.backend import BIN, BackendProcess
 from training.synthetic import make_spurious_dataset
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_path):
+def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
     dataset = tmp_path / "dataset"
     make_spurious_dataset(dataset, n_train=6, n_test=3, size=32, seed=3)
-    redis_url = f"{redis_base_url}/10"  # this test's own DB, flushed before and after
-    Redis.from_url(redis_url).flushdb()
     env = {
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "MODEL_DIR": str(tmp_path / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32",
@@ -43,7 +41,7 @@ def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_pat
             data = task.data
             if data["split"] == "train" and len(painted) < 2:
                 mask = np.asarray(Image.open(dataset / "masks" / data["key"])) > 127
-                client.annotations.create(id=task.id, result=[brush_region(mask), class_region(data["label"])])
+                client.annotations.create(id=task.id, result=[regions.brush(mask, region_id="spurious"), regions.choices(data["label"], region_id="class")])
                 painted.append(task.id)
         stored = client.annotations.list(id=painted[0])
         assert stored[0].result[0]["value"]["rle"], "the brush mask was stored"
@@ -84,4 +82,3 @@ def test_paint_train_and_serve_new_version(label_studio, redis_base_url, tmp_pat
         lines = [line for p in v1 if p["task"] in test_ids for r in p["result"] if r["from_name"] == "influence"
                  for line in r["value"]["text"]]
         assert lines and any(line.startswith("#") for line in lines), lines[:5]
-    Redis.from_url(redis_url).flushdb()

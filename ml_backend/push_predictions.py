@@ -17,7 +17,9 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from ml_backend.config import Settings
+from ml_backend.model import RobustarModel, configured_parts
+from ml_backend.serving import ModelRegistry
+from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +28,8 @@ PredictFn = Callable[[list[dict]], list[dict]]
 
 def backend_predictor(settings: Settings, project_id: int, label_config: str, version: str) -> PredictFn:
     """``RobustarModel(...).predict`` pinned to ``version``, with the backend's configured parts."""
-    from ml_backend.model import RobustarModel
-    from ml_backend.serving import ModelRegistry
-
     pinned = replace(settings, pinned_version=version)
     try:
-        from ml_backend.server import configured_parts
-
         parts = configured_parts(pinned)
     except Exception as e:  # a part that cannot be built degrades to the classifier alone
         log.warning("project %s: prediction parts unavailable for pushed predictions: %s", project_id, e)

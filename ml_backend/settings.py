@@ -1,4 +1,8 @@
-"""Backend settings, read from environment variables (see README "Configuration")."""
+"""The one reader of the environment: every setting of the backend, the worker and the CLI.
+
+Nothing else in the product reads ``os.environ`` (a test walks the code to keep it so); other
+modules take a ``Settings`` (or values from it). docs/configuration.md lists every variable.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class Settings:
     fetch_timeout: float = 30.0
     seed: int = 0
     public_url: str | None = None
-    # prediction parts (README "Predictions that guide the expert")
+    # prediction parts (docs/predictions.md)
     predict_parts: tuple[str, ...] = ("saliency", "influence", "segmentation")
     saliency_method: str = "grad"  # grad | max_grad | ig | gradcam
     saliency_top_q: float = 5.0  # percent of pixels in the "Model attention" brush region
@@ -57,7 +61,7 @@ class Settings:
     influence_sign: str = "both"  # both | proponents | opponents | abs
     influence_build: str = "background"  # background | sync | off (index built lazily by the backend or not)
     influence_batch_size: int = 64
-    # reliability and security (README "Reliability and security")
+    # reliability and security (docs/reliability.md)
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     webhook_secret: str | None = None
@@ -67,6 +71,18 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_predict_tasks: int = 10_000
     predict_concurrency: int = 4  # /predict requests computed at once (more wait): bounds memory under load
+    max_image_pixels: int = 64_000_000
+    # training (TRAIN_* defaults of every job; see training.options) and the queue policy
+    train_env: dict[str, str] = field(default_factory=dict)
+    train_every_n_annotations: int = 0
+    train_retries: int = 1
+    train_job_timeout: int = 6 * 3600
+    redis_key_prefix: str = "robustar:"
+    # process and CLI
+    host: str = "0.0.0.0"
+    port: int = 9090
+    log_level: str = "info"
+    ls_venv: Path | None = None  # the Label Studio venv used by `robustar demo` and the tests
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -117,12 +133,32 @@ class Settings:
             max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(cls.max_request_bytes))),
             max_predict_tasks=int(_env("MAX_PREDICT_TASKS", str(cls.max_predict_tasks))),
             predict_concurrency=max(1, int(_env("PREDICT_CONCURRENCY", str(cls.predict_concurrency)))),
+            max_image_pixels=int(_env("MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
+            train_env={k: v for k, v in os.environ.items() if k.startswith("TRAIN_") and v != ""},
+            train_every_n_annotations=int(_env("TRAIN_EVERY_N_ANNOTATIONS", "0")),
+            train_retries=max(0, int(_env("TRAIN_RETRIES", str(cls.train_retries)))),
+            train_job_timeout=int(_env("TRAIN_JOB_TIMEOUT", str(cls.train_job_timeout))),
+            redis_key_prefix=_env("REDIS_KEY_PREFIX", cls.redis_key_prefix),
+            host=_env("HOST", cls.host),
+            port=int(_env("PORT", str(cls.port))),
+            log_level=_env("LOG_LEVEL", cls.log_level),
+            ls_venv=Path(_env("ROBUSTAR_LS_VENV")) if _env("ROBUSTAR_LS_VENV") else None,
         )
 
     def torch_device(self) -> str:
         """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-        if self.device != "auto":
-            return self.device
-        import torch
+        from training.models import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)
+
+
+def env_value(name: str, default: str | None = None) -> str | None:
+    """One variable of the environment (unset or empty -> ``default``), for the CLI's defaults."""
+    return _env(name, default)
+
+
+def process_environment(extra: dict[str, str] | None = None, drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a child process: without ``drop_prefixes``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)} if drop_prefixes else dict(os.environ)
+    env.update(extra or {})
+    return env

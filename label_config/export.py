@@ -1,7 +1,7 @@
 """Label Studio JSON export -> training records (one per task): image URL, split, class, spurious mask.
 
-Fetching (``fetch_export``, ``fetch_label_config``) goes through label-studio-sdk; parsing
-(``parse_export``) is a pure function over the export's task list, so it is tested without a server.
+``parse_export`` is a pure function over the export's task list (fetching it is the Label Studio
+client's job, ``ml_backend.ls_client``), so it is tested without a server.
 
 What a record says about a task:
 
@@ -9,7 +9,7 @@ What a record says about a task:
 - ``target``: the class to train on: the ``pred_class`` choice of the task's latest non-cancelled
   annotation when it has one (the expert's correction), else ``label``;
 - ``mask``: the union of the ``Spurious`` brush regions of that annotation, decoded with
-  ``training.rle.decode_rle`` at the region's ``original_height x original_width`` (``None`` when
+  ``label_config.rle.decode_rle`` at the region's ``original_height x original_width`` (``None`` when
   nothing is painted).
 
 A task that cannot be used (no image URL, a class not in the label config, a malformed or
@@ -19,7 +19,6 @@ task never fails the export.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from label_config.render import ATTENTION_LABEL, SPURIOUS_LABEL, ParsedConfig
-from training.rle import RLEError, decode_rle
+from label_config.rle import RLEError, decode_rle
 
 log = logging.getLogger(__name__)
 
@@ -269,48 +268,3 @@ def parse_export(
         c["tasks"], c["records"], c["by_split"], c["painted"], c["skipped"] or "none",
     )
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# fetching through label-studio-sdk
-
-
-class LabelStudioUnavailable(RuntimeError):
-    """Label Studio could not be reached or refused the request; the message says which call."""
-
-
-def make_client(url: str | None, api_key: str | None, timeout: float = 120.0):
-    """A label-studio-sdk client; raises a clear error when the URL or key is not configured."""
-    missing = [name for name, v in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not v]
-    if missing:
-        raise RuntimeError(
-            f"training needs Label Studio access: set {' and '.join(missing)} in the worker's environment "
-            "(the URL Label Studio is reachable at, and an API key with access to the project)"
-        )
-    from label_studio_sdk import LabelStudio
-
-    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
-
-
-def fetch_project(client, project_id: int) -> Any:
-    """The project object (label_config, model_version, ...)."""
-    try:
-        return client.projects.get(id=project_id)
-    except Exception as e:
-        raise LabelStudioUnavailable(f"cannot read project {project_id} from Label Studio: {e}") from e
-
-
-def fetch_export(client, project_id: int) -> list[dict]:
-    """All tasks of a project with their annotations (JSON export, ``download_all_tasks=true``)."""
-    try:
-        chunks = client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
-        raw = b"".join(chunks)
-    except Exception as e:
-        raise LabelStudioUnavailable(f"cannot export project {project_id} from Label Studio: {e}") from e
-    try:
-        tasks = json.loads(raw)
-    except ValueError as e:
-        raise LabelStudioUnavailable(f"project {project_id} export is not JSON ({len(raw)} bytes): {e}") from e
-    if not isinstance(tasks, list):
-        raise LabelStudioUnavailable(f"project {project_id} export is a {type(tasks).__name__}, expected a list of tasks")
-    return tasks

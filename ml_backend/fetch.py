@@ -14,6 +14,9 @@ Anything else (other hosts, other schemes, ``file://`` without ``IMAGE_ROOT`` or
 info in the URL) raises ``ImageError``. Redirects are followed by hand (at most 5), each target
 re-checked, the token dropped when leaving the Label Studio origin. Downloads are streamed and cut
 at ``MAX_IMAGE_BYTES`` (default 50 MB); decoding refuses more than ``MAX_IMAGE_PIXELS`` (64 MP).
+
+The policy (``FetchPolicy``) is a required argument: the backend and the worker both build it from
+the same ``Settings`` (``FetchPolicy.from_settings``), so the worker enforces what the backend does.
 """
 
 from __future__ import annotations
@@ -21,28 +24,41 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import io
 import os
 import re
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 import requests
 from PIL import Image
 
-MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS") or 64_000_000)
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL's own guard (raises beyond 2x); decode_image checks 1x
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # decode_image refuses those itself
-DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+from ml_backend.settings import Settings
+from training.images import ImageError, decode_image
+
+__all__ = ["FetchPolicy", "ImageError", "ImageFetcher", "describe_url"]
+
 MAX_REDIRECTS = 5
 _CHUNK = 1 << 16
 _BAD_URL_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class ImageError(ValueError):
-    """A task's image could not be fetched or decoded; the message says why."""
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Where images may come from and how much of them: the same for the backend and the worker."""
+
+    allowed_hosts: tuple[str, ...]
+    image_root: str | Path | None
+    max_bytes: int
+    max_pixels: int
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FetchPolicy":
+        return cls(allowed_hosts=tuple(settings.allowed_image_hosts), image_root=settings.image_root,
+                   max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                   timeout=settings.fetch_timeout)
 
 
 def describe_url(url: object, limit: int = 120) -> str:
@@ -68,39 +84,19 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
 
 
-def _env_hosts() -> tuple[str, ...]:
-    return tuple(h.strip() for h in (os.environ.get("ALLOWED_IMAGE_HOSTS") or "").split(",") if h.strip())
-
-
 class ImageFetcher:
-    """Download task images from Label Studio with its API key (``Authorization: Token``).
+    """Download task images from Label Studio with its API key (``Authorization: Token``), under ``policy``."""
 
-    ``allowed_hosts``, ``image_root`` and ``max_bytes`` default to ``ALLOWED_IMAGE_HOSTS``,
-    ``IMAGE_ROOT`` and ``MAX_IMAGE_BYTES`` from the environment.
-    """
-
-    def __init__(
-        self,
-        base_url: str | None,
-        api_key: str | None,
-        timeout: float = 30.0,
-        *,
-        allowed_hosts: tuple[str, ...] | list[str] | None = None,
-        image_root: str | Path | None = None,
-        max_bytes: int | None = None,
-    ) -> None:
+    def __init__(self, base_url: str | None, api_key: str | None, policy: FetchPolicy) -> None:
         self.base_url = base_url.rstrip("/") + "/" if base_url else None
         self.api_key = api_key
-        self.timeout = timeout
+        self.policy = policy
+        self.timeout = policy.timeout
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
-        self.allowed_hosts = tuple(allowed_hosts) if allowed_hosts is not None else _env_hosts()
-        if image_root is None:
-            image_root = os.environ.get("IMAGE_ROOT") or None
-        self.image_root = os.path.realpath(image_root) if image_root else None
-        if max_bytes is None:
-            max_bytes = int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
-        self.max_bytes = int(max_bytes)
+        self.allowed_hosts = tuple(policy.allowed_hosts)
+        self.image_root = os.path.realpath(policy.image_root) if policy.image_root else None
+        self.max_bytes = int(policy.max_bytes)
         self._ls_origin = _origin(self.base_url) if self.base_url else None
 
     # ------------------------------------------------------------------------------------------
@@ -256,36 +252,4 @@ class ImageFetcher:
 
     def fetch(self, url: str) -> Image.Image:
         """Return the image behind a task-data URL as RGB."""
-        return decode_image(self.fetch_bytes(url), describe_url(url))
-
-
-def decode_image(data: bytes, source: str = "image", max_pixels: int | None = None) -> Image.Image:
-    """Decode bytes to an RGB PIL image; raise ImageError for corrupt, truncated or huge images.
-
-    Grayscale, palette, RGBA/LA (alpha dropped, as torchvision's loader does) and CMYK become RGB;
-    16-bit images (``I;16*``, ``I``) are scaled to 8 bit (value / 256).
-    """
-    limit = max_pixels or MAX_IMAGE_PIXELS
-    if not data:
-        raise ImageError(f"{source}: empty image (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise ImageError(f"{source}: image has no pixels ({w}x{h})")
-            if w * h > limit:
-                raise ImageError(f"{source}: image too large ({w}x{h} = {w * h} pixels > {limit}, MAX_IMAGE_PIXELS)")
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                img = img.point(lambda v: v / 256).convert("L")
-            elif img.mode == "F":
-                img = img.convert("L")
-            return img.convert("RGB")
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{source}: image too large ({e})") from e
-    except MemoryError as e:
-        raise ImageError(f"{source}: image too large to decode") from e
-    except Exception as e:  # PIL raises many types on hostile input (OSError, SyntaxError, struct.error, ...)
-        raise ImageError(f"{source}: not a readable image ({type(e).__name__}: {e})") from e
+        return decode_image(self.fetch_bytes(url), describe_url(url), self.policy.max_pixels)

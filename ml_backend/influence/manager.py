@@ -1,0 +1,128 @@
+"""Where the backend gets an index: memory, disk, or a lazy build (``INFLUENCE_BUILD``) from the
+project's tasks read through the Label Studio SDK and fetched under the configured fetch policy."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from label_config.export import TRAIN_SPLIT
+from ml_backend.fetch import FetchPolicy, ImageFetcher
+from ml_backend.influence.embedding import InfluenceRecord
+from ml_backend.influence.index import InfluenceIndex, build_influence_index, index_path
+from ml_backend.ls_client import make_client
+from training.checkpoints import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+BUILD_MODES = ("background", "sync", "off")
+
+
+def label_studio_records(settings, project_id: int, image_value: str = "image"
+                         ) -> tuple[list[InfluenceRecord], list[InfluenceRecord]]:
+    """The project's training and test tasks (``data.split``), with ``data.label`` as class, via the SDK."""
+    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
+    train, test = [], []
+    for task in client.tasks.list(project=project_id, fields="task_only", page_size=1000):
+        data = getattr(task, "data", None) or {}
+        url = data.get(image_value)
+        if not isinstance(url, str):
+            continue
+        rec = InfluenceRecord(int(task.id), data.get("label"), image_url=url)
+        (train if data.get("split") == TRAIN_SPLIT else test).append(rec)
+    return train, test
+
+
+RecordSource = Callable[[int, Any], tuple[Iterable, Iterable]]
+
+
+class IndexManager:
+    """Loads each project's index of the served version once; builds a missing one lazily, once."""
+
+    RETRY_AFTER_S = 300.0
+
+    def __init__(self, settings, record_source: RecordSource | None = None, fetcher=None, mode: str | None = None) -> None:
+        self.settings = settings
+        self.mode = mode or settings.influence_build
+        if self.mode not in BUILD_MODES:
+            raise ValueError(f"INFLUENCE_BUILD={self.mode!r}: choose one of {', '.join(BUILD_MODES)}")
+        self.record_source = record_source
+        self.fetcher = fetcher
+        self._lock = threading.Lock()
+        self._build_locks: dict[tuple[int, str], threading.Lock] = {}
+        self._loaded: dict[int, InfluenceIndex] = {}
+        self._building: dict[tuple[int, str], threading.Thread] = {}
+        self._failed: dict[tuple[int, str], float] = {}
+
+    def _records(self, project_id: int, config) -> tuple[Iterable, Iterable]:
+        if self.record_source is not None:
+            return self.record_source(project_id, config)
+        return label_studio_records(self.settings, project_id, config.image_value)
+
+    def _fetcher(self) -> ImageFetcher:
+        if self.fetcher is None:
+            self.fetcher = ImageFetcher(self.settings.label_studio_url, self.settings.label_studio_api_key,
+                                        FetchPolicy.from_settings(self.settings))
+        return self.fetcher
+
+    def build(self, project_id: int, served, config) -> InfluenceIndex | None:
+        """Build (once per project and version, behind a lock) and cache the index; None on failure."""
+        key = (project_id, served.version)
+        with self._lock:
+            lock = self._build_locks.setdefault(key, threading.Lock())
+        with lock:
+            cached = self._loaded.get(project_id)
+            if cached is not None and cached.version == served.version:
+                return cached
+            store = CheckpointStore(self.settings.model_dir, project_id)
+            path = index_path(store, served.version)
+            try:
+                if path.is_file():
+                    index = InfluenceIndex.load(path)
+                else:
+                    train, test = self._records(project_id, config)
+                    index = build_influence_index(
+                        store, served.version, train, test, fetcher=self._fetcher(), device=served.device,
+                        batch_size=self.settings.influence_batch_size, model=served.model, meta=served.meta,
+                        score=self.settings.influence_score,
+                    )
+            except Exception:
+                self._failed[key] = time.monotonic()
+                log.exception("project %s: building the influence index of %s failed (retry in %.0fs)",
+                              project_id, served.version, self.RETRY_AFTER_S)
+                return None
+            self._loaded[project_id] = index
+            return index
+
+    def get(self, project_id: int, served, config) -> InfluenceIndex | None:
+        """The index of the served version: from memory, from disk, or built per ``INFLUENCE_BUILD``."""
+        cached = self._loaded.get(project_id)
+        if cached is not None and cached.version == served.version:
+            return cached
+        path = index_path(CheckpointStore(self.settings.model_dir, project_id), served.version)
+        if path.is_file():
+            return self.build(project_id, served, config)  # loads it (once, under the lock)
+        key = (project_id, served.version)
+        failed_at = self._failed.get(key)
+        if self.mode == "off" or (failed_at is not None and time.monotonic() - failed_at < self.RETRY_AFTER_S):
+            return None
+        if self.mode == "sync":
+            return self.build(project_id, served, config)
+        with self._lock:
+            thread = self._building.get(key)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self.build, args=(project_id, served, config),
+                                          name=f"influence-index-{project_id}-{served.version}", daemon=True)
+                self._building[key] = thread
+                thread.start()
+                log.info("project %s: building the influence index of %s in the background", project_id,
+                         served.version)
+        return None
+
+    def wait(self, project_id: int, version: str, timeout: float | None = None) -> None:
+        """Wait for a background build (tests, CLI)."""
+        thread = self._building.get((project_id, version))
+        if thread is not None:
+            thread.join(timeout)

@@ -1,0 +1,47 @@
+"""The Label Studio client the worker and the CLI use: connect, read a project, export its tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class LabelStudioUnavailable(RuntimeError):
+    """Label Studio could not be reached or refused the request; the message says which call."""
+
+
+def make_client(url: str | None, api_key: str | None, timeout: float = 120.0):
+    """A label-studio-sdk client; raises a clear error when the URL or key is not configured."""
+    missing = [name for name, v in (("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", api_key)) if not v]
+    if missing:
+        raise RuntimeError(
+            f"training needs Label Studio access: set {' and '.join(missing)} in the worker's environment "
+            "(the URL Label Studio is reachable at, and an API key with access to the project)"
+        )
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
+
+
+def fetch_project(client, project_id: int) -> Any:
+    """The project object (label_config, model_version, ...)."""
+    try:
+        return client.projects.get(id=project_id)
+    except Exception as e:
+        raise LabelStudioUnavailable(f"cannot read project {project_id} from Label Studio: {e}") from e
+
+
+def fetch_export(client, project_id: int) -> list[dict]:
+    """All tasks of a project with their annotations (JSON export, ``download_all_tasks=true``)."""
+    try:
+        chunks = client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
+        raw = b"".join(chunks)
+    except Exception as e:
+        raise LabelStudioUnavailable(f"cannot export project {project_id} from Label Studio: {e}") from e
+    try:
+        tasks = json.loads(raw)
+    except ValueError as e:
+        raise LabelStudioUnavailable(f"project {project_id} export is not JSON ({len(raw)} bytes): {e}") from e
+    if not isinstance(tasks, list):
+        raise LabelStudioUnavailable(f"project {project_id} export is a {type(tasks).__name__}, expected a list of tasks")
+    return tasks

@@ -1,0 +1,136 @@
+"""The RQ training job: ``train_project(project_id, options)``.
+
+export (label-studio-sdk JSON export) -> records (``label_config.export``) -> the training pipeline
+(``training.pipeline``: images, paired training, evaluation, checkpoint vN saved and published) ->
+influence index of vN -> (best effort) vN's predictions pushed to Label Studio and the project's
+``model_version`` set to vN.
+
+Configuration comes from ``Settings.from_env()`` (``TRAIN_*`` for the training options, which
+``options`` overrides per job). Images are fetched under the same fetch policy as the backend's.
+Progress goes to the RQ job's meta. A failure before the checkpoint is published raises (RQ keeps
+the traceback; the last good version stays served); a failure of the index or of the push is
+logged and reported in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rq import get_current_job
+
+from label_config.export import TEST_SPLIT, TRAIN_SPLIT, parse_export
+from label_config.render import parse_config
+from ml_backend.fetch import FetchPolicy, ImageFetcher
+from ml_backend.influence import build_influence_index
+from ml_backend.jobs import rq_progress_sink
+from ml_backend.ls_client import fetch_export, fetch_project, make_client
+from ml_backend.push_predictions import backend_predictor, push_predictions
+from ml_backend.serving import model_defaults
+from ml_backend.settings import Settings
+from training.checkpoints import CheckpointStore
+from training.options import TrainOptions
+from training.pipeline import PipelineResult, run_pipeline
+from training.progress import Progress
+from training.report import write_summary
+
+log = logging.getLogger(__name__)
+
+
+def job_options(settings: Settings, overrides: dict | None) -> TrainOptions:
+    """``TRAIN_*`` defaults (falling back to the backend's SEED/DEVICE/FETCH_WORKERS) <- job options."""
+    base = {"seed": settings.seed, "device": settings.device, "num_workers": settings.fetch_workers}
+    return TrainOptions.resolve(settings.train_env, overrides, base)
+
+
+def build_index(settings: Settings, store: CheckpointStore, result: PipelineResult) -> str | None:
+    """Build vN's influence index from the images already in memory, so the predictions pushed next
+    carry influence and suspicion. Best effort: the backend can still build it lazily."""
+    if "influence" not in settings.predict_parts:
+        return None
+    version = result.meta.version
+    try:
+        build_influence_index(
+            store, version, result.splits[TRAIN_SPLIT], result.splits.get(TEST_SPLIT), model=result.model.eval(),
+            meta=result.meta, device=result.device, batch_size=settings.influence_batch_size,
+            score=settings.influence_score,
+        )
+        return "built"
+    except Exception as e:
+        log.warning("project store %s: influence index for %s not built: %s", store.root, version, e)
+        return f"failed: {e}"
+
+
+def train_project(project_id: int, options: dict | None = None) -> dict[str, Any]:
+    """Train a new model version for a Label Studio project; returns a JSON-serialisable summary.
+
+    Summary keys: those of ``training.pipeline.run_pipeline`` plus ``project``, ``job_id``,
+    ``influence_index`` and ``predictions`` (push result); ``timings`` adds export, decode, index,
+    predictions and total.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t_start = time.perf_counter()
+    project_id = int(project_id)
+    settings = Settings.from_env()
+    opts = job_options(settings, options)
+    job = get_current_job()
+    progress = Progress(rq_progress_sink(job), project_id=project_id, job_id=getattr(job, "id", None))
+    timings: dict[str, float] = {}
+
+    progress.phase("export")
+    t = time.perf_counter()
+    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
+    label_config = getattr(fetch_project(client, project_id), "label_config", None)
+    if not label_config:
+        raise ValueError(f"project {project_id} has no label config")
+    config = parse_config(label_config)
+    tasks = fetch_export(client, project_id)
+    timings["export"] = time.perf_counter() - t
+
+    progress.phase("decode", tasks=len(tasks))
+    t = time.perf_counter()
+    export = parse_export(tasks, config, label_source=opts.label_source)
+    timings["decode"] = time.perf_counter() - t
+
+    store = CheckpointStore(settings.model_dir, project_id)
+    fetcher = ImageFetcher(settings.label_studio_url, settings.label_studio_api_key, FetchPolicy.from_settings(settings))
+    if settings.pinned_version:
+        log.warning("MODEL_VERSION=%s pins the served version; the new version is published but not served "
+                    "until the pin is removed", settings.pinned_version)
+    result = run_pipeline(store, config.classes, export, opts, fetcher.fetch, model_defaults(settings), progress,
+                          extra_config={"project_id": project_id, "job_id": progress.job_id})
+    summary = result.summary
+    version = summary["version"]
+    timings.update(summary["timings"])
+
+    t = time.perf_counter()
+    summary["influence_index"] = build_index(settings, store, result)
+    timings["index"] = time.perf_counter() - t
+
+    predictions: dict[str, Any] = {"skipped": "push_predictions is off"}
+    if opts.push_predictions:
+        progress.phase("predictions", version=version)
+        t = time.perf_counter()
+        try:
+            predict = backend_predictor(settings, project_id, label_config, version)
+            predictions = push_predictions(client, project_id, tasks, predict, version, batch_size=64)
+        except Exception as e:
+            log.exception("project %s: pushing predictions of %s failed (the version is published anyway)",
+                          project_id, version)
+            predictions = {"error": f"{type(e).__name__}: {e}"}
+        timings["predictions"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    summary.update(project=project_id, job_id=progress.job_id, predictions=predictions,
+                   timings={k: round(v, 3) for k, v in timings.items()})
+    try:
+        write_summary(Path(summary["run_dir"]), summary)
+    except OSError as e:
+        log.warning("could not update the run summary of %s: %s", version, e)
+    progress.phase("done", version=version)
+    log.info("project %s: job done in %.1fs: %s published (parent %s); timings %s", project_id, timings["total"],
+             version, summary["parent"], summary["timings"])
+    return summary

@@ -1,0 +1,199 @@
+"""The training engine, in the shape of torchvision's ``references/classification/train.py``:
+``train_one_epoch`` (paired steps), ``evaluate`` (accuracy and loss on a split) and ``fit`` (the epochs,
+with per-epoch evaluation for the curves).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.dataset import PairedDataset
+from training.images import make_normalizer, resize_batch
+from training.options import TrainOptions
+from training.paired import paired_step
+from training.progress import Progress
+
+GPU_RESIDENT_BYTES = 4 << 30  # a training split up to this size (uint8 images + masks) is kept on the GPU
+STEP_SCALARS = ("loss", "ce", "ce_tilde", "align", "acc")
+
+
+def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opts.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    train: PairedDataset,
+    opts: TrainOptions,
+    norm,
+    device: str,
+    epoch: int,
+    state: dict[str, Any],
+    progress: Progress,
+    writer=None,
+) -> dict[str, float]:
+    """One pass of paired steps over ``train``; returns the epoch's sample-weighted means.
+
+    ``state`` carries what lives across epochs: ``step``, ``total``, ``t0``, the two generators
+    (``shuffle_gen`` on the CPU, ``noise_gen`` on the device) and the list of per-step rows ``steps``.
+    """
+    use_amp = opts.amp and torch.device(device).type == "cuda"
+    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    sums: dict[str, float] = {}
+    seen = 0
+    for x, m, y in train.batches(opts.batch_size, device, shuffle=True, generator=state["shuffle_gen"]):
+        with amp_ctx():
+            stats = paired_step(model, optimizer, norm, x, m, y, opts.lam, opts.noise_mode, state["noise_gen"])
+        if scheduler is not None:
+            scheduler.step()
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} step {state['step'] + 1} (loss {stats['loss']}); "
+                f"try a lower lr than {opts.lr} or a smaller lam than {opts.lam}"
+            )
+        state["step"] += 1
+        step, total, b = state["step"], state["total"], x.shape[0]
+        seen += b
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v * (b if k != "n_paired" else 1)
+        state["steps"].append({"step": step, "epoch": epoch, **{k: round(v, 6) for k, v in stats.items()}})
+        if writer is not None:
+            for k in STEP_SCALARS:
+                if k in stats:
+                    writer.add_scalar(f"step/{k}", stats[k], step)
+            writer.add_scalar("step/lr", optimizer.param_groups[0]["lr"], step)
+        eta = (time.perf_counter() - state["t0"]) / step * (total - step)
+        progress.update(epoch=epoch, step=step, loss=round(stats["loss"], 5), eta_s=round(eta, 1))
+        progress.log_every(10.0, "train epoch %d/%d step %d/%d loss %.4f (eta %.0fs)",
+                           epoch, opts.epochs, step, total, stats["loss"], eta)
+    return {f"train_{k}": (v if k == "n_paired" else v / max(seen, 1)) for k, v in sums.items()}
+
+
+def fit(
+    model: nn.Module,
+    train: PairedDataset,
+    opts: TrainOptions,
+    mean,
+    std,
+    device: str,
+    eval_sets: dict[str, PairedDataset] | None = None,
+    progress: Progress | None = None,
+    writer=None,
+) -> dict[str, Any]:
+    """Paired training for ``opts.epochs`` epochs; returns per-step and per-epoch history.
+
+    ``eval_sets`` (e.g. the test split) are evaluated after every epoch for the curves when
+    ``opts.eval_every_epoch``.
+    """
+    progress = progress or Progress()
+    model.to(device).train()
+    if torch.device(device).type == "cuda" and train.nbytes() <= GPU_RESIDENT_BYTES:
+        train = train.to(device)  # uint8 images on the GPU: no per-batch host copies
+    optimizer = make_optimizer(model, opts)
+    total = math.ceil(len(train) / opts.batch_size) * opts.epochs
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+                 if opts.lr_schedule == "cosine" else None)
+    norm = make_normalizer(mean, std)
+    state: dict[str, Any] = {
+        "step": 0, "total": total, "t0": time.perf_counter(), "steps": [],
+        "shuffle_gen": torch.Generator().manual_seed(opts.seed),
+        "noise_gen": torch.Generator(device=device).manual_seed(opts.seed + 1),
+    }
+    epochs: list[dict[str, Any]] = []
+    progress.update(force=True, epoch=0, epochs=opts.epochs, step=0, total_steps=total, loss=None, eta_s=None)
+    for epoch in range(1, opts.epochs + 1):
+        row: dict[str, Any] = {"epoch": epoch}
+        means = train_one_epoch(model, optimizer, scheduler, train, opts, norm, device, epoch, state, progress, writer)
+        row.update(step=state["step"], **means)
+        if opts.eval_every_epoch and eval_sets:
+            for name, ds in eval_sets.items():
+                if len(ds):
+                    row[f"{name}_accuracy"] = evaluate(model, ds, mean, std, device)["accuracy"]
+            model.train()
+        row["seconds"] = round(time.perf_counter() - state["t0"], 3)
+        epochs.append(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step", "seconds") and isinstance(v, float):
+                    writer.add_scalar(f"epoch/{k}", v, epoch)
+            writer.flush()
+        progress.log_every(0.0, "epoch %d/%d: %s", epoch, opts.epochs,
+                           ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in row.items() if k != "epoch"))
+        progress.update(force=True, epoch=epoch)
+    return {"steps": state["steps"], "epochs": epochs, "total_steps": total,
+            "seconds": time.perf_counter() - state["t0"]}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, dataset: PairedDataset, mean: Sequence[float], std: Sequence[float],
+                   device: str | torch.device = "cpu", batch_size: int = 128, image_size: int | None = None) -> torch.Tensor:
+    """Logits (N x C, float32 on CPU) for every image of ``dataset``, in order.
+
+    When ``image_size`` differs from the cached size (a parent trained at another size) the batch is
+    resized on the device (bilinear, antialiased).
+    """
+    was_training = model.training
+    model.eval()
+    norm = make_normalizer(mean, std)
+    out = []
+    try:
+        for x, _, _ in dataset.batches(batch_size, device):
+            if image_size:
+                x = resize_batch(x, image_size)
+            out.append(model(norm(x)).float().cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: PairedDataset,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    image_size: int | None = None,
+) -> dict[str, float | int | None]:
+    """``{"accuracy", "loss", "n", "correct", "accuracy_painted", "n_painted"}`` on ``dataset``.
+
+    ``accuracy`` is None for an empty split. ``accuracy_painted`` is the accuracy on the painted
+    images only (clean images, not noised), None when none is painted.
+    """
+    n = len(dataset)
+    if n == 0:
+        return {"accuracy": None, "loss": None, "n": 0, "correct": 0, "accuracy_painted": None, "n_painted": 0}
+    logits = predict_logits(model, dataset, mean, std, device, batch_size, image_size)
+    targets = dataset.targets.cpu()
+    right = logits.argmax(1) == targets
+    painted = dataset.painted.cpu()
+    n_p = int(painted.sum())
+    return {
+        "accuracy": float(right.float().mean()),
+        "loss": float(F.cross_entropy(logits, targets)),
+        "n": n,
+        "correct": int(right.sum()),
+        "accuracy_painted": float(right[painted].float().mean()) if n_p else None,
+        "n_painted": n_p,
+    }
+
+
+def evaluate_splits(model: nn.Module, splits: dict[str, PairedDataset], mean, std, device="cpu",
+                    batch_size: int = 128, image_size: int | None = None) -> dict[str, dict]:
+    """``evaluate`` on every split, keyed by split name."""
+    return {name: evaluate(model, ds, mean, std, device, batch_size, image_size) for name, ds in sorted(splits.items())}

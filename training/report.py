@@ -1,0 +1,68 @@
+"""What a training run leaves beside its checkpoint: ``curves.png`` (loss per step, accuracy per
+epoch) and ``summary.json``, under ``<model_dir>/project-<id>/runs/<version>/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def save_curves(history: dict[str, Any], path: Path, title: str = "", baseline: dict[str, float] | None = None) -> Path | None:
+    """PNG of the training loss per step and the accuracies per epoch (matplotlib Agg).
+
+    ``baseline`` (split -> parent accuracy) is drawn at epoch 0.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except Exception as e:
+        log.warning("no curves PNG: matplotlib unavailable: %s", e)
+        return None
+    steps, epochs = history["steps"], history["epochs"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = [s["step"] for s in steps]
+    for key, label in (("loss", "loss"), ("ce", "CE(x)"), ("ce_tilde", "CE(x~) painted"), ("align", "||z-z~||² painted")):
+        if steps and key in steps[0]:
+            ax1.plot(xs, [s[key] for s in steps], label=label, lw=1)
+    ax1.set_xlabel("step")
+    ax1.set_yscale("symlog", linthresh=1e-2)
+    ax1.set_title("training loss")
+    ax1.legend(fontsize=8)
+    ex = [e["epoch"] for e in epochs]
+    for key in sorted({k for e in epochs for k in e if k.endswith("_accuracy") or k == "train_acc"}):
+        xs_k, ys_k = list(ex), [e.get(key) for e in epochs]
+        split = "train" if key == "train_acc" else key[: -len("_accuracy")]
+        if baseline and baseline.get(split) is not None:
+            xs_k, ys_k = [0] + xs_k, [baseline[split]] + ys_k
+        ax2.plot(xs_k, ys_k, marker="o", label=key.replace("train_acc", "train (running)"))
+    ax2.set_xlabel("epoch")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_ylim(0, 1.02)
+    ax2.set_title("accuracy (epoch 0 = parent)")
+    ax2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types only (what torch.load(weights_only=True) and RQ results accept)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """``summary.json`` of a run (plain JSON types)."""
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(jsonable(summary), indent=1))
+    return path

@@ -3,8 +3,13 @@ PY ?= python3
 VENV := .venv
 LS_VENV := .venv-ls
 PYTEST_ARGS ?=
+# Debian's chromium for the browser tests (tests/browser, driven by Playwright by executable path;
+# `playwright install` is never used). Installed with apt-get, through `sudo -n` when not root.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,10 +25,21 @@ $(LS_VENV)/.installed:
 
 setup: $(VENV)/.installed $(LS_VENV)/.installed
 
+# A failed install does not stop `make test`: the browser tests then FAIL with the reason (never skip).
+$(CHROMIUM):
+	@mkdir -p .robustar
+	@echo "installing Debian chromium for the browser tests: apt-get install -y chromium (log: .robustar/chromium-install.log)"
+	@{ $(APT_GET) install -y chromium || { $(APT_GET) update && $(APT_GET) install -y chromium; }; } \
+		>.robustar/chromium-install.log 2>&1 \
+	|| echo "WARNING: could not install chromium (see .robustar/chromium-install.log; needs root or passwordless sudo);" \
+		"the browser tests (tests/browser) will fail"
+
+browser: $(CHROMIUM)
+
 demo: setup
 	$(VENV)/bin/robustar demo
 
-test: setup
+test: setup browser
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed

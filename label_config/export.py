@@ -6,8 +6,10 @@ client's job, ``ml_backend.ls_client``), so it is tested without a server.
 What a record says about a task:
 
 - ``label``: the ground truth from the task data (``data["label"]``), if any;
-- ``target``: the class to train on: the ``pred_class`` choice of the task's latest non-cancelled
-  annotation when it has one (the expert's correction), else ``label``;
+- ``target``: the class to train on: the expert's correction in the task's latest non-cancelled
+  annotation (the ``class_fix`` choice; in older configs without it, the ``pred_class`` choice) when
+  there is one, else ``label``. The model's prediction, which Label Studio pre-fills into
+  ``pred_class``, is never a training label in configs that have ``class_fix``;
 - ``mask``: the union of the ``Spurious`` brush regions of that annotation, decoded with
   ``label_config.rle.decode_rle`` at the region's ``original_height x original_width`` (``None`` when
   nothing is painted).
@@ -26,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from label_config.render import ATTENTION_LABEL, SPURIOUS_LABEL, ParsedConfig
+from label_config.render import ATTENTION_CONTROL, ATTENTION_LABEL, SPURIOUS_LABEL, ParsedConfig
 from label_config.rle import RLEError, decode_rle
 
 log = logging.getLogger(__name__)
@@ -115,10 +117,13 @@ def _latest_annotation(task: dict) -> dict | None:
 
 
 def _class_choice(annotation: dict, config: ParsedConfig) -> str | None:
+    """The expert's class: the correction control's choice where the config has one (its class control
+    then only shows the model's prediction, which Label Studio pre-fills), else the class control's."""
+    control = config.correction_control or config.class_control
     for region in _list(annotation.get("result")):
         if not isinstance(region, dict) or region.get("type") != "choices":
             continue
-        if region.get("from_name") != config.class_control:
+        if region.get("from_name") != control:
             continue
         choices = _list(_dict(region.get("value")).get("choices"))
         if choices and isinstance(choices[0], str):
@@ -160,7 +165,9 @@ def _unknown_brush(region: dict, config: ParsedConfig) -> str | None:
     labels = _dict(region.get("value")).get("brushlabels")
     if not isinstance(labels, list) or not labels:
         return f"brush region {region.get('id')!r} has no labels"
-    known = {c: lb for c, lb in ((config.spurious_control, SPURIOUS_LABEL), (config.attention_control, ATTENTION_LABEL)) if c}
+    # attention regions are our own prediction output (older configs pre-fill them): known, never trained on
+    attention = config.attention_control or ATTENTION_CONTROL
+    known = {c: lb for c, lb in ((config.spurious_control, SPURIOUS_LABEL), (attention, ATTENTION_LABEL)) if c}
     frm = region.get("from_name")
     if not isinstance(frm, str) or frm not in known:
         return f"brush region {region.get('id')!r} is on control {frm!r}, which the label config does not define"

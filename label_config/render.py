@@ -13,8 +13,10 @@ SPURIOUS_CONTROL = "spurious"
 SPURIOUS_LABEL = "Spurious"
 ATTENTION_CONTROL = "attention"
 ATTENTION_LABEL = "Model attention"
-CLASS_CONTROL = "pred_class"
+CLASS_CONTROL = "pred_class"  # the model's predicted class (a prediction; never a training label)
+CORRECTION_CONTROL = "class_fix"  # the expert's class correction (empty = the task's ground truth is right)
 INFLUENCE_CONTROL = "influence"
+VIEW_MARKERS = ("<!--views-->", "<!--/views-->")  # around the object tags a file upload cannot have
 
 
 class LabelConfigError(ValueError):
@@ -30,16 +32,19 @@ class ParsedConfig:
     image_value: str  # the task-data key that holds the image URL, e.g. "image"
     class_control: str
     spurious_control: str | None
-    attention_control: str | None
-    influence_control: str | None
+    attention_control: str | None  # a second BrushLabels for the model's attention (older configs only)
+    influence_control: str | None  # a TextArea for influence lines in the prediction (older configs only)
     has_saliency_view: bool
+    correction_control: str | None = None  # Choices for the expert's class correction
+    has_influence_view: bool = False  # a HyperText loading the influence/suspicion page of the task
 
 
 def render_config(classes: list[str], saliency_view: bool = True) -> str:
     """Return the labeling config XML with one ``<Choice>`` per class name.
 
-    ``saliency_view=False`` leaves out the second ``<Image>`` (the saliency heatmap): Label Studio
-    accepts direct file uploads only while a config has a single object tag.
+    ``saliency_view=False`` leaves out the views beside the image (the saliency ``<Image>`` and the
+    influence ``<HyperText>``): Label Studio accepts direct file uploads only while a config has a
+    single object tag.
     """
     if not classes:
         raise ValueError("a labeling config needs at least one class")
@@ -48,8 +53,10 @@ def render_config(classes: list[str], saliency_view: bool = True) -> str:
     template = resources.files("label_config").joinpath("robustar.xml").read_text()
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
     if not saliency_view:
-        head, rest = template.split("<!--saliency-->", 1)
-        template = head + rest.split("<!--/saliency-->", 1)[1]
+        start, end = VIEW_MARKERS
+        while start in template:
+            head, rest = template.split(start, 1)
+            template = head + rest.split(end, 1)[1]
     return template.replace("{choices}", choices)
 
 
@@ -83,6 +90,8 @@ def parse_config(xml: str) -> ParsedConfig:
         return None
 
     textareas = {el.get("name") for el in root.iter("TextArea")}
+    hypertexts = {el.get("name") for el in root.iter("HyperText")}
+    corrections = [c for c in choices if c.get("name") == CORRECTION_CONTROL and (c.get("toName") or image_name) == image_name]
     return ParsedConfig(
         classes=classes,
         image_name=image_name,
@@ -92,4 +101,6 @@ def parse_config(xml: str) -> ParsedConfig:
         attention_control=brush_with(ATTENTION_LABEL),
         influence_control=INFLUENCE_CONTROL if INFLUENCE_CONTROL in textareas else None,
         has_saliency_view=SALIENCY_OBJECT in images,
+        correction_control=CORRECTION_CONTROL if corrections else None,
+        has_influence_view=INFLUENCE_CONTROL in hypertexts,
     )

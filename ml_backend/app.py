@@ -1,4 +1,5 @@
-"""The HTTP layer Label Studio talks to: /health, /setup, /predict, /webhook, /metrics.
+"""The HTTP layer Label Studio talks to: /health, /setup, /predict, /webhook, /versions, /job_status,
+/metrics, and what the browser loads (``ml_backend.views``: heatmaps, influence pages, reports).
 
 Flat route functions over one ``Backend`` (settings, model registry, training queue, metrics, one
 ``RobustarModel`` per project); errors are raised as exceptions and turned into the one error shape
@@ -11,20 +12,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import threading
 import time
 import weakref
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from label_config.render import LabelConfigError
+from ml_backend import views
+from ml_backend.cors import AllowedOrigins, LabelStudioCORS
 from ml_backend.jobs import (
     ANNOTATION_EVENTS,
     START_TRAINING,
@@ -32,23 +41,27 @@ from ml_backend.jobs import (
     TrainingQueue,
 )
 from ml_backend.metrics import Metrics
-from ml_backend.model import RobustarModel
+from ml_backend.model import RobustarModel, describe_key_destination
 from ml_backend.parts import PredictionPart
-from ml_backend.security import AccessMiddleware, install_log_redaction, register_secret
+from ml_backend.security import AccessMiddleware, install_log_redaction
 from ml_backend.serving import ClassMismatchError, ModelRegistry
 from ml_backend.settings import Settings
 from ml_backend.validation import (
     PayloadError,
+    check_encodable,
+    may_hold_lone_surrogates,
     task_label,
     validate_predict,
     validate_setup,
     validate_task_images,
     validate_webhook,
 )
+from ml_backend.versions import VersionSelection, job_state, list_versions
 
 log = logging.getLogger(__name__)
 
 HANDLED_ACTIONS = frozenset({START_TRAINING, *ANNOTATION_EVENTS})
+MAX_JOB_ID_CHARS = 128
 _EVENT_NAME = re.compile(r"^[A-Z][A-Z_]{0,63}$")  # Label Studio's action names; anything else counts as "other"
 
 
@@ -66,6 +79,9 @@ class Backend:
         self.queue = TrainingQueue(redis, settings.queue_name, TrainingPolicy.from_settings(settings))
         self.models: dict[int, RobustarModel] = {}
         self.creds: dict[int, tuple[str | None, str | None]] = {}
+        self.origins = AllowedOrigins(settings)
+        self.selection = VersionSelection(settings)
+        self.last_project: int | None = None  # the project /versions answers for (Label Studio names none)
         self._lock = threading.Lock()
         self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -94,9 +110,39 @@ class Backend:
         return sem
 
 
-def error(message: str, status: int = 400, **extra) -> JSONResponse:
+def _finite(value):
+    """``value`` with NaN/inf floats as null (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON answer whose encoding cannot raise: strings that are not valid UTF-8 (lone surrogates) are
+    written as ``\\udXXX`` escapes (valid JSON), non-finite floats as null. Every route answers with it
+    (the app's default response class) and so does ``error()``."""
+
+    def render(self, content) -> bytes:
+        attempts = (lambda: json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
+                    # NaN/inf or an object json does not know: nulls and str()
+                    lambda: json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                       default=str))
+        for dump in attempts:
+            try:
+                return dump().encode("utf-8", "backslashreplace")
+            except (ValueError, TypeError, RecursionError):
+                continue
+        log.error("an answer could not be encoded as JSON (circular or nested too deeply)")
+        return b'{"status":"error","message":"the answer could not be encoded as JSON"}'
+
+
+def error(message: str, status: int = 400, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
     """The one error shape of every endpoint."""
-    return JSONResponse({"status": "error", "message": message, **extra}, status_code=status)
+    return SafeJSONResponse({"status": "error", "message": message, **extra}, status_code=status, headers=headers)
 
 
 def _backend(request: Request) -> Backend:
@@ -129,6 +175,8 @@ async def json_body(request: Request) -> dict:
         raise PayloadError(f"{path}: request body is not valid JSON ({str(e)[:120]})") from None
     if not isinstance(body, dict):
         raise PayloadError(f"{path}: request body must be a JSON object, got {type(body).__name__}")
+    if may_hold_lone_surrogates(raw):  # no string that cannot be encoded reaches an endpoint, answer or log line
+        await run_in_threadpool(check_encodable, body)
     return body
 
 
@@ -140,12 +188,37 @@ async def health(request: Request) -> dict:
 
 
 async def setup(request: Request) -> dict:
+    """Cheap (Label Studio calls it before every prediction); also where a version the user selected in
+    Label Studio becomes the served one (``VersionSelection``, at most every few seconds)."""
     backend = _backend(request)
     req = validate_setup(await json_body(request))
-    register_secret(req.access_token)
     backend.creds[req.project_id] = (req.hostname, req.access_token)
+    backend.origins.learn(req.hostname)
+    backend.last_project = req.project_id
     model = backend.model_for(req.project_id, req.schema, "schema")
+    backend.selection.check_soon(req.project_id, req.hostname, req.access_token)
     return {"model_version": model.model_version}
+
+
+async def versions(request: Request) -> dict:
+    """Label Studio's ``GET /api/ml/{id}/versions``: the versions of the project it set up last."""
+    backend = _backend(request)
+    if backend.last_project is None:
+        return {"versions": []}
+    return {"versions": list_versions(backend.settings, backend.last_project), "project": backend.last_project}
+
+
+async def job_status(request: Request):
+    """``{"job": id}`` -> the training job's state (410 once RQ no longer knows it)."""
+    backend = _backend(request)
+    job_id = (await json_body(request)).get("job")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID_CHARS:
+        raise PayloadError(f"'job' must be a job id string (at most {MAX_JOB_ID_CHARS} characters)")
+    try:
+        job = await run_in_threadpool(Job.fetch, job_id, backend.queue.redis)
+    except NoSuchJobError:
+        return error(f"no training job {job_id!r} (expired or removed)", 410, job_status="removed")
+    return await run_in_threadpool(job_state, job)
 
 
 def _described_errors(tasks: list[dict], errors: list[tuple[int, str]], field: str) -> list[dict]:
@@ -216,6 +289,21 @@ async def on_value_error(request: Request, exc: Exception) -> JSONResponse:
     return error(str(exc))
 
 
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404 (no such route), 405 (method) and the like, in the one error shape (not FastAPI's ``detail``)."""
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
+    return error(f"{request.method} {request.url.path[:200]}: {detail}", exc.status_code, headers=exc.headers)
+
+
+async def on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own parameter checks (path/query parameters), in the one error shape."""
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("path", "query", "body"))
+        parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
+    return error("; ".join(parts) or "invalid request", 422)
+
+
 async def on_redis_error(request: Request, exc: RedisError) -> JSONResponse:
     url = _without_userinfo(_backend(request).settings.redis_url)
     log.error("%s: Redis unavailable: %s", request.url.path, exc)
@@ -223,10 +311,21 @@ async def on_redis_error(request: Request, exc: RedisError) -> JSONResponse:
                  "the event was not queued, retry when Redis is back", 503)
 
 
+def route_template(request: Request) -> str:
+    """The route a request is for, as its template (``/saliency/{project_id}/{key:path}``), or ``other``:
+    metrics are labelled from this bounded set, never from the raw path a client chose."""
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            return getattr(route, "path", "other")
+    return "other"
+
+
 async def count_requests(request: Request, call_next):
     start = time.perf_counter()
+    route = route_template(request)  # before the call: refused (401) requests count under their route too
     response = await call_next(request)
-    _backend(request).metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
+    _backend(request).metrics.observe(route, response.status_code, time.perf_counter() - start)
     return response
 
 
@@ -234,8 +333,10 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
     """Build the backend app; ``parts`` are the prediction parts beyond the classifier."""
     settings = settings or Settings.from_env()
     install_log_redaction(settings.label_studio_api_key, settings.basic_auth_pass, settings.webhook_secret)
+    key_unused = bool(settings.label_studio_api_key and not settings.label_studio_url)
+    log.log(logging.WARNING if key_unused else logging.INFO, "%s", describe_key_destination(settings))
     backend = Backend(settings, parts)
-    app = FastAPI(title="Robustar ML backend for Label Studio")
+    app = FastAPI(title="Robustar ML backend for Label Studio", default_response_class=SafeJSONResponse)
     app.state.backend = backend
     app.state.settings, app.state.registry, app.state.queue, app.state.metrics = (
         settings, backend.registry, backend.queue, backend.metrics)
@@ -244,15 +345,26 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
         webhook_secret=settings.webhook_secret, max_request_bytes=settings.max_request_bytes,
     )
     app.middleware("http")(count_requests)  # added after AccessMiddleware, so it wraps it: refused requests count too
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/", health, methods=["GET"])
-    app.add_api_route("/setup", setup, methods=["POST"])
-    app.add_api_route("/predict", predict, methods=["POST"])
-    app.add_api_route("/webhook", webhook, methods=["POST"])
-    app.add_api_route("/metrics", prometheus, methods=["GET"])
+    app.add_middleware(LabelStudioCORS, origins=backend.origins)  # outermost: preflights need no credentials
+    # an explicit response class (not only the default) keeps FastAPI off its pydantic fast path, whose
+    # encoder raises on what SafeJSONResponse escapes
+    app.add_api_route("/health", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse)
+    app.add_api_route("/", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse)
+    app.add_api_route("/setup", setup, methods=["POST"], response_class=SafeJSONResponse)
+    app.add_api_route("/predict", predict, methods=["POST"], response_class=SafeJSONResponse)
+    app.add_api_route("/webhook", webhook, methods=["POST"], response_class=SafeJSONResponse)
+    app.add_api_route("/versions", versions, methods=["GET"], response_class=SafeJSONResponse)
+    app.add_api_route("/job_status", job_status, methods=["POST"], response_class=SafeJSONResponse)
+    app.add_api_route("/metrics", prometheus, methods=["GET", "HEAD"], response_class=PlainTextResponse)
+    app.add_api_route("/saliency/{project_id}/{key:path}", views.saliency_png, methods=["GET", "HEAD"])
+    app.add_api_route("/influence/{project_id}/{key:path}", views.influence_html, methods=["GET", "HEAD"])
+    app.add_api_route("/report/{project_id}/{version}", views.report_html, methods=["GET", "HEAD"])
+    app.add_api_route("/report/{project_id}/{version}/curves.png", views.report_curves, methods=["GET", "HEAD"])
     app.add_exception_handler(PayloadError, on_payload_error)
     app.add_exception_handler(ClassMismatchError, on_class_mismatch)
     app.add_exception_handler(FileNotFoundError, on_value_error)
     app.add_exception_handler(ValueError, on_value_error)
     app.add_exception_handler(RedisError, on_redis_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
     return app

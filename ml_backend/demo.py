@@ -3,6 +3,10 @@
 What it starts it stops again, and nothing else: Ctrl-C (SIGINT) and SIGTERM both end every process
 it started (each runs in its own process group), a private ``redis-server`` included; a Redis that
 already answered at ``REDIS_URL`` is used and left running. Every process logs to ``<data-dir>/logs/``.
+
+The project's v0 is not a random init: before the backend first serves the project, a short plain
+training run on the generated training images (``training.bootstrap``) teaches it the shortcut, so the
+first predictions already attend to the class-coloured corner patch. A data dir keeps its v0.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from ml_backend.stack import (
 READY_LINE = "Robustar demo is up after"  # the status line's start (tests and scripts wait for it)
 DEFAULT_LS_PORT, DEFAULT_BACKEND_PORT = 8080, 9090
 STATE_FILE = "demo.json"  # in the data dir: the ports of the last start
+DEMO_TITLE = "Robustar demo"
 
 
 class DemoError(RuntimeError):
@@ -68,6 +74,42 @@ def resolve_ports(root: Path, ls_port: int | None, backend_port: int | None) -> 
     return int(ls_port), int(backend_port)
 
 
+def ensure_trained_v0(model_dir: Path, project_id: int, classes: list[str], dataset: Path, env: dict[str, str]) -> str:
+    """Train the demo project's v0 by a short plain run on the generated training images, unless its model
+    store already holds a version (a second start); return a few words on v0 for the status line."""
+    from training.bootstrap import SOURCE_PREFIX, train_initial_version
+    from training.checkpoints import CheckpointStore, ModelDefaults
+
+    store = CheckpointStore(model_dir, project_id)
+    if not store.versions():
+        print("training v0: a short plain run on the demo's training images, shortcut included ...", flush=True)
+    checkpoint = env_value("MODEL_CHECKPOINT")
+    defaults = ModelDefaults(arch=env["MODEL_ARCH"], image_size=int(env["IMAGE_SIZE"]),
+                             checkpoint=Path(checkpoint) if checkpoint else None, seed=int(env_value("SEED", "0")))
+    try:
+        meta = train_initial_version(store, defaults, classes, dataset)
+    except (ValueError, OSError) as e:
+        raise DemoError(f"could not train the demo's v0 in {store.root}: {e}") from e
+    source = str(meta.config.get("source", ""))
+    if source.startswith(SOURCE_PREFIX):
+        acc = {s: meta.metrics.get(s, {}).get("accuracy") for s in ("train", "test")}
+        scores = ", ".join(f"{s} accuracy {a:.2f}" for s, a in acc.items() if a is not None)
+        took = meta.config.get("seconds")
+        return (f"{meta.arch}, {source.removeprefix('demo: ')}" + (f" ({took:.1f}s)" if took is not None else "")
+                + (f": {scores}" if scores else ""))
+    if source.startswith("random init"):
+        return f"{meta.arch}, {source}: untrained (this data dir predates the demo's trained v0; a new --data-dir gets one)"
+    return f"{meta.arch}, {source or 'source unknown'}"
+
+
+def _preload_training() -> None:
+    """Import torch and the training library (seconds) while Label Studio starts; v0 is trained with them."""
+    try:
+        import training.bootstrap  # noqa: F401
+    except ImportError:  # ensure_trained_v0's own import raises it again, where it is reported
+        pass
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Start everything, create the demo project, print where to log in; Ctrl-C stops all it started."""
     t0 = time.monotonic()
@@ -99,7 +141,7 @@ def _alive(proc) -> bool:
 
 def _run(args: argparse.Namespace, t0: float, started: list) -> int:
     from ml_backend.annotate import paint_from_masks
-    from ml_backend.importer import import_dataset
+    from ml_backend.importer import LabelStudioImporter, import_dataset, scan_dataset
     from ml_backend.ls_server import (
         LabelStudioError,
         LabelStudioServer,
@@ -139,6 +181,11 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
         "MODEL_ARCH": env_value("MODEL_ARCH", "tiny-cnn"),
         "IMAGE_SIZE": env_value("IMAGE_SIZE", "64"),
         "BACKEND_PUBLIC_URL": backend_url,
+        # v0 has learned the corner patch: Grad-CAM shows it (vanilla gradients of a CNN on these noisy images
+        # spread over every pixel), and the first job trains all layers at one lr (the pipeline's auto recipe
+        # would slow v0's backbone down to 0.1 x lr as if v0 were trained elsewhere, keeping the shortcut)
+        "SALIENCY_METHOD": env_value("SALIENCY_METHOD", "gradcam"),
+        "TRAIN_BACKBONE_LR_SCALE": env_value("TRAIN_BACKBONE_LR_SCALE", "1"),
     }
     # backend and worker boot (torch imports) while Label Studio starts; they need it only per request/job
     backend = backend_process(backend_port, env, logs / "backend.log")
@@ -146,6 +193,7 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
     for proc in (backend, worker):
         started.append(proc)
         proc.start()
+    threading.Thread(target=_preload_training, name="preload-training", daemon=True).start()
     if not ls.db_path.exists() and not ls.template_path.exists():
         print("starting Label Studio (its first start migrates the database: about a minute) ...", flush=True)
     else:
@@ -162,7 +210,12 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
     if not worker.alive():
         raise DemoError(f"the worker exited; log {worker.log_path}:\n{worker.tail()}")
 
-    report = import_dataset(dataset, ls.url, ls.token, title="Robustar demo", backend_url=backend_url)
+    # v0 is trained before the backend hears of the project: connecting it (/setup) and the predictions
+    # would otherwise create a random v0 first. The project is created here to learn its id.
+    classes, _, _ = scan_dataset(dataset)
+    project_id = LabelStudioImporter(ls.url, ls.token).find_or_create_project(DEMO_TITLE, classes)
+    v0_note = ensure_trained_v0(root / "models", project_id, classes, dataset, env)
+    report = import_dataset(dataset, ls.url, ls.token, title=DEMO_TITLE, backend_url=backend_url)
     (root / STATE_FILE).write_text(json.dumps({"ls_port": ls_port, "backend_port": backend_port}))
     if args.simulate_annotations:
         painted = paint_from_masks(ls.client(), report.project_id, dataset / "masks", args.simulate_annotations)
@@ -173,6 +226,7 @@ def _run(args: argparse.Namespace, t0: float, started: list) -> int:
         f" | ML backend {backend_url} | Redis {redis_url}\n"
         f"  login         {ls.username} / {ls.password}   (API token {ls.token})\n"
         f"  model version {report.model_version};   Redis {redis_note}\n"
+        f"  v0            {v0_note}\n"
         f"  logs          {logs}/  ({', '.join(sorted(f.name for f in logs.glob('*.log')))})\n"
         "Paint spurious pixels, then Settings > Model > Start Training. Ctrl-C stops everything.",
         flush=True,

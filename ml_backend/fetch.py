@@ -14,6 +14,8 @@ Anything else (other hosts, other schemes, ``file://`` without ``IMAGE_ROOT`` or
 info in the URL) raises ``ImageError``. Redirects are followed by hand (at most 5), each target
 re-checked, the token dropped when leaving the Label Studio origin. Downloads are streamed and cut
 at ``MAX_IMAGE_BYTES`` (default 50 MB); decoding refuses more than ``MAX_IMAGE_PIXELS`` (64 MP).
+``FETCH_TIMEOUT`` bounds the whole download of one image (connect, redirects, every read: one
+deadline), not each read: a host that drips a byte at a time is cut off at the deadline.
 
 The policy (``FetchPolicy``) is a required argument: the backend and the worker both build it from
 the same ``Settings`` (``FetchPolicy.from_settings``), so the worker enforces what the backend does.
@@ -26,11 +28,13 @@ import binascii
 import fnmatch
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 import requests
+import urllib3
 from PIL import Image
 
 from ml_backend.settings import Settings
@@ -203,11 +207,42 @@ class ImageFetcher:
         except OSError as e:
             raise ImageError(f"cannot read local file {describe_url(url)!r}: {e.strerror or e}") from e
 
+    def _left(self, deadline: float, url: str) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageError(f"download of {describe_url(url)} took longer than {self.timeout:g} s (FETCH_TIMEOUT)")
+        return left
+
+    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+        """The body, read as it arrives (``read1``) with every socket wait bounded by the time left."""
+        raw, buf = response.raw, bytearray()
+        while True:
+            left = self._left(deadline, url)
+            sock = getattr(getattr(raw, "connection", None), "sock", None)
+            if sock is not None:
+                sock.settimeout(left)
+            try:
+                chunk = raw.read1(_CHUNK, decode_content=True)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+                if time.monotonic() >= deadline or "timed out" in str(e).lower():
+                    raise ImageError(f"download of {describe_url(url)} took longer than {self.timeout:g} s "
+                                     "(FETCH_TIMEOUT)") from e
+                raise ImageError(f"download of {describe_url(url)} broke off: {type(e).__name__}") from e
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > self.max_bytes:
+                raise ImageError(f"{describe_url(url)} is more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
+
     def _download(self, url: str) -> bytes:
+        deadline = time.monotonic() + self.timeout  # one deadline for the whole image, redirects included
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = self.session.get(url, headers=self._auth_for(url), timeout=self.timeout,
+                response = self.session.get(url, headers=self._auth_for(url), timeout=self._left(deadline, url),
                                             stream=True, allow_redirects=False)
+            except requests.Timeout as e:
+                raise ImageError(f"cannot download {describe_url(url)}: {type(e).__name__} "
+                                 f"(FETCH_TIMEOUT {self.timeout:g} s)") from e
             except requests.RequestException as e:
                 raise ImageError(f"cannot download {describe_url(url)}: {type(e).__name__}") from e
             with response:
@@ -222,15 +257,7 @@ class ImageFetcher:
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise ImageError(f"{describe_url(url)} is {declared} bytes, more than {self.max_bytes} (MAX_IMAGE_BYTES)")
-                buf = bytearray()
-                try:
-                    for chunk in response.iter_content(_CHUNK):
-                        buf += chunk
-                        if len(buf) > self.max_bytes:
-                            raise ImageError(f"{describe_url(url)} is more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
-                except requests.RequestException as e:
-                    raise ImageError(f"download of {describe_url(url)} broke off: {type(e).__name__}") from e
-                return bytes(buf)
+                return self._read_body(response, url, deadline)
         raise ImageError(f"{describe_url(url)}: more than {MAX_REDIRECTS} redirects")
 
     def fetch_bytes(self, url: str) -> bytes:

@@ -20,8 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from label_config.render import parse_config, render_config
-from ml_backend.security import SECRET_HEADER, basic_auth_header, signed_heatmap_url
+from ml_backend.security import SECRET_HEADER, basic_auth_header, signed_page_url
 from ml_backend.settings import Settings
+
+NO_BACKEND_PAGE = "data:text/html,<i>no ML backend connected: no influence page</i>"
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +176,11 @@ class LabelStudioImporter:
         for it, url in zip(items, urls):
             data = {"image": url, "split": it.split, "label": it.label, "key": it.key}
             user, password = _basic_auth()
-            data["saliency"] = (  # signed when basic auth is on: browsers load it without credentials
-                signed_heatmap_url(backend_url, project_id, it.key, user, password) if backend_url else url
-            )
+            # what the browser loads from the backend: signed when basic auth is on (no credentials there)
+            data["saliency"] = (signed_page_url(backend_url, "saliency", project_id, it.key, user, password)
+                                if backend_url else url)
+            data["influence"] = (signed_page_url(backend_url, "influence", project_id, it.key, user, password)
+                                 if backend_url else NO_BACKEND_PAGE)
             tasks.append(data)
         r = self.http.post(f"{self.url}/api/projects/{project_id}/import", json=tasks, timeout=self.timeout)
         if r.status_code >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -57,6 +58,32 @@ def configured_parts(settings: Settings) -> list[PredictionPart]:
     return parts
 
 
+def label_studio_origin(settings: Settings, hostname: str | None, access_token: str | None) -> tuple[str | None, str | None]:
+    """Where relative image URLs resolve and which credential goes there (the one place that decides).
+
+    - ``LABEL_STUDIO_URL`` set: that origin, with ``LABEL_STUDIO_API_KEY`` (else the /setup token); a
+      /setup ``hostname`` is ignored, so no caller can point the key elsewhere.
+    - ``LABEL_STUDIO_URL`` unset: the /setup ``hostname`` with the ``access_token`` that came with it,
+      never the configured key (a caller names that host; the key is only for the configured origin).
+    """
+    if settings.label_studio_url:
+        return settings.label_studio_url, settings.label_studio_api_key or access_token
+    return hostname, access_token
+
+
+def describe_key_destination(settings: Settings) -> str:
+    """One start-up line: which origin the configured API key is sent to (for the log)."""
+    if not settings.label_studio_api_key:
+        return ("LABEL_STUDIO_API_KEY is not set: images are fetched from Label Studio with the access_token "
+                "it sends to /setup")
+    if settings.label_studio_url:
+        o = urlsplit(settings.label_studio_url)
+        origin = f"{o.scheme}://{o.netloc.rpartition('@')[2]}"  # never user info in a log line
+        return f"LABEL_STUDIO_API_KEY is sent only to {origin} (LABEL_STUDIO_URL)"
+    return ("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key is sent to no host; images are fetched "
+            "from the /setup hostname with the access_token that came with it (set LABEL_STUDIO_URL to use the key)")
+
+
 class RobustarModel:
     """Classifier + guidance parts for one Label Studio project (label-studio-ml's model interface:
     ``model_version`` for ``/setup``, ``predict`` for ``/predict``)."""
@@ -77,14 +104,16 @@ class RobustarModel:
         self.registry = registry
         self.parts = parts or []
         self.config: ParsedConfig = parse_config(label_config)
-        if settings.label_studio_url:
-            base, key = settings.label_studio_url, settings.label_studio_api_key or access_token
-        else:  # the host and token Label Studio sent to /setup go together (no configured key to another host)
-            base, key = hostname, access_token or settings.label_studio_api_key
+        base, key = label_studio_origin(settings, hostname, access_token)
         self.fetcher = ImageFetcher(base, key, FetchPolicy.from_settings(settings))
 
     @property
     def model_version(self) -> str:
+        """The version /setup reports. A project with nothing published reports ``v0`` without writing it:
+        v0 is created when a prediction (or a training job) needs it, so a /setup for any project id, known
+        to Label Studio or not, costs no disk."""
+        if not self.settings.pinned_version and self.registry.store(self.project_id).published() is None:
+            return "v0"
         return self.registry.current_version(self.project_id, self.config.classes)
 
     def _fetch_all(self, tasks: list[dict]) -> list[Image.Image | ImageError]:

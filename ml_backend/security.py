@@ -4,8 +4,9 @@ signed heatmap URLs and redaction of secrets from log lines.
 - ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` set: every endpoint needs ``Authorization: Basic …``
   (constant-time comparison); otherwise 401 with ``WWW-Authenticate``. Label Studio sends it when the
   ML backend is connected with basic auth (``robustar import`` does that when the variables are set).
-  The one exception is a heatmap URL with a valid ``sig`` (``signed_heatmap_url``): browsers load
-  ``$saliency`` images without credentials, so the importer writes signed URLs into the task data.
+  The one exception is a heatmap or influence-page URL with a valid ``sig`` (``signed_page_url``):
+  browsers load ``$saliency`` and ``$influence`` without credentials, so the importer writes signed
+  URLs into the task data.
 - ``WEBHOOK_SECRET`` set: ``POST /webhook`` needs ``X-Robustar-Secret: <secret>`` unless the request
   already passed basic auth (Label Studio's ML connector sends ``START_TRAINING`` with basic auth but
   no custom headers; event webhooks carry the header, set by ``robustar import``).
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Robustar-Secret"
 REALM = "robustar"
-_HEATMAP_PATH = re.compile(r"^/saliency/(\d+)/(.+)$")
+SIGNED_KINDS = ("saliency", "influence")
+_SIGNED_PATH = re.compile(r"^/(?:saliency|influence)/(\d{1,13})/(.+)$")  # at most a /setup id's digits (int() of more may raise)
 
 
 def _error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -47,17 +49,22 @@ def _signing_key(user: str, password: str) -> bytes:
     return hashlib.sha256(b"robustar-heatmap-url\0" + user.encode() + b"\0" + password.encode()).digest()
 
 
-def heatmap_signature(project_id: int | str, key: str, user: str, password: str) -> str:
-    """HMAC of ``<project id>/<task key>`` under a key derived from the basic-auth credentials."""
+def task_signature(project_id: int | str, key: str, user: str, password: str) -> str:
+    """HMAC of ``<project id>/<task key>`` under a key derived from the basic-auth credentials: opens a
+    task's heatmap and influence page (what the browser loads without credentials)."""
     msg = f"{int(project_id)}/{key}".encode()
     return hmac.new(_signing_key(user, password), msg, hashlib.sha256).hexdigest()[:32]
 
 
-def signed_heatmap_url(backend_url: str, project_id: int, key: str, user: str | None, password: str | None) -> str:
-    """``<backend>/saliency/<pid>/<quoted key>``, with ``?sig=`` when basic auth is configured."""
-    url = f"{backend_url.rstrip('/')}/saliency/{int(project_id)}/{quote(key)}"
+def signed_page_url(backend_url: str, kind: str, project_id: int, key: str, user: str | None,
+                    password: str | None) -> str:
+    """``<backend>/<kind>/<pid>/<quoted key>`` (kind: saliency | influence), with ``?sig=`` when basic
+    auth is configured."""
+    if kind not in SIGNED_KINDS:
+        raise ValueError(f"no signed URLs for {kind!r}")
+    url = f"{backend_url.rstrip('/')}/{kind}/{int(project_id)}/{quote(key)}"
     if user and password:
-        url += "?sig=" + heatmap_signature(project_id, key, user, password)
+        url += "?sig=" + task_signature(project_id, key, user, password)
     return url
 
 
@@ -98,16 +105,16 @@ class AccessMiddleware:
         ok_pass = hmac.compare_digest(password, want_pass)
         return bool(sep) and ok_user & ok_pass
 
-    def _signed_heatmap(self, scope) -> bool:
+    def _signed_page(self, scope) -> bool:
         if scope.get("method") not in ("GET", "HEAD"):
             return False
-        m = _HEATMAP_PATH.match(scope.get("path") or "")
+        m = _SIGNED_PATH.match(scope.get("path") or "")
         if not m:
             return False
         sig = parse_qs((scope.get("query_string") or b"").decode("latin-1")).get("sig", [""])[0]
         if not sig:
             return False
-        want = heatmap_signature(m.group(1), m.group(2), *self.basic)  # type: ignore[misc]
+        want = task_signature(m.group(1), m.group(2), *self.basic)  # type: ignore[misc]
         return hmac.compare_digest(sig.encode(), want.encode())
 
     async def __call__(self, scope, receive, send) -> None:
@@ -128,7 +135,7 @@ class AccessMiddleware:
         authenticated = False
         if self.basic is not None:
             authenticated = self._basic_ok(headers.get("authorization"))
-            if not authenticated and not self._signed_heatmap(scope):
+            if not authenticated and not self._signed_page(scope):
                 await _error(f"{path}: authentication required (HTTP basic auth)", 401,
                              {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})(scope, receive, send)
                 return
@@ -153,7 +160,12 @@ _installed = False
 
 
 def register_secret(value: str | None) -> None:
-    """Redact ``value`` from every log line of this process from now on (values under 6 chars are ignored)."""
+    """Redact ``value`` from every log line of this process from now on (values under 6 chars are ignored).
+
+    Only configuration registers secrets (``install_log_redaction`` at start-up): a value a caller
+    sends (e.g. /setup's ``access_token``) is never registered, so no caller can blank strings of
+    its choice from the logs. Credentials after ``Token``/``Bearer``/``Basic`` are redacted by pattern.
+    """
     if isinstance(value, str) and len(value) >= 6:
         with _SECRETS_LOCK:
             _SECRETS.add(value)
@@ -167,9 +179,51 @@ def redact(text: str) -> str:
     return _AUTH_VALUE.sub(r"\1\2***", text)
 
 
+def _redact_arg(value):
+    """One logging argument, redacted; left as it is (type included) when it holds nothing to redact,
+    so ``%d`` and formatters that unpack the arguments (uvicorn's access log) keep working."""
+    text = value if isinstance(value, str) else str(value) if not isinstance(value, (int, float)) else None
+    if text is None:
+        return value
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
+
+
+def redact_record(record: logging.LogRecord) -> None:
+    """Redact ``record`` in place, keeping it a valid record: each argument is redacted on its own
+    (same number and kinds of arguments), then the message template; only when a secret still shows
+    in the formatted message (e.g. split across two arguments) is the record replaced by its redacted,
+    formatted text with empty arguments. Never raises: a record that cannot be formatted is left as is."""
+    try:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_redact_arg(a) for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _redact_arg(v) for k, v in args.items()}
+        if isinstance(record.msg, str):
+            template = redact(record.msg)
+            if template.count("%") == record.msg.count("%"):  # never drop a placeholder of the arguments
+                record.msg = template
+        if record.name not in _ARGS_FORMATTED:  # those formatters unpack the arguments: they must stay
+            message = record.getMessage()
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, ()
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact(_formatter.formatException(record.exc_info))
+    except Exception:  # a record that cannot be formatted is left to logging's own error handling
+        pass
+
+
+_formatter = logging.Formatter()
+# loggers whose formatter unpacks ``record.args`` (uvicorn's access log: client, method, path, version,
+# status): their arguments are redacted one by one and never replaced by a formatted message
+_ARGS_FORMATTED = frozenset({"uvicorn.access"})
+
+
 def install_log_redaction(*secrets: str | None) -> None:
-    """Register ``secrets`` and (once per process) wrap the log-record factory so that every record's
-    message and traceback text are redacted before any handler sees them."""
+    """Register ``secrets`` (from configuration) and (once per process) wrap the log-record factory so
+    that every record's arguments, message and traceback text are redacted before any handler sees them."""
     global _installed
     for s in secrets:
         register_secret(s)
@@ -178,19 +232,10 @@ def install_log_redaction(*secrets: str | None) -> None:
             return
         _installed = True
     previous = logging.getLogRecordFactory()
-    formatter = logging.Formatter()
 
     def factory(*args, **kwargs):
         record = previous(*args, **kwargs)
-        try:
-            message = record.getMessage()
-            cleaned = redact(message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
-            if record.exc_info and record.exc_info[0] is not None:
-                record.exc_text = redact(formatter.formatException(record.exc_info))
-        except Exception:  # a record that cannot be formatted is left to logging's own error handling
-            pass
+        redact_record(record)
         return record
 
     logging.setLogRecordFactory(factory)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ml_backend.app import create_app
-from ml_backend.heatmaps import register_heatmap_route
 from ml_backend.model import configured_parts
 from ml_backend.settings import Settings
 
@@ -13,6 +12,4 @@ from ml_backend.settings import Settings
 def build_app(settings: Settings | None = None) -> FastAPI:
     """Build the app from the environment (used by ``robustar serve`` and gunicorn/uvicorn)."""
     settings = settings or Settings.from_env()
-    app = create_app(settings, configured_parts(settings))
-    register_heatmap_route(app, settings, app.state.registry)
-    return app
+    return create_app(settings, configured_parts(settings))

@@ -66,6 +66,7 @@ class Settings:
     basic_auth_pass: str | None = None
     webhook_secret: str | None = None
     allowed_image_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # origins (besides Label Studio's) whose pages may read heatmaps/pages
     image_root: Path | None = None
     max_image_bytes: int = 50_000_000
     max_request_bytes: int = 32 * 1024 * 1024
@@ -128,6 +129,7 @@ class Settings:
             basic_auth_pass=_env("BASIC_AUTH_PASS"),
             webhook_secret=_env("WEBHOOK_SECRET"),
             allowed_image_hosts=_env_list("ALLOWED_IMAGE_HOSTS", cls.allowed_image_hosts),
+            cors_origins=_env_list("CORS_ORIGINS", cls.cors_origins),
             image_root=Path(image_root) if image_root else None,
             max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(cls.max_image_bytes))),
             max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(cls.max_request_bytes))),

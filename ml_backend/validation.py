@@ -7,6 +7,8 @@ Unknown extra keys are accepted: Label Studio sends many we do not use.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,69 @@ def _label_config(body: dict, field: str) -> str | None:
     if value is not None and not value.lstrip().startswith("<"):
         raise PayloadError(f"{field!r} must be a Label Studio label config (XML), got {_short(value)}")
     return value
+
+
+def _printable(text: str) -> str:
+    """``text`` with what cannot be encoded as UTF-8 written as ``\\udXXX`` escapes (safe for any message)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _field_path(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{_printable(p)}" if out else _printable(p))
+    return out or "(body)"
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_hold_lone_surrogates(raw: bytes) -> bool:
+    """Cheap test on a raw JSON body: False when no parsed string can hold a lone surrogate (a UTF-8 body
+    can only get one from a ``\\uD800``-style escape; UTF-16/32 bodies are always checked)."""
+    return json.detect_encoding(raw) not in ("utf-8", "utf-8-sig") or _SURROGATE_ESCAPE.search(raw) is not None
+
+
+def check_encodable(body: Any) -> None:
+    """Refuse a parsed JSON body holding a string (value or key) that cannot be encoded as UTF-8.
+
+    ``"\\ud800"`` is valid JSON but a lone UTF-16 surrogate: echoed in an answer or a log line it makes
+    the encoder raise. One walk (iterative: any depth) over the whole body, before any endpoint looks at
+    it; the ``PayloadError`` names the field, e.g. ``tasks[0].data.image: not valid UTF-8 (lone surrogate)``.
+    """
+    try:  # the C encoder first: when every string encodes, no walk is needed
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return
+    except UnicodeEncodeError:
+        pass
+    except (ValueError, TypeError, RecursionError):
+        pass  # walk anyway
+    if isinstance(body, str):
+        if _not_utf8(body):
+            raise PayloadError("request body: not valid UTF-8 (lone surrogate)")
+        return
+    if not isinstance(body, (dict, list)):
+        return
+    stack: list[tuple[Any, tuple]] = [(body, ())]
+    while stack:
+        value, where = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and _not_utf8(key):
+                raise PayloadError(f"{_field_path(where + (key,))}: key is not valid UTF-8 (lone surrogate)")
+            if isinstance(item, str):
+                if _not_utf8(item):
+                    raise PayloadError(f"{_field_path(where + (key,))}: not valid UTF-8 (lone surrogate)")
+            elif isinstance(item, (dict, list)):
+                stack.append((item, where + (key,)))
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ml_backend.fetch import FetchPolicy, ImageFetcher
 from ml_backend.influence import build_influence_index
 from ml_backend.jobs import rq_progress_sink
 from ml_backend.ls_client import fetch_export, fetch_project, make_client
+from ml_backend.model_card import ModelCard
 from ml_backend.push_predictions import backend_predictor, push_predictions
 from ml_backend.serving import model_defaults
 from ml_backend.settings import Settings
@@ -63,26 +64,60 @@ def build_index(settings: Settings, store: CheckpointStore, result: PipelineResu
         return f"failed: {e}"
 
 
+def report_url(settings: Settings, project_id: int, version: str) -> str | None:
+    """Where the backend serves a version's report page (None without BACKEND_PUBLIC_URL)."""
+    if not settings.public_url:
+        return None
+    return f"{settings.public_url.rstrip('/')}/report/{project_id}/{version}"
+
+
+def _sinks(*sinks):
+    """One progress sink feeding several."""
+    live = [s for s in sinks if s is not None]
+
+    def feed(state: dict) -> None:
+        for sink in live:
+            sink(state)
+
+    return feed
+
+
 def train_project(project_id: int, options: dict | None = None) -> dict[str, Any]:
     """Train a new model version for a Label Studio project; returns a JSON-serialisable summary.
 
     Summary keys: those of ``training.pipeline.run_pipeline`` plus ``project``, ``job_id``,
-    ``influence_index`` and ``predictions`` (push result); ``timings`` adds export, decode, index,
-    predictions and total.
+    ``influence_index``, ``predictions`` (push result) and ``report``; ``timings`` adds export,
+    decode, index, predictions and total. Label Studio's model card shows the progress and the result.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    t_start = time.perf_counter()
     project_id = int(project_id)
     settings = Settings.from_env()
+    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
+    store = CheckpointStore(settings.model_dir, project_id)
+    card = ModelCard(client, project_id, settings.public_url)
+    card.served = store.published()
+    try:
+        return _train(settings, client, store, card, project_id, options)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        served = f"serving {store.published()} · " if store.published() else ""
+        card.show(f"{served}training failed: {reason}", force=True)
+        raise
+
+
+def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, project_id: int,
+           options: dict | None) -> dict[str, Any]:
+    t_start = time.perf_counter()
     opts = job_options(settings, options)
     job = get_current_job()
-    progress = Progress(rq_progress_sink(job), project_id=project_id, job_id=getattr(job, "id", None))
+    card.training = store.next_version()
+    progress = Progress(_sinks(rq_progress_sink(job), card.progress), project_id=project_id,
+                        job_id=getattr(job, "id", None))
     timings: dict[str, float] = {}
 
     progress.phase("export")
     t = time.perf_counter()
-    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
     label_config = getattr(fetch_project(client, project_id), "label_config", None)
     if not label_config:
         raise ValueError(f"project {project_id} has no label config")
@@ -95,7 +130,6 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
     export = parse_export(tasks, config, label_source=opts.label_source)
     timings["decode"] = time.perf_counter() - t
 
-    store = CheckpointStore(settings.model_dir, project_id)
     fetcher = ImageFetcher(settings.label_studio_url, settings.label_studio_api_key, FetchPolicy.from_settings(settings))
     if settings.pinned_version:
         log.warning("MODEL_VERSION=%s pins the served version; the new version is published but not served "
@@ -125,12 +159,15 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
     timings["total"] = time.perf_counter() - t_start
 
     summary.update(project=project_id, job_id=progress.job_id, predictions=predictions,
+                   report=report_url(settings, project_id, version),
                    timings={k: round(v, 3) for k, v in timings.items()})
     try:
         write_summary(Path(summary["run_dir"]), summary)
     except OSError as e:
         log.warning("could not update the run summary of %s: %s", version, e)
     progress.phase("done", version=version)
+    card.show(f"serving {version}", force=True,
+              description=f"{version}: report {summary['report']}" if summary["report"] else None)
     log.info("project %s: job done in %.1fs: %s published (parent %s); timings %s", project_id, timings["total"],
              version, summary["parent"], summary["timings"])
     return summary

@@ -11,12 +11,12 @@ from fastapi.testclient import TestClient
 
 from label_config import render_config
 from ml_backend.app import create_app
-from ml_backend.heatmaps import HeatmapCache, register_heatmap_route
+from ml_backend.heatmaps import HeatmapCache
 from ml_backend.security import (
     basic_auth_header,
-    heatmap_signature,
+    task_signature,
     redact,
-    signed_heatmap_url,
+    signed_page_url,
 )
 from ml_backend.settings import Settings
 from tests.builders import data_uri, png_bytes
@@ -34,7 +34,6 @@ def make_client(tmp_path, redis_url, **kw) -> TestClient:
     settings = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=16, redis_url=redis_url,
                         queue_name="robustar-access-test", **kw)
     app = create_app(settings)
-    register_heatmap_route(app, settings, app.state.registry)
     return TestClient(app)
 
 
@@ -86,15 +85,16 @@ def test_heatmaps_signed_urls_and_no_path_escape(tmp_path, redis_url):
     key = "train/cat/a b#1.png"
     with make_client(tmp_path, redis_url, basic_auth_user=USER, basic_auth_pass=PASSWORD) as c:
         c.post("/setup", json={"project": "7.1", "schema": CONFIG}, headers=AUTH)
+        assert c.post("/predict", json=predict_body("7.1"), headers=AUTH).status_code == 200  # writes v0
         png = png_bytes((4, 4))
         HeatmapCache(tmp_path / "models", 7).write("v0", key, png)
-        url = signed_heatmap_url("http://testserver", 7, key, USER, PASSWORD)
+        url = signed_page_url("http://testserver", "saliency", 7, key, USER, PASSWORD)
         assert "?sig=" in url and "%23" in url
         r = c.get(url)  # no credentials: the signature is the capability
         assert r.status_code == 200 and r.content == png
         assert c.get(url.split("?")[0]).status_code == 401
         assert c.get(url[:-1] + ("0" if url[-1] != "0" else "1")).status_code == 401
-        other = signed_heatmap_url("http://testserver", 8, key, USER, PASSWORD)
+        other = signed_page_url("http://testserver", "saliency", 8, key, USER, PASSWORD)
         assert c.get(other.replace("/8/", "/7/")).status_code == 401  # a signature is bound to project and key
         assert c.post(url).status_code in (401, 405)
         # whatever the key, only files of the heatmap cache can be served: the file name is a hash of it
@@ -106,7 +106,7 @@ def test_heatmaps_signed_urls_and_no_path_escape(tmp_path, redis_url):
             assert r.status_code in (404, 422) and r.headers["content-type"].startswith("application/json"), probe
         r = c.get("/saliency/../../etc/passwd", headers=AUTH)
         assert r.status_code == 404 and b"root:" not in r.content
-    assert heatmap_signature(7, key, USER, PASSWORD) != heatmap_signature(7, key, USER, PASSWORD + "x")
+    assert task_signature(7, key, USER, PASSWORD) != task_signature(7, key, USER, PASSWORD + "x")
 
 
 def test_secrets_never_reach_logs_or_answers(tmp_path, redis_url, caplog):

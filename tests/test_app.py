@@ -67,6 +67,7 @@ def test_predict_fetches_images_with_the_api_key_and_keeps_task_order(client):
 
 def test_new_published_version_is_served_without_restart(client):
     client.post("/setup", json=setup_body(project="4.1"))
+    client.app.state.registry.current_version(4, CLASSES)  # v0 is written when first needed, not by /setup
     store = client.app.state.registry.store(4)
     model, meta = store.load("v0")
     meta.version, meta.parent_version = "v1", "v0"
@@ -79,7 +80,9 @@ def test_new_published_version_is_served_without_restart(client):
 
 def test_class_mismatch_is_a_clear_conflict(client):
     client.post("/setup", json=setup_body(project="5.1"))
-    body = {"tasks": [{"id": 1, "data": {"image": data_uri(png_bytes())}}], "project": "5.1", "label_config": render_config(["x", "y"])}
+    body = {"tasks": [{"id": 1, "data": {"image": data_uri(png_bytes())}}], "project": "5.1", "label_config": render_config(CLASSES)}
+    assert client.post("/predict", json=body).status_code == 200  # v0 is made for the classes of the first prediction
+    body = {**body, "label_config": render_config(["x", "y"])}
     r = client.post("/predict", json=body)
     assert r.status_code == 409 and "classes" in r.json()["message"]
 

@@ -23,6 +23,11 @@ CONFIG = parse_config(render_config(CLASSES))
 IMG = data_uri(png_bytes((40, 30)))
 
 
+def fix(label: str) -> dict:
+    """The expert's class correction (``class_fix``); ``regions.choices`` alone is the model's ``pred_class``."""
+    return regions.choices(label, from_name="class_fix", region_id="fix")
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -62,12 +67,12 @@ def test_union_of_spurious_regions_latest_annotation_and_correction():
     a = rect_mask(30, 40, 0, 5, 0, 5)
     b = rect_mask(30, 40, 20, 30, 30, 40)
     attention = rect_mask(30, 40, 10, 20, 10, 20)
-    old = annotation(1, 7, [regions.brush(rect_mask(30, 40, 0, 30, 0, 40)), regions.choices("bird")],
+    old = annotation(1, 7, [regions.brush(rect_mask(30, 40, 0, 30, 0, 40)), fix("bird")],
                      updated_at="2026-01-01T00:00:00Z")
     new = annotation(2, 7, [regions.brush(a, region_id="r1"), regions.brush(b, region_id="r2"),
                             regions.brush(attention, label="Model attention", from_name="attention"),
-                            regions.choices("dog")], updated_at="2026-02-01T00:00:00Z")
-    cancelled = annotation(3, 7, [regions.choices("cat")], cancelled=True, updated_at="2026-03-01T00:00:00Z")
+                            fix("dog")], updated_at="2026-02-01T00:00:00Z")
+    cancelled = annotation(3, 7, [fix("cat")], cancelled=True, updated_at="2026-03-01T00:00:00Z")
     out = parse_export([export_task(7, IMG, label="cat", annotations=[old, new, cancelled])], CONFIG)
     rec = out.records[0]
     assert rec.target == "dog" and rec.label == "cat" and rec.corrected and rec.annotation_id == 2
@@ -82,13 +87,29 @@ def test_union_of_spurious_regions_latest_annotation_and_correction():
     assert data_wins.records[0].target == "cat"
 
 
+def test_the_prefilled_prediction_is_never_a_training_label():
+    """Label Studio pre-fills the annotation with the prediction (``pred_class`` = the model's guess): an
+    expert who only paints submits that guess; the target stays the task's label, and without a label
+    the task is unlabelled, not trained on the guess. Older configs (no ``class_fix``) keep ``pred_class``."""
+    painted = regions.brush(rect_mask(30, 40, 0, 5, 0, 5))
+    guess = regions.choices("bird", score=0.35)
+    tasks = [export_task(1, IMG, label="cat", annotations=[annotation(1, 1, [painted, guess])]),
+             export_task(2, IMG, label=None, annotations=[annotation(2, 2, [painted, guess])])]
+    out = parse_export(tasks, CONFIG)
+    assert [(r.task_id, r.target, r.corrected, r.painted) for r in out.records] == [(1, "cat", False, True)]
+    assert out.skipped == {"unlabelled": [2]}
+    legacy = parse_config(render_config(CLASSES).replace('name="class_fix"', 'name="other_choices"'))
+    assert legacy.correction_control is None
+    assert parse_export(tasks[:1], legacy).records[0].target == "bird"
+
+
 def test_fallbacks_split_label_and_unpainted():
     empty_mask = annotation(5, 3, [regions.brush(np.zeros((30, 40), bool))])
     tasks = [
         export_task(1, IMG, split=None, label="bird"),  # no split -> train
         export_task(2, IMG, split="test", label="dog"),
         export_task(3, IMG, label="cat", annotations=[empty_mask]),  # painted nothing
-        export_task(4, IMG, label=None, annotations=[annotation(6, 4, [regions.choices("cat")])]),  # class only from annotation
+        export_task(4, IMG, label=None, annotations=[annotation(6, 4, [fix("cat")])]),  # class only from annotation
     ]
     out = parse_export(tasks, CONFIG)
     recs = {r.task_id: r for r in out.records}
@@ -112,7 +133,7 @@ def test_bad_records_are_skipped_counted_and_logged(caplog):
     tasks = [
         export_task(10, IMG, label="cat"),
         export_task(11, IMG, label="zebra"),
-        export_task(12, IMG, annotations=[annotation(1, 12, [regions.choices("unicorn")])]),
+        export_task(12, IMG, annotations=[annotation(1, 12, [fix("unicorn")])]),
         export_task(13, IMG, annotations=[annotation(2, 13, [wrong_size])]),
         export_task(14, IMG, annotations=[annotation(3, 14, [truncated])]),
         export_task(15, IMG, annotations=[annotation(4, 15, [not_bytes])]),

@@ -129,6 +129,8 @@ def test_bad_input_examples(app_client):
          match="'params.context'")
     post("/predict", {"tasks": [ok_task], "project": "9.1"}, match="no label config received yet")
     post("/predict", {"tasks": [ok_task], "project": "1.1", "label_config": "<View/>"}, match="'label_config' (project 1)")
+    # v0 is written for the classes of the first prediction (not by /setup)
+    assert c.post("/predict", json={"tasks": [ok_task], "project": "1.1", "label_config": CONFIG}).status_code == 200
     post("/predict", {"tasks": [ok_task], "project": "1.1", "label_config": render_config(["a", "b"])}, status=409,
          match="classes")  # the label config disagrees with the served model (v0 was made for 3 classes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 
 import numpy as np
@@ -41,6 +42,10 @@ from training.synthetic import render_sample
 
 CLASSES = ["circle", "square", "triangle"]
 CONFIG = parse_config(render_config(CLASSES))
+# configs of earlier versions showed influence as a TextArea in the prediction
+LEGACY_CONFIG = parse_config(render_config(CLASSES).replace(
+    '<HyperText name="influence" value="$influence" valueType="url" inline="true" clickableLinks="true"/>',
+    '<TextArea name="influence" toName="image" editable="false" readonly="true" rows="5"/>'))
 S = 32
 PATCH = (255, 0, 255)
 
@@ -200,11 +205,34 @@ def test_self_influence_without_misclassified_tests(setup):
     assert index.suspicion_formula == SELF and float(index.suspicion.max()) == 1.0
 
 
-def _ctx(setup, tasks, images, settings) -> PredictContext:
+def _ctx(setup, tasks, images, settings, config=CONFIG) -> PredictContext:
     _, model, meta, _, _, _, _, _ = setup
     with torch.no_grad():
         probs = torch.softmax(model(normalize(to_batch(images, S), meta.mean, meta.std)), 1)
-    return PredictContext(1, settings, CONFIG, ServedModel(model, meta, "cpu"), tasks, images, probs)
+    return PredictContext(1, settings, config, ServedModel(model, meta, "cpu"), tasks, images, probs)
+
+
+def test_part_pages_for_test_tasks_and_suspicion_scores_for_training_tasks(setup):
+    """Our config shows influence as a read-only page (``<HyperText valueType="url">``) with links to the
+    tasks; the prediction carries no form field for it."""
+    from ml_backend.task_files import InfluencePages
+
+    data, _, meta, store, index, _, _, _ = setup
+    settings = Settings(model_dir=store.root.parent, label_studio_url="http://ls.example:8080", influence_top_k=3)
+    part = InfluencePart(settings, mode="off")
+    test_rec = next(r for r in data.test if r.task_id in data.patched_tests)
+    train_rec = next(r for r in data.train if r.task_id in data.poisoned)
+    tasks = [{"id": test_rec.task_id, "data": {"split": "test"}}, {"id": train_rec.task_id, "data": {"split": "train"}}]
+    out = part(_ctx(setup, tasks, [test_rec.image, train_rec.image], settings))
+    assert out.regions == [[], []]
+    assert out.scores[0] is None and out.scores[1] == pytest.approx(float(index.suspicion[index.row(train_rec.task_id)]))
+    pages = InfluencePages(store.root.parent, 1)
+    test_page = pages.find(str(test_rec.task_id), meta.version)[0].read_text()
+    links = re.findall(r'href="(http://ls\.example:8080/projects/1/data\?task=(\d+))"', test_page)
+    assert len(links) == 6 and all(int(t) in index._row for _, t in links)  # 3 proponents + 3 opponents
+    assert "supports it" in test_page and "opposes it" in test_page and "confidence" in test_page
+    train_page = pages.find(str(train_rec.task_id), meta.version)[0].read_text()
+    assert f"Suspicion <b>{out.scores[1]:.3f}</b>" in train_page and "not a confidence" in train_page
 
 
 def test_part_text_for_test_tasks_and_suspicion_scores_for_training_tasks(setup):
@@ -216,7 +244,7 @@ def test_part_text_for_test_tasks_and_suspicion_scores_for_training_tasks(setup)
     new_train = {"id": 999, "data": {"split": "train", "label": "circle"}}  # not in the index
     tasks = [{"id": test_rec.task_id, "data": {"split": "test"}}, {"id": train_rec.task_id, "data": {"split": "train"}},
              new_train]
-    out = part(_ctx(setup, tasks, [test_rec.image, train_rec.image, data.train[0].image], settings))
+    out = part(_ctx(setup, tasks, [test_rec.image, train_rec.image, data.train[0].image], settings, LEGACY_CONFIG))
     (region,) = out.regions[0]
     assert region["from_name"] == "influence" and region["to_name"] == "image" and region["type"] == "textarea"
     lines = region["value"]["text"]
@@ -246,7 +274,7 @@ def test_part_builds_a_missing_index_once_in_the_background(setup, tmp_path):
     settings = Settings(model_dir=tmp_path)
     part = InfluencePart(settings, record_source=source, mode="background")
     tasks = [{"id": data.test[0].task_id, "data": {"split": "test"}}]
-    ctx = _ctx(setup, tasks, [data.test[0].image], settings)
+    ctx = _ctx(setup, tasks, [data.test[0].image], settings, LEGACY_CONFIG)
     outs = []
     threads = [threading.Thread(target=lambda: outs.append(part(ctx))) for _ in range(3)]
     for t in threads:
@@ -260,6 +288,21 @@ def test_part_builds_a_missing_index_once_in_the_background(setup, tmp_path):
     assert index_path(store, "v0").is_file()
     out = part(ctx)
     assert out.regions[0][0]["type"] == "textarea"
+
+
+def test_training_tasks_wait_for_the_index_so_their_score_is_always_the_suspicion(setup, tmp_path):
+    """A batch with a training task builds the missing index in the request (test-only batches do not
+    wait): a training task never goes out with the classifier's confidence as its score."""
+    data, model, meta, _, _, _, _, _ = setup
+    store = CheckpointStore(tmp_path, 1)
+    store.save(model, meta)
+    settings = Settings(model_dir=tmp_path)
+    part = InfluencePart(settings, record_source=lambda pid, config: (data.train[:30], data.test), mode="background")
+    rec = data.train[0]
+    out = part(_ctx(setup, [{"id": rec.task_id, "data": {"split": "train"}}], [rec.image], settings))
+    assert index_path(store, "v0").is_file()
+    index = load_influence_index(store, "v0")
+    assert out.scores == [pytest.approx(float(index.suspicion[index.row(rec.task_id)]))]
 
 
 def test_rank_signs():

@@ -29,7 +29,12 @@ from training.images import normalize, to_batch
 from training.models import build_model
 
 CLASSES = ["red", "blue"]
-CONFIG = parse_config(render_config(CLASSES))
+CONFIG = parse_config(render_config(CLASSES))  # one paint tool: attention only as the heatmap view
+# configs of earlier versions had a second BrushLabels for the model's attention
+LEGACY_XML = render_config(CLASSES).replace('<MagicWand name="magicwand" toName="image"/>', (
+    '<MagicWand name="magicwand" toName="image"/><BrushLabels name="attention" toName="image">'
+    '<Label value="Model attention" background="#ffaa00"/></BrushLabels>'))
+LEGACY_CONFIG = parse_config(LEGACY_XML)
 S = 32
 ROWS, COLS = slice(18, 30), slice(16, 28)  # the region that decides the class (14% of the image)
 
@@ -101,13 +106,13 @@ def test_top_q_mask_takes_exactly_q_percent():
     assert top_q_mask(np.zeros((4, 4)), 50).sum() == 0  # no attention, no region
 
 
-def _ctx(trained, images, settings, tasks=None) -> PredictContext:
+def _ctx(trained, images, settings, tasks=None, config=LEGACY_CONFIG) -> PredictContext:
     model, meta, _, _ = trained
     served = ServedModel(model, meta, "cpu")
     tasks = tasks or [{"id": 100 + i, "data": {"key": f"test/red/{i}.png", "split": "test"}} for i in range(len(images))]
     with torch.no_grad():
         probs = torch.softmax(model(normalize(to_batch(images, S), meta.mean, meta.std)), 1)
-    return PredictContext(3, settings, CONFIG, served, tasks, images, probs)
+    return PredictContext(3, settings, config, served, tasks, images, probs)
 
 
 def test_part_gives_attention_rle_and_png_at_original_size(trained, tmp_path):
@@ -133,6 +138,14 @@ def test_part_gives_attention_rle_and_png_at_original_size(trained, tmp_path):
         assert png.is_file()
         with Image.open(png) as heat:
             assert heat.size == img.size and heat.mode == "RGB"
+
+
+def test_our_config_gets_the_heatmap_and_no_second_paint_tool(trained, tmp_path):
+    _, _, imgs, _ = trained
+    ctx = _ctx(trained, imgs[:2], Settings(model_dir=tmp_path), config=CONFIG)
+    out = SaliencyPart("gradcam", top_q=5)(ctx)
+    assert out.regions == [[], []]
+    assert all(HeatmapCache(tmp_path, 3).path("v0", task_key(t)).is_file() for t in ctx.tasks)
 
 
 def test_other_methods_run_through_the_part(trained, tmp_path):
@@ -192,7 +205,8 @@ def test_overlay_png_is_a_heatmap_over_the_image():
 
 
 def test_predict_over_http_carries_attention_and_serves_its_heatmap(tmp_path):
-    """The production app (``build_app``): /predict adds the attention region, /saliency serves the PNG."""
+    """The production app (``build_app``): /predict adds the attention region (older configs with an
+    attention brush; ours shows it as the heatmap only), /saliency serves the PNG."""
     import base64
     from urllib.parse import quote
 
@@ -206,8 +220,12 @@ def test_predict_over_http_carries_attention_and_serves_its_heatmap(tmp_path):
     with TestClient(build_app(settings)) as client:
         assert client.get("/health").json()["parts"] == ["saliency"]
         assert client.get(f"/saliency/4/{quote(key)}").status_code == 404
+        ours = client.post("/predict", json={"tasks": tasks, "project": "4.1795450542",
+                                             "label_config": render_config(CLASSES), "params": {"context": None}})
+        assert ours.status_code == 200
+        assert [[x["from_name"] for x in res["result"]] for res in ours.json()["results"]] == [["pred_class"]] * 2
         r = client.post("/predict", json={"tasks": tasks, "project": "4.1795450542",
-                                          "label_config": render_config(CLASSES), "params": {"context": None}})
+                                          "label_config": LEGACY_XML, "params": {"context": None}})
         assert r.status_code == 200
         for res in r.json()["results"]:
             kinds = sorted(x["from_name"] for x in res["result"])

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.augment import augment_batch
 from training.dataset import PairedDataset
 from training.images import make_normalizer, resize_batch
+from training.models import classifier_head
 from training.options import TrainOptions
 from training.paired import paired_step
 from training.progress import Progress
@@ -24,11 +26,48 @@ GPU_RESIDENT_BYTES = 4 << 30  # a training split up to this size (uint8 images +
 STEP_SCALARS = ("loss", "ce", "ce_tilde", "align", "acc")
 
 
-def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """One group (``lr``) or, when ``backbone_lr_scale != 1``, the classifier head at ``lr`` and the rest
+    (the backbone) at ``lr * backbone_lr_scale``."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr_scale == 1.0:
+        return [{"params": params, "lr": lr}]
+    head = {id(p) for p in classifier_head(model).parameters()}
+    groups = [{"params": [p for p in params if id(p) not in head], "lr": lr * backbone_lr_scale, "name": "backbone"},
+              {"params": [p for p in params if id(p) in head], "lr": lr, "name": "head"}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    """The optimizer of resolved ``opts`` (``training.recipe.resolve_recipe``), with the backbone/head
+    learning rates of ``opts.backbone_lr_scale``."""
+    if not opts.is_resolved:
+        raise ValueError("make_optimizer needs resolved options (training.recipe.resolve_recipe)")
+    groups = param_groups(model, opts.lr, opts.backbone_lr_scale)
     if opts.optimizer == "adam":
-        return torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+        return torch.optim.Adam(groups, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
+    return torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, total: int):
+    """``cosine`` (annealed to 0 over ``total`` steps), ``warmup_cosine`` (linear warm-up over 5% of
+    the steps, then cosine to 0) or None (``constant``)."""
+    if opts.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+    if opts.lr_schedule == "warmup_cosine":
+        from training.recipe import warmup_steps
+
+        warm = warmup_steps(total)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return None
 
 
 def train_one_epoch(
@@ -54,6 +93,8 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     seen = 0
     for x, m, y in train.batches(opts.batch_size, device, shuffle=True, generator=state["shuffle_gen"]):
+        if opts.augment != "none":  # before the twin is built: the noise fills the augmented mask
+            x, m = augment_batch(x, m, opts.augment, state.setdefault("aug_gen", torch.Generator().manual_seed(opts.seed + 2)))
         with amp_ctx():
             stats = paired_step(model, optimizer, norm, x, m, y, opts.lam, opts.noise_mode, state["noise_gen"])
         if scheduler is not None:
@@ -94,17 +135,24 @@ def fit(
 ) -> dict[str, Any]:
     """Paired training for ``opts.epochs`` epochs; returns per-step and per-epoch history.
 
+    ``auto`` options are resolved first (``training.recipe.resolve_recipe`` for ``len(train)`` images;
+    the job pipeline resolves them itself, with the start weights' provenance, and records why);
+    the history's ``options`` holds what was used.
+
     ``eval_sets`` (e.g. the test split) are evaluated after every epoch for the curves when
     ``opts.eval_every_epoch``.
     """
     progress = progress or Progress()
+    if not opts.is_resolved:
+        from training.recipe import resolve_recipe
+
+        opts = resolve_recipe(opts, len(train)).opts
     model.to(device).train()
     if torch.device(device).type == "cuda" and train.nbytes() <= GPU_RESIDENT_BYTES:
         train = train.to(device)  # uint8 images on the GPU: no per-batch host copies
     optimizer = make_optimizer(model, opts)
     total = math.ceil(len(train) / opts.batch_size) * opts.epochs
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
-                 if opts.lr_schedule == "cosine" else None)
+    scheduler = make_scheduler(optimizer, opts, total)
     norm = make_normalizer(mean, std)
     state: dict[str, Any] = {
         "step": 0, "total": total, "t0": time.perf_counter(), "steps": [],
@@ -134,7 +182,7 @@ def fit(
                                      for k, v in row.items() if k != "epoch"))
         progress.update(force=True, epoch=epoch)
     return {"steps": state["steps"], "epochs": epochs, "total_steps": total,
-            "seconds": time.perf_counter() - state["t0"]}
+            "seconds": time.perf_counter() - state["t0"], "options": opts.to_dict()}
 
 
 @torch.inference_mode()

@@ -9,14 +9,22 @@ variable              default        meaning
 TRAIN_MODE            finetune       ``finetune`` (the published version), ``scratch``, or
                                      ``pretrained:<path>`` (a torchvision state_dict file)
 TRAIN_ARCH            (MODEL_ARCH)   architecture for scratch/pretrained (finetune keeps the
-                                     parent's)
-TRAIN_EPOCHS          10             epochs over the training split
+                                     parent's); unset: resnet-18 at <= 96 px becomes resnet-18-32x32
+TRAIN_EPOCHS          auto           epochs over the training split; ``auto``: enough for ~600 optimizer
+                                     steps, 10..30 epochs (training.recipe)
 TRAIN_BATCH_SIZE      32
-TRAIN_LR              0.01
-TRAIN_OPTIMIZER       sgd            ``sgd`` (momentum 0.9) or ``adam``
-TRAIN_LR_SCHEDULE     cosine         ``cosine`` (annealed to 0 over the job) or ``constant``
+TRAIN_LR              auto           ``auto``: AdamW 1e-3 x sqrt(batch/32), SGD 0.1 x batch/256
+TRAIN_OPTIMIZER       auto           ``adamw``, ``sgd`` (momentum), ``adam``; ``auto``: adamw (sgd when
+                                     TRAIN_LR is set alone: the optimizer an explicit lr always meant)
+TRAIN_LR_SCHEDULE     auto           ``warmup_cosine`` (linear warm-up over 5% of the steps, then cosine
+                                     to 0), ``cosine``, ``constant``; ``auto``: warmup_cosine
 TRAIN_MOMENTUM        0.9            SGD momentum
-TRAIN_WEIGHT_DECAY    0.0005
+TRAIN_WEIGHT_DECAY    auto           ``auto``: 0.05 for adamw, 0.0005 for sgd/adam
+TRAIN_AUGMENT         auto           ``crop_flip`` (random resized crop 80-100% + horizontal flip, image
+                                     and painted mask together), ``flip``, ``none``; ``auto``: crop_flip
+TRAIN_BACKBONE_LR_SCALE auto         backbone lr = lr x this (the head gets lr); ``auto``: 0.1 when the
+                                     start weights were trained elsewhere (MODEL_CHECKPOINT v0,
+                                     pretrained:<path>), else 1
 TRAIN_LAMBDA          1.0            λ: weight of the paired logit-alignment term
 TRAIN_NOISE_MODE      noise          how painted pixels are replaced (training.noise.NOISE_MODES)
 TRAIN_IMAGE_SIZE      (parent/       model input size; finetune defaults to the parent's
@@ -32,6 +40,11 @@ TRAIN_PUSH_PREDICTIONS true          push the new version's predictions to Label
                                      set the project's model_version
 TRAIN_AMP             true           bf16 autocast on CUDA (ignored on CPU)
 ====================  =============  ==========================================================
+
+``auto`` values are the job defaults (``resolve``) and are turned into concrete values from the data by
+``training.recipe.resolve_recipe`` (which records why). A ``TrainOptions`` built directly in code keeps
+the fixed recipe of its field defaults (SGD 0.01, cosine, 10 epochs, no augmentation), so code that
+pins a recipe (``benchmarks/efficacy.py``) is unaffected.
 """
 
 from __future__ import annotations
@@ -39,8 +52,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "constant")
+AUTO = "auto"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("cosine", "constant", "warmup_cosine")
+AUGMENTS = ("none", "flip", "crop_flip")
+# what a job gets when neither TRAIN_* nor the job options set a value: chosen from the data
+JOB_DEFAULTS = {"epochs": AUTO, "lr": AUTO, "optimizer": AUTO, "lr_schedule": AUTO, "weight_decay": AUTO,
+                "augment": AUTO, "backbone_lr_scale": AUTO}
+AUTO_FIELDS = tuple(JOB_DEFAULTS)
 LABEL_SOURCES = ("annotation", "data")
 
 
@@ -65,13 +84,15 @@ class TrainOptions:
 
     mode: str = "finetune"
     arch: str | None = None
-    epochs: int = 10
+    epochs: int | str = 10
     batch_size: int = 32
-    lr: float = 0.01
+    lr: float | str = 0.01
     optimizer: str = "sgd"
     lr_schedule: str = "cosine"
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | str = 5e-4
+    augment: str = "none"
+    backbone_lr_scale: float | str = 1.0
     lam: float = 1.0
     noise_mode: str = "noise"
     image_size: int | None = None
@@ -93,6 +114,8 @@ class TrainOptions:
         "lr_schedule": "TRAIN_LR_SCHEDULE",
         "momentum": "TRAIN_MOMENTUM",
         "weight_decay": "TRAIN_WEIGHT_DECAY",
+        "augment": "TRAIN_AUGMENT",
+        "backbone_lr_scale": "TRAIN_BACKBONE_LR_SCALE",
         "lam": "TRAIN_LAMBDA",
         "noise_mode": "TRAIN_NOISE_MODE",
         "image_size": "TRAIN_IMAGE_SIZE",
@@ -111,10 +134,10 @@ class TrainOptions:
     @classmethod
     def resolve(cls, env: dict[str, str] | None = None, overrides: dict | None = None,
                 base: dict[str, Any] | None = None) -> "TrainOptions":
-        """Defaults <- ``base`` (the backend's seed/device/fetch workers) <- ``env`` (``TRAIN_*`` values,
+        """Job defaults (``JOB_DEFAULTS``: ``auto``) <- ``base`` (the backend's seed/device/fetch workers) <- ``env`` (``TRAIN_*`` values,
         as read by the settings module) <- ``overrides`` (job options). Raises OptionsError naming any
         bad or unknown option."""
-        raw: dict[str, Any] = dict(base or {})
+        raw: dict[str, Any] = {**JOB_DEFAULTS, **(base or {})}
         for name, var in cls.ENV.items():
             v = (env or {}).get(var)
             if v not in (None, ""):
@@ -137,16 +160,18 @@ class TrainOptions:
                 continue
             v = raw[f.name]
             try:
-                if f.name in ("epochs", "batch_size", "seed", "num_workers", "image_size"):
+                if f.name in AUTO_FIELDS and isinstance(v, str) and v.strip().lower() == AUTO:
+                    v = AUTO
+                elif f.name in ("epochs", "batch_size", "seed", "num_workers", "image_size"):
                     if isinstance(v, float) and not v.is_integer():
                         raise ValueError
                     v = int(v)
-                elif f.name in ("lr", "momentum", "weight_decay", "lam"):
+                elif f.name in ("lr", "momentum", "weight_decay", "lam", "backbone_lr_scale"):
                     v = float(v)
                 elif f.name in ("eval_every_epoch", "push_predictions", "amp"):
                     v = _bool(v, f.name)
                 else:
-                    v = str(v).strip()
+                    v = str(v).strip().lower() if f.name in ("optimizer", "lr_schedule", "augment") else str(v).strip()
             except (TypeError, ValueError):
                 raise OptionsError(f"training option {f.name}={v!r} has the wrong type") from None
             kw[f.name] = v
@@ -164,23 +189,34 @@ class TrainOptions:
             raise OptionsError("mode pretrained:<path> needs the path of a state_dict file")
         if self.arch is not None and self.arch not in ARCHS:
             raise OptionsError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer not in (*OPTIMIZERS, AUTO):
             raise OptionsError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.noise_mode not in NOISE_MODES:
             raise OptionsError(f"noise_mode must be one of {list(NOISE_MODES)}, got {self.noise_mode!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
+        if self.augment not in (*AUGMENTS, AUTO):
+            raise OptionsError(f"augment must be one of {AUGMENTS} or auto, got {self.augment!r}")
+        if self.lr_schedule not in (*LR_SCHEDULES, AUTO):
             raise OptionsError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.label_source not in LABEL_SOURCES:
             raise OptionsError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1)):
-            if getattr(self, name) < low:
+            if getattr(self, name) != AUTO and getattr(self, name) < low:
                 raise OptionsError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:
             raise OptionsError(f"image_size must be >= 8, got {self.image_size}")
-        if not self.lr > 0:
+        if self.lr != AUTO and not self.lr > 0:
             raise OptionsError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay != AUTO and self.weight_decay < 0:
+            raise OptionsError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.backbone_lr_scale != AUTO and not self.backbone_lr_scale >= 0:
+            raise OptionsError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         if self.lam < 0:
             raise OptionsError(f"lam (λ) must be >= 0, got {self.lam}")
+
+    @property
+    def is_resolved(self) -> bool:
+        """True when no option is ``auto`` (``training.recipe.resolve_recipe`` has run)."""
+        return all(getattr(self, name) != AUTO for name in AUTO_FIELDS)
 
     @property
     def pretrained_path(self) -> str | None:

@@ -35,6 +35,7 @@ from training.images import ImageSource
 from training.models import build_model, classifier_head, load_pretrained_backbone
 from training.options import OptionsError, TrainOptions
 from training.progress import Progress
+from training.recipe import choose_arch, resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class StartModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     init: str  # human-readable description of where the weights came from
+    pretrained: bool = False  # the weights were trained elsewhere (MODEL_CHECKPOINT v0, pretrained:<path>)
+    arch_reason: str = ""
 
 
 @dataclass
@@ -72,10 +75,29 @@ def _head_keys(model: nn.Module) -> set[str]:
     return {f"{prefix}.{k}" for k in head.state_dict()}
 
 
+def _untrained(meta: CheckpointMeta) -> bool:
+    """A v0 of seeded random weights (no MODEL_CHECKPOINT): fine-tuning it is training from scratch."""
+    return meta.version == "v0" and str((meta.config or {}).get("source", "")).startswith("random init")
+
+
+def _given_weights(meta: CheckpointMeta) -> bool:
+    """A v0 of the weights at MODEL_CHECKPOINT (trained elsewhere; ``create_initial_version`` names the file
+    and what it did not load), as opposed to a random init or a v0 trained here (the demo's)."""
+    return meta.version == "v0" and "(not loaded:" in str((meta.config or {}).get("source", ""))
+
+
 def _finetune_parent(opts: TrainOptions, classes: list[str], parent: tuple[nn.Module, CheckpointMeta] | None) -> StartModel:
     if parent is None:
         raise OptionsError("mode finetune needs a published version to start from")
     pmodel, pmeta = parent
+    size = opts.image_size or pmeta.image_size
+    if _untrained(pmeta) and not opts.arch:
+        arch, why = choose_arch(None, pmeta.arch, size)
+        if arch != pmeta.arch:  # nothing to keep from random weights: start the better-suited model
+            torch.manual_seed(opts.seed)
+            init = f"random init (seed {opts.seed}; {pmeta.version} is untrained)"
+            return StartModel(build_model(arch, len(classes)), arch, size, tuple(pmeta.mean), tuple(pmeta.std), init,
+                              arch_reason=f"{pmeta.version} is untrained; {why}")
     if opts.arch and opts.arch != pmeta.arch:
         raise OptionsError(
             f"mode finetune keeps the parent's architecture ({pmeta.arch}); "
@@ -91,8 +113,9 @@ def _finetune_parent(opts: TrainOptions, classes: list[str], parent: tuple[nn.Mo
         model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
         init = f"fine-tuned from {pmeta.version} with a new classifier head (classes {pmeta.classes} -> {classes})"
         log.warning("finetune: %s", init)
-    size = opts.image_size or pmeta.image_size
-    return StartModel(model, pmeta.arch, size, tuple(pmeta.mean), tuple(pmeta.std), init)
+    given = _given_weights(pmeta)
+    return StartModel(model, pmeta.arch, size, tuple(pmeta.mean), tuple(pmeta.std), init, pretrained=given,
+                      arch_reason=f"finetune keeps the parent's ({pmeta.version})")
 
 
 def start_model(opts: TrainOptions, defaults: ModelDefaults, classes: list[str],
@@ -101,9 +124,9 @@ def start_model(opts: TrainOptions, defaults: ModelDefaults, classes: list[str],
     if opts.mode == "finetune":
         return _finetune_parent(opts, classes, parent)
     torch.manual_seed(opts.seed)
-    arch = opts.arch or defaults.arch
-    model = build_model(arch, len(classes))
     size = opts.image_size or defaults.image_size
+    arch, arch_reason = choose_arch(opts.arch, defaults.arch, size)
+    model = build_model(arch, len(classes))
     if opts.pretrained_path:
         path = Path(opts.pretrained_path)
         if not path.is_file():
@@ -112,7 +135,8 @@ def start_model(opts: TrainOptions, defaults: ModelDefaults, classes: list[str],
         init = f"pretrained weights {path} (not loaded: {skipped or 'none'})"
     else:
         init = f"random init (seed {opts.seed})"
-    return StartModel(model, arch, size, IMAGENET_MEAN, IMAGENET_STD, init)
+    return StartModel(model, arch, size, IMAGENET_MEAN, IMAGENET_STD, init, pretrained=bool(opts.pretrained_path),
+                      arch_reason=arch_reason)
 
 
 def _open_writer(run_dir: Path):
@@ -184,7 +208,8 @@ def run_pipeline(
 ) -> PipelineResult:
     """Records -> new published version. ``summary`` keys: version, parent, published, arch,
     image_size, classes, init, device, metrics (parent/new/delta_accuracy), counts, history,
-    timings, options, checkpoint, run_dir, curves."""
+    timings, options (as used: no ``auto`` left), recipe (per chosen option ``[value, reason]``),
+    checkpoint, run_dir, curves."""
     progress = progress or Progress()
     device = opts.torch_device()
     timings: dict[str, float] = {}
@@ -208,6 +233,11 @@ def run_pipeline(
             f"no usable training tasks (data.split == {TRAIN_SPLIT!r} with a known class and a readable image); "
             f"export counts: {export.counts()['by_split']}, skipped: {export.counts()['skipped'] or 'none'}"
         )
+
+    recipe = resolve_recipe(opts, len(train), pretrained=start.pretrained)
+    recipe.reasons = {"arch": [start.arch, start.arch_reason], **recipe.reasons}
+    opts = recipe.opts
+    log.info("recipe: %s", "; ".join(f"{k}={v[0]} ({v[1]})" for k, v in recipe.reasons.items()))
 
     progress.phase("eval", which="parent")
     t = time.perf_counter()
@@ -242,7 +272,7 @@ def run_pipeline(
     counts = export.counts()
     counts.update(train_images=len(train), train_painted=train.n_painted)
     delta = _delta(new_metrics, parent_metrics)
-    config = {"options": opts.to_dict(), "init": start.init, "device": device,
+    config = {"options": opts.to_dict(), "recipe": recipe.reasons, "init": start.init, "device": device,
               "counts": {k: v for k, v in counts.items() if k != "skipped_ids"}, **(extra_config or {})}
     metrics = {**new_metrics, "parent": parent_metrics, "delta_accuracy": delta, "epochs": history["epochs"]}
     meta = CheckpointMeta(
@@ -265,7 +295,7 @@ def run_pipeline(
         "metrics": {"parent": parent_metrics, "new": new_metrics, "delta_accuracy": delta},
         "counts": counts, "history": history["epochs"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "options": opts.to_dict(), "checkpoint": str(path), "run_dir": str(run_dir),
+        "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
     }
     t = time.perf_counter()
     title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"

@@ -96,8 +96,10 @@ class IndexManager:
             self._loaded[project_id] = index
             return index
 
-    def get(self, project_id: int, served, config) -> InfluenceIndex | None:
-        """The index of the served version: from memory, from disk, or built per ``INFLUENCE_BUILD``."""
+    def get(self, project_id: int, served, config, wait: bool = False) -> InfluenceIndex | None:
+        """The index of the served version: from memory, from disk, or built per ``INFLUENCE_BUILD``
+        (``wait``: build it now unless INFLUENCE_BUILD=off, e.g. for training tasks, whose score is
+        the suspicion)."""
         cached = self._loaded.get(project_id)
         if cached is not None and cached.version == served.version:
             return cached
@@ -108,7 +110,7 @@ class IndexManager:
         failed_at = self._failed.get(key)
         if self.mode == "off" or (failed_at is not None and time.monotonic() - failed_at < self.RETRY_AFTER_S):
             return None
-        if self.mode == "sync":
+        if self.mode == "sync" or wait:
             return self.build(project_id, served, config)
         with self._lock:
             thread = self._building.get(key)

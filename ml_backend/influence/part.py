@@ -11,8 +11,10 @@ from label_config.export import TRAIN_SPLIT
 from ml_backend.influence.embedding import _target_index, delta_for, embed_batch
 from ml_backend.influence.index import InfluenceIndex, rank
 from ml_backend.influence.manager import IndexManager, RecordSource
+from ml_backend.pages import Neighbour, influence_page, suspicion_page
 from ml_backend.parts import PartOutput, PredictContext
 from ml_backend.suspicion import SCORES
+from ml_backend.task_files import InfluencePages, task_key
 from training.images import normalize, to_batch
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ def _split(task: dict) -> str | None:
 
 
 def task_link(base_url: str | None, project_id: int, task_id: int) -> str:
-    """The Data Manager URL that opens a task."""
+    """The Data Manager URL that opens a task (relative to Label Studio's page when its URL is unknown)."""
     return f"{(base_url or '').rstrip('/')}/projects/{project_id}/data?task={task_id}"
 
 
@@ -62,42 +64,69 @@ class InfluencePart:
             feats.append(h.cpu())
         return torch.cat(probs), torch.cat(feats)
 
-    def influence_lines(self, index: InfluenceIndex, scores: torch.Tensor, pred: str, version: str,
-                        base: str | None, project_id: int) -> list[str]:
-        """The TextArea lines of one test task from its ``N`` scores against the index."""
-        lines = [f"influence ({self.score}, {version}) on the prediction {pred!r}: + supports it, - opposes it"]
+    def neighbours(self, index: InfluenceIndex, scores: torch.Tensor, base: str | None,
+                   project_id: int) -> dict[str, list[Neighbour]]:
+        """The top-k training tasks of one test task (from its ``N`` scores), per ranking."""
         signs = ("proponents", "opponents") if self.sign == "both" else (self.sign,)
+        out = {}
         for sign in signs:
             values, idx = rank(scores[None], self.top_k, sign)
-            for v, i in zip(values[0].tolist(), idx[0].tolist()):
-                tid = int(index.task_ids[i])
-                lines.append(f"#{tid} {index.classes[int(index.targets[i])]} {v:+.4g} {task_link(base, project_id, tid)}")
-        return lines
+            out[sign] = [Neighbour(int(index.task_ids[i]), index.classes[int(index.targets[i])], v,
+                                   task_link(base, project_id, int(index.task_ids[i])))
+                         for v, i in zip(values[0].tolist(), idx[0].tolist())]
+        return out
+
+    def _influence_output(self, ctx: PredictContext, j: int, version: str, pred: str,
+                          near: dict[str, list[Neighbour]]) -> list[dict]:
+        """The page of a test task (HyperText view), or TextArea lines (older configs)."""
+        if ctx.config.has_influence_view:
+            html = influence_page(version, pred, self.score, near.get("proponents", []) + near.get("abs", []),
+                                  near.get("opponents", []))
+            self.pages(ctx).write(version, task_key(ctx.tasks[j]), html.encode())
+            return []
+        lines = [f"influence ({self.score}, {version}) on the prediction {pred!r}: + supports it, - opposes it"]
+        lines += [f"#{n.task_id} {n.label} {n.value:+.4g} {n.url}" for ns in near.values() for n in ns]
+        return [regions_lib.text(lines, ctx.config.influence_control, ctx.config.image_name)]
+
+    def _suspicion_output(self, ctx: PredictContext, j: int, index: InfluenceIndex, value: float,
+                          harmed: list[Neighbour]) -> list[dict]:
+        version = ctx.served.version
+        if ctx.config.has_influence_view:
+            html = suspicion_page(version, value, index.suspicion_formula, harmed)
+            self.pages(ctx).write(version, task_key(ctx.tasks[j]), html.encode())
+            return []
+        lines = [f"suspicion {value:.3f} ({index.suspicion_formula}, {version})"]
+        lines += [f"harms #{n.task_id} {n.label} {n.value:+.4g} {n.url}" for n in harmed]
+        return [regions_lib.text(lines, ctx.config.influence_control, ctx.config.image_name)]
+
+    @staticmethod
+    def pages(ctx: PredictContext) -> InfluencePages:
+        return InfluencePages(ctx.settings.model_dir, ctx.project_id)
 
     def __call__(self, ctx: PredictContext) -> PartOutput:
         n = len(ctx.tasks)
         regions: list[list[dict]] = [[] for _ in range(n)]
         scores: list[float | None] = [None] * n
-        index = self.manager.get(ctx.project_id, ctx.served, ctx.config)
+        train_rows = [j for j, t in enumerate(ctx.tasks) if _split(t) == TRAIN_SPLIT]
+        # a training task's score is its suspicion, never a confidence: wait for the index when one is in the batch
+        index = self.manager.get(ctx.project_id, ctx.served, ctx.config, wait=bool(train_rows))
         if index is None:
             log.info("project %s: no influence index for %s yet; influence and suspicion left out for tasks %s",
                      ctx.project_id, ctx.served.version, [t.get("id") for t in ctx.tasks])
             return PartOutput(regions=regions, scores=None)
         probs, feats = self._embed(ctx)
         preds = probs.argmax(dim=1)
-        control = ctx.config.influence_control
+        shown = ctx.config.influence_control or ctx.config.has_influence_view
         base = ctx.settings.label_studio_url
         test_rows = [j for j, t in enumerate(ctx.tasks) if _split(t) != TRAIN_SPLIT]
-        train_rows = [j for j, t in enumerate(ctx.tasks) if _split(t) == TRAIN_SPLIT]
 
-        if test_rows and control and len(index):
+        if test_rows and shown and len(index):
             rows = torch.tensor(test_rows)
             all_scores = index.scores(delta_for(probs[rows], preds[rows]), feats[rows], self.score)  # one product
             for r, j in enumerate(test_rows):
                 try:
-                    lines = self.influence_lines(index, all_scores[r], index.classes[int(preds[j])],
-                                                 ctx.served.version, base, ctx.project_id)
-                    regions[j].append(regions_lib.text(lines, control, ctx.config.image_name))
+                    near = self.neighbours(index, all_scores[r], base, ctx.project_id)
+                    regions[j] += self._influence_output(ctx, j, ctx.served.version, index.classes[int(preds[j])], near)
                 except Exception:
                     log.exception("project %s task %s: influence text failed", ctx.project_id, ctx.tasks[j].get("id"))
 
@@ -111,12 +140,10 @@ class InfluencePart:
                     target = _target_index((task.get("data") or {}).get("label"), index.classes)
                     t = torch.tensor([target if target >= 0 else int(preds[j])])
                     scores[j] = float(index.suspicion_for(delta_for(probs[j : j + 1], t), feats[j : j + 1])[0])
-                if control:
-                    lines = [f"suspicion {scores[j]:.3f} ({index.suspicion_formula}, {ctx.served.version})"]
-                    if row is not None:
-                        for tid, cls, v in index.harmed_tests(row, self.top_k):
-                            lines.append(f"harms #{tid} {index.classes[cls]} {v:+.4g} {task_link(base, ctx.project_id, tid)}")
-                    regions[j].append(regions_lib.text(lines, control, ctx.config.image_name))
+                if shown:
+                    harmed = [Neighbour(tid, index.classes[cls], v, task_link(base, ctx.project_id, tid))
+                              for tid, cls, v in (index.harmed_tests(row, self.top_k) if row is not None else [])]
+                    regions[j] += self._suspicion_output(ctx, j, index, scores[j], harmed)
             except Exception:
                 log.exception("project %s task %s: suspicion failed", ctx.project_id, task.get("id"))
         return PartOutput(regions=regions, scores=scores)

@@ -83,15 +83,17 @@ def test_import_connect_predict(label_studio, backend, dataset):
         (region,) = [r for r in pred["result"] if r["from_name"] == "pred_class"]
         assert region["type"] == "choices" and region["value"]["choices"][0] in classes
         assert 0 < pred["score"] <= 1
-        # saliency: a "Model attention" brush region at the image's size, and the heatmap PNG is served
-        (attention,) = [r for r in pred["result"] if r["from_name"] == "attention"]
-        assert attention["value"]["brushlabels"] == ["Model attention"]
-        assert (attention["original_width"], attention["original_height"]) == (48, 48)
-        from label_config.rle import decode_rle
-
-        assert decode_rle(attention["value"]["rle"], 48, 48).any()
-        png = requests.get(task["data"]["saliency"], timeout=30)
+        # one paint tool: the model's attention is the heatmap view, not a second brush region
+        assert not [r for r in pred["result"] if r["type"] == "brushlabels"]
+        # the heatmap PNG is served, readable by Label Studio's pages (CORS for its origin)
+        png = requests.get(task["data"]["saliency"], headers={"Origin": label_studio.url}, timeout=30)
         assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+        assert png.headers["access-control-allow-origin"] == label_studio.url
+        # influence (test tasks) / suspicion (training tasks): a read-only page with links to tasks
+        page = requests.get(task["data"]["influence"], headers={"Origin": label_studio.url}, timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["access-control-allow-origin"] == label_studio.url
+        assert ("Suspicion" if task["data"]["split"] == "train" else "supports it") in page.text
     health = requests.get(backend.url + "/health", timeout=5).json()
     assert "SEGMENTATION_WEIGHTS" in health["disabled_parts"]["segmentation"]
 

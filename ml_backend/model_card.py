@@ -1,0 +1,72 @@
+"""The model card in Label Studio (Settings › Model) as the place a user sees training: its title says
+the served version and what training is doing (queued, epoch k of n, failed with the reason), its
+description links the version's report page. Written by the worker through the SDK; best effort."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TITLE = "Robustar"
+MIN_INTERVAL_S = 2.0
+
+
+def progress_text(state: dict[str, Any], version: str | None) -> str | None:
+    """A short status from the job's progress state; None when nothing worth showing changed."""
+    phase = state.get("phase")
+    target = f"training {version}" if version else "training"
+    if phase == "train" and state.get("epoch"):
+        return f"{target}: epoch {state['epoch']} of {state.get('epochs', '?')}"
+    if phase in ("export", "decode", "images", "eval", "save", "predictions"):
+        return f"{target}: {phase}"
+    return None
+
+
+class ModelCard:
+    """The Label Studio ML backend entry of one project, found by its URL (else the only one)."""
+
+    def __init__(self, client, project_id: int, backend_url: str | None, report_url: str | None = None) -> None:
+        self.client, self.project_id, self.backend_url = client, project_id, (backend_url or "").rstrip("/")
+        self.report_url = report_url
+        self._id: int | None = None
+        self._last_text: str | None = None
+        self._last_at = 0.0
+        self._failed = False
+        self.served: str | None = None
+        self.training: str | None = None
+
+    def _backend_id(self) -> int | None:
+        if self._id is None:
+            backends = list(self.client.ml.list(project=self.project_id))
+            mine = [b for b in backends if (b.url or "").rstrip("/") == self.backend_url] or backends[:1]
+            self._id = mine[0].id if mine else None
+        return self._id
+
+    def show(self, status: str, force: bool = False, description: str | None = None) -> None:
+        """Set the card's title to ``Robustar · <status>`` (rate-limited unless ``force``)."""
+        text = f"{TITLE} · {status}"
+        now = time.monotonic()
+        if self._failed or text == self._last_text or (not force and now - self._last_at < MIN_INTERVAL_S):
+            return
+        try:
+            backend_id = self._backend_id()
+            if backend_id is None:
+                return
+            fields = {"title": text}
+            if description is not None:
+                fields["description"] = description
+            self.client.ml.update(id=backend_id, **fields, request_options={"max_retries": 0, "timeout_in_seconds": 10})
+            self._last_text, self._last_at = text, now
+        except Exception as e:  # the card is a view: never fail a job for it (nor retry it every step)
+            self._failed = True
+            log.info("project %s: cannot update the model card in Label Studio: %s", self.project_id, e)
+
+    def progress(self, state: dict[str, Any]) -> None:
+        """A ``training.progress.Progress`` sink."""
+        text = progress_text(state, self.training)
+        if text:
+            served = f"serving {self.served} · " if self.served else ""
+            self.show(served + text, force=state.get("phase") != "train")

@@ -1,0 +1,1 @@
+"""Browser tests: Label Studio's UI in Debian chromium (Playwright) against the real stack."""

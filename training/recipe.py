@@ -1,0 +1,140 @@
+"""The training recipe: the ``auto`` job options turned into concrete values from the data, with the
+reason for each choice (recorded as ``summary["recipe"]`` and in the checkpoint's config).
+
+A user does not tune optimizers, so a job's defaults are chosen from what it trains on:
+
+- **architecture** (``choose_arch``): ``resnet-18`` on images of at most ``SMALL_IMAGE_MAX`` px gets
+  the small-image stem (``resnet-18-32x32``: 3x3 stride-1 conv, no max-pool). The ImageNet stem (7x7
+  stride 2 + max-pool) shrinks a 64 px image to 2x2 before the last block. Only when TRAIN_ARCH is
+  unset; finetune of an untrained (random-init) v0 counts as a fresh start;
+- **optimizer** ``adamw`` (decoupled weight decay 0.05), learning rate 1e-3 x sqrt(batch/32), which
+  trains from scratch and fine-tunes without tuning across data sizes; SGD (momentum) when TRAIN_LR is
+  set without TRAIN_OPTIMIZER (an explicit lr has always meant SGD here), lr 0.1 x batch/256;
+- **schedule** ``warmup_cosine``: linear warm-up over 5% of the steps (at least 1), then cosine to 0;
+- **epochs**: enough for ``TARGET_STEPS`` optimizer steps, bounded to ``EPOCH_BOUNDS`` (a 300-image
+  set gets 30 epochs, 10k images 10);
+- **augmentation** ``crop_flip`` (``training.augment``: mild random resized crop + horizontal flip,
+  image and painted mask together);
+- **backbone lr scale** 0.1 when the start weights were trained elsewhere (``MODEL_CHECKPOINT`` v0,
+  ``pretrained:<path>``): the backbone moves slowly, the (possibly re-initialised) head at full lr.
+
+Anything set explicitly (``TRAIN_*`` or a job option) is kept as given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from training.options import AUTO, TrainOptions
+
+SMALL_IMAGE_MAX = 96
+SMALL_STEM = {"resnet-18": "resnet-18-32x32"}
+TARGET_STEPS = 600
+EPOCH_BOUNDS = (10, 30)
+ADAMW_LR, ADAMW_WD = 1e-3, 0.05
+SGD_LR_PER_256, SGD_WD, ADAM_WD = 0.1, 5e-4, 5e-4
+LR_CAP = {"adamw": 4e-3, "adam": 4e-3, "sgd": 0.4}
+WARMUP_FRACTION = 0.05
+PRETRAINED_BACKBONE_LR_SCALE = 0.1
+DEFAULT_AUGMENT = "crop_flip"
+
+
+@dataclass
+class Recipe:
+    """Concrete options (no ``auto``) and, per chosen option, ``[value, reason]``."""
+
+    opts: TrainOptions
+    reasons: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def choose_arch(requested: str | None, default: str, image_size: int) -> tuple[str, str]:
+    """``(arch, reason)``: the explicit TRAIN_ARCH as given, else ``default`` (MODEL_ARCH) with the
+    small-image stem for images of at most ``SMALL_IMAGE_MAX`` px."""
+    if requested:
+        return requested, "TRAIN_ARCH / job option"
+    small = SMALL_STEM.get(default)
+    if small and image_size <= SMALL_IMAGE_MAX:
+        return small, (f"image_size {image_size} <= {SMALL_IMAGE_MAX}: small-image stem (3x3 stride 1, no max-pool) "
+                       f"instead of {default}'s ImageNet stem")
+    return default, "MODEL_ARCH"
+
+
+def warmup_steps(total: int) -> int:
+    return max(1, round(WARMUP_FRACTION * total)) if total > 1 else 0
+
+
+def resolve_recipe(opts: TrainOptions, n_train: int, *, pretrained: bool = False) -> Recipe:
+    """Turn every ``auto`` option into a value for a training split of ``n_train`` images.
+
+    ``pretrained``: the start weights were trained elsewhere (lower backbone lr). Explicit options are
+    kept and reported as set."""
+    reasons: dict[str, list[Any]] = {}
+    set_by_user = "set (TRAIN_* / job option)"
+    chosen: dict[str, Any] = {}
+
+    optimizer = opts.optimizer
+    if optimizer == AUTO:
+        if opts.lr != AUTO:
+            optimizer, why = "sgd", "lr set without an optimizer: SGD with momentum, as an explicit lr always meant"
+        else:
+            optimizer, why = "adamw", "AdamW trains from scratch and fine-tunes without tuning"
+        chosen["optimizer"] = optimizer
+        reasons["optimizer"] = [optimizer, why]
+    else:
+        reasons["optimizer"] = [optimizer, set_by_user]
+
+    b = opts.batch_size
+    if opts.lr == AUTO:
+        if optimizer == "sgd":
+            lr, why = SGD_LR_PER_256 * b / 256, f"SGD: 0.1 x batch {b} / 256 (linear scaling)"
+        else:
+            lr, why = ADAMW_LR * math.sqrt(b / 32), f"{optimizer}: 1e-3 x sqrt(batch {b} / 32)"
+        lr = min(lr, LR_CAP[optimizer])
+        chosen["lr"] = float(f"{lr:.3g}")
+        reasons["lr"] = [chosen["lr"], why]
+    else:
+        reasons["lr"] = [opts.lr, set_by_user]
+
+    if opts.weight_decay == AUTO:
+        wd = {"adamw": ADAMW_WD, "sgd": SGD_WD, "adam": ADAM_WD}[optimizer]
+        chosen["weight_decay"] = wd
+        reasons["weight_decay"] = [wd, f"{optimizer}'s usual weight decay"]
+    else:
+        reasons["weight_decay"] = [opts.weight_decay, set_by_user]
+
+    steps_per_epoch = max(1, math.ceil(n_train / b))
+    if opts.epochs == AUTO:
+        lo, hi = EPOCH_BOUNDS
+        epochs = min(hi, max(lo, math.ceil(TARGET_STEPS / steps_per_epoch)))
+        chosen["epochs"] = epochs
+        reasons["epochs"] = [epochs, f"{n_train} images / batch {b} = {steps_per_epoch} steps per epoch; "
+                                     f"~{TARGET_STEPS} steps, bounded to {lo}..{hi} epochs"]
+    else:
+        reasons["epochs"] = [opts.epochs, set_by_user]
+    total = steps_per_epoch * chosen.get("epochs", opts.epochs)
+
+    if opts.lr_schedule == AUTO:
+        chosen["lr_schedule"] = "warmup_cosine"
+        reasons["lr_schedule"] = ["warmup_cosine", f"linear warm-up over {warmup_steps(total)} of {total} steps, "
+                                                   "then cosine to 0"]
+    else:
+        reasons["lr_schedule"] = [opts.lr_schedule, set_by_user]
+
+    if opts.augment == AUTO:
+        chosen["augment"] = DEFAULT_AUGMENT
+        reasons["augment"] = [DEFAULT_AUGMENT, "random resized crop (80-100% of the area) + horizontal flip, "
+                                               "image and painted mask together"]
+    else:
+        reasons["augment"] = [opts.augment, set_by_user]
+
+    if opts.backbone_lr_scale == AUTO:
+        scale = PRETRAINED_BACKBONE_LR_SCALE if pretrained else 1.0
+        chosen["backbone_lr_scale"] = scale
+        reasons["backbone_lr_scale"] = [scale, "start weights trained elsewhere: backbone at 0.1 x lr, head at lr"
+                                        if pretrained else "no weights from elsewhere: one lr for all layers"]
+    else:
+        reasons["backbone_lr_scale"] = [opts.backbone_lr_scale, set_by_user]
+
+    return Recipe(replace(opts, **chosen), reasons)

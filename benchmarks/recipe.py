@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import tempfile
 import time
@@ -47,7 +46,12 @@ from PIL import Image
 from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, TaskRecord
-from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointStore, ModelDefaults
+from training.checkpoints import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointStore,
+    ModelDefaults,
+)
 from training.dataset import PairedDataset
 from training.engine import evaluate, fit
 from training.images import make_normalizer

@@ -24,6 +24,6 @@ def paint_from_masks(client: LabelStudio, project_id: int, masks_root: Path, lim
         mask = np.asarray(Image.open(path).convert("L")) > 127
         if not mask.any():
             continue
-        client.annotations.create(id=task.id, result=[regions.brush(mask, region_id="spurious"), regions.choices(data["label"], region_id="class")], was_cancelled=False)
+        client.annotations.create(id=task.id, result=[regions.brush(mask, region_id="spurious")], was_cancelled=False)
         done.append(task.id)
     return done

@@ -42,6 +42,7 @@ from ml_backend.jobs import (
 )
 from ml_backend.metrics import Metrics
 from ml_backend.model import RobustarModel, describe_key_destination
+from ml_backend.model_card import show_training_queued
 from ml_backend.parts import PredictionPart
 from ml_backend.security import AccessMiddleware, install_log_redaction
 from ml_backend.serving import ClassMismatchError, ModelRegistry
@@ -221,9 +222,14 @@ async def job_status(request: Request):
     return await run_in_threadpool(job_state, job)
 
 
-def _described_errors(tasks: list[dict], errors: list[tuple[int, str]], field: str) -> list[dict]:
-    return [{"index": i, "task": tasks[i].get("id"), "field": field, "message": f"{task_label(i, tasks[i])}: {field}: {msg}"}
-            for i, msg in sorted(errors)]
+def _described_errors(tasks: list[dict], errors: list[tuple], field: str) -> list[dict]:
+    """``(index, message[, status])`` per failed task -> the ``errors`` entries (status 422 unless given:
+    413 for an image over a memory budget, 503 when the backend is too busy to decode it)."""
+    out = []
+    for i, msg, *rest in sorted(errors, key=lambda e: e[0]):
+        out.append({"index": i, "task": tasks[i].get("id"), "field": field, "status": int(rest[0]) if rest else 422,
+                    "message": f"{task_label(i, tasks[i])}: {field}: {msg}"})
+    return out
 
 
 async def predict(request: Request):
@@ -241,7 +247,9 @@ async def predict(request: Request):
     if tasks and len(described) == len(tasks):
         # nothing could be predicted: say why (a batch with some good tasks still gets its predictions)
         more = f" (and {len(described) - 3} more)" if len(described) > 3 else ""
-        return error("; ".join(d["message"] for d in described[:3]) + more, 422, errors=described)
+        statuses = {d["status"] for d in described}  # all over budget: 413; all busy: 503; else 422
+        status = statuses.pop() if len(statuses) == 1 else 422
+        return error("; ".join(d["message"] for d in described[:3]) + more, status, errors=described)
     answer = {"results": results, "model_version": results[0]["model_version"] if results else model.model_version}
     if described:
         answer["errors"] = described
@@ -257,6 +265,7 @@ async def webhook(request: Request) -> dict:
         return {"status": "ignored", "action": action}
     answer = await run_in_threadpool(backend.queue.handle_event, project_id, action)
     backend.metrics.count_event(action, answer.get("status", ""))
+    show_training_queued(backend.settings, project_id, answer, *backend.creds.get(project_id, (None, None)))
     return answer
 
 

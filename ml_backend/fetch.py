@@ -28,7 +28,9 @@ import binascii
 import fnmatch
 import os
 import re
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
@@ -40,7 +42,8 @@ from PIL import Image
 from ml_backend.settings import Settings
 from training.images import ImageError, decode_image
 
-__all__ = ["FetchPolicy", "ImageError", "ImageFetcher", "describe_url"]
+__all__ = ["DecodeMemory", "FetchPolicy", "ImageBudgetError", "ImageError", "ImageFetcher", "RequestBudget",
+           "describe_url", "decode_memory"]
 
 MAX_REDIRECTS = 5
 _CHUNK = 1 << 16
@@ -57,12 +60,90 @@ class FetchPolicy:
     max_bytes: int
     max_pixels: int
     timeout: float
+    max_decode_bytes: int = 0  # process-wide bytes of full-size decodes at once (0: unbounded)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FetchPolicy":
         return cls(allowed_hosts=tuple(settings.allowed_image_hosts), image_root=settings.image_root,
                    max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                   timeout=settings.fetch_timeout)
+                   timeout=settings.fetch_timeout, max_decode_bytes=settings.predict_max_decode_bytes)
+
+
+class ImageBudgetError(ImageError):
+    """A task's image does not fit a memory budget: 413 (the request's pixel budget) or 503 (the process is
+    decoding as much as it may at once and no room came free within FETCH_TIMEOUT)."""
+
+    def __init__(self, message: str, status: int = 413) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestBudget:
+    """The decoded pixels one /predict request may hold (``PREDICT_MAX_PIXELS_PER_REQUEST``): every image is
+    charged its decoded (downscaled) size before it is decoded; one that does not fit is refused (413)."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = int(max_pixels)
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def charge(self, source: str, pixels: int) -> None:
+        with self._lock:
+            if self.max_pixels and self.used + pixels > self.max_pixels:
+                raise ImageBudgetError(
+                    f"{source}: over the request's pixel budget ({pixels} decoded pixels, {self.used} already "
+                    f"held of {self.max_pixels}, PREDICT_MAX_PIXELS_PER_REQUEST); send fewer tasks per request", 413)
+            self.used += pixels
+
+    def refund(self, pixels: int) -> None:
+        with self._lock:
+            self.used -= pixels
+
+
+class DecodeMemory:
+    """Process-wide: the bytes that full-size decodes may hold at once (``PREDICT_MAX_DECODE_BYTES``).
+
+    A decode reserves its peak (full-size pixels plus one converted copy) before any pixel is decoded and
+    gives it back once the image is downscaled; others wait, at most ``timeout`` (then 503). An image
+    bigger than the whole budget reserves all of it (it decodes alone). Nothing is held while waiting but
+    the compressed bytes, and every holder finishes in bounded time, so waiting cannot deadlock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, source: str, nbytes: int, timeout: float):
+        n = min(int(nbytes), self.limit)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + n <= self.limit, timeout):
+                raise ImageBudgetError(f"{source}: the backend is decoding as many images as its memory allows "
+                                       f"(PREDICT_MAX_DECODE_BYTES={self.limit}); retry later", 503)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+_decode_memories: dict[int, DecodeMemory] = {}
+_decode_memories_lock = threading.Lock()
+
+
+def decode_memory(limit: int) -> DecodeMemory | None:
+    """The process's ``DecodeMemory`` for ``limit`` bytes (one per process and limit; None: unbounded)."""
+    if not limit or limit <= 0:
+        return None
+    with _decode_memories_lock:
+        mem = _decode_memories.get(int(limit))
+        if mem is None:
+            mem = _decode_memories[int(limit)] = DecodeMemory(int(limit))
+        return mem
 
 
 def describe_url(url: object, limit: int = 120) -> str:
@@ -277,6 +358,30 @@ class ImageFetcher:
             return self._local_file(url)
         return self._download(url)
 
-    def fetch(self, url: str) -> Image.Image:
-        """Return the image behind a task-data URL as RGB."""
-        return decode_image(self.fetch_bytes(url), describe_url(url), self.policy.max_pixels)
+    def fetch(self, url: str, max_side: int | None = None, budget: RequestBudget | None = None) -> Image.Image:
+        """Return the image behind a task-data URL as RGB.
+
+        ``max_side``: downscale while decoding so the longer side is at most that (the prediction path; the
+        stored size stays in ``training.images.original_size``); None keeps the full size (training).
+        ``budget``: the request's pixel budget, charged before decoding. Every decode also reserves its peak
+        memory in the process-wide ``DecodeMemory`` (``PREDICT_MAX_DECODE_BYTES``).
+        """
+        memory = decode_memory(self.policy.max_decode_bytes)
+
+        @contextmanager
+        def admit(source: str, nbytes: int, out_size: tuple[int, int]):
+            pixels = out_size[0] * out_size[1]
+            if budget is not None:
+                budget.charge(source, pixels)
+            try:
+                if memory is None:
+                    yield
+                else:
+                    with memory.hold(source, nbytes, self.timeout):
+                        yield
+            except BaseException:  # refused or unreadable: the request keeps its budget for other images
+                if budget is not None:
+                    budget.refund(pixels)
+                raise
+
+        return decode_image(self.fetch_bytes(url), describe_url(url), self.policy.max_pixels, max_side, admit)

@@ -45,3 +45,13 @@ def fetch_export(client, project_id: int) -> list[dict]:
     if not isinstance(tasks, list):
         raise LabelStudioUnavailable(f"project {project_id} export is a {type(tasks).__name__}, expected a list of tasks")
     return tasks
+
+
+def client_for(settings, hostname: str | None = None, token: str | None = None, timeout: float = 5.0):
+    """A client for the backend's own calls to Label Studio: ``LABEL_STUDIO_URL`` with the configured key;
+    without it, the ``/setup`` hostname with the token that came with it (never the configured key).
+    None when neither is known."""
+    url, key = settings.label_studio_url, settings.label_studio_api_key
+    if not url:
+        url, key = hostname, token
+    return make_client(url, key, timeout=timeout) if url and key else None

@@ -12,7 +12,7 @@ from PIL import Image
 from label_config import regions
 from label_config.render import ParsedConfig, parse_config
 from ml_backend.classifier import classify
-from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher
+from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher, RequestBudget
 from ml_backend.influence import InfluencePart
 from ml_backend.parts import PartOutput, PredictContext, PredictionPart
 from ml_backend.saliency import SaliencyPart
@@ -116,13 +116,24 @@ class RobustarModel:
             return "v0"
         return self.registry.current_version(self.project_id, self.config.classes)
 
-    def _fetch_all(self, tasks: list[dict]) -> list[Image.Image | ImageError]:
+    def max_side(self, input_size: int) -> int | None:
+        """The longer side images are decoded at for a prediction: ``PREDICT_MAX_SIDE``, never below the model
+        input size (0: full size)."""
+        if not self.settings.predict_max_side:
+            return None
+        return max(int(self.settings.predict_max_side), int(input_size))
+
+    def _fetch_all(self, tasks: list[dict], max_side: int | None = None) -> list[Image.Image | ImageError]:
+        """Every task's image, downscaled at decode to ``max_side``, under one request budget
+        (``PREDICT_MAX_PIXELS_PER_REQUEST`` decoded pixels: an image past it is a 413 for its task)."""
+        budget = RequestBudget(self.settings.predict_max_pixels_per_request)
+
         def one(task: dict) -> Image.Image | ImageError:
             url = (task.get("data") or {}).get(self.config.image_value)
             if not isinstance(url, str) or not url:
                 return ImageError(f"task data has no {self.config.image_value!r} image URL")
             try:
-                return self.fetcher.fetch(url)
+                return self.fetcher.fetch(url, max_side=max_side, budget=budget)
             except ImageError as e:
                 return e
 
@@ -132,18 +143,19 @@ class RobustarModel:
             return list(pool.map(one, tasks))
 
     def predict(
-        self, tasks: list[dict], context: dict | None = None, errors: list[tuple[int, str]] | None = None, **kwargs: Any
+        self, tasks: list[dict], context: dict | None = None, errors: list[tuple] | None = None, **kwargs: Any
     ) -> list[dict]:
         """One prediction per task, in order; a task whose image fails gets an empty result (logged,
-        and appended to ``errors`` as ``(task index, message)`` when a list is given)."""
+        and appended to ``errors`` as ``(task index, message, status)`` when a list is given: 413 over a
+        memory budget, 503 busy, else 422)."""
         served = self.registry.get(self.project_id, self.config.classes)
-        fetched = self._fetch_all(tasks)
+        fetched = self._fetch_all(tasks, self.max_side(served.meta.image_size))
         ok = [i for i, f in enumerate(fetched) if not isinstance(f, ImageError)]
         for i, f in enumerate(fetched):
             if isinstance(f, ImageError):
                 log.warning("project %s task %s: no prediction: %s", self.project_id, tasks[i].get("id"), f)
                 if errors is not None:
-                    errors.append((i, str(f)))
+                    errors.append((i, str(f), getattr(f, "status", 422)))
         results: list[dict] = [{"result": [], "score": 0.0, "model_version": served.version} for _ in tasks]
         if not ok:
             return results

@@ -5,8 +5,12 @@ description links the version's report page. Written by the worker through the S
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
+
+from ml_backend.ls_client import client_for
+from training.checkpoints import CheckpointStore
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +74,17 @@ class ModelCard:
         if text:
             served = f"serving {self.served} · " if self.served else ""
             self.show(served + text, force=state.get("phase") != "train")
+
+
+def show_training_queued(settings, project_id: int, answer: dict, hostname: str | None, token: str | None) -> None:
+    """After START_TRAINING queued a job: the card says so (in a background thread: webhooks answer at once)."""
+    if answer.get("status") not in ("queued", "follow-up"):
+        return
+    client = client_for(settings, hostname, token)
+    if client is None:
+        return
+    served = CheckpointStore(settings.model_dir, project_id).published()
+    text = (f"serving {served} · " if served else "") + "training queued"
+    card = ModelCard(client, project_id, settings.public_url)
+    threading.Thread(target=card.show, args=(text,), kwargs={"force": True}, daemon=True,
+                     name=f"model-card-{project_id}").start()

@@ -9,8 +9,10 @@ Methods (captum, on the served classifier, for the predicted class):
 - ``gradcam``: Grad-CAM on the last convolutional block (ReLU'd, bilinearly upsampled).
 
 Maps are computed for the whole batch at the model's input size, resized to each task image's
-original size, then (a) the top ``SALIENCY_TOP_Q`` % pixels become a brush region in Label Studio
-RLE and (b) a heatmap-over-image PNG is cached for ``GET /saliency/<project>/<key>``.
+decoded size (at most ``PREDICT_MAX_SIDE``: ``decode_image`` downscaled it), then (a) the top
+``SALIENCY_TOP_Q`` % pixels become a brush region in Label Studio RLE at the image's stored size
+(``original_width/height``; the mask is upscaled only while encoding) and (b) a heatmap-over-image
+PNG at the decoded size is cached for ``GET /saliency/<project>/<key>``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from label_config import regions as regions_lib
 from label_config.render import ATTENTION_LABEL
-from ml_backend.heatmaps import HeatmapCache, overlay_png, task_key
+from ml_backend.heatmaps import HeatmapCache, brush_at_size, overlay_png, task_key
 from ml_backend.parts import PartOutput, PredictContext
-from training.images import normalize, to_batch
+from training.images import normalize, original_size, to_batch
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class SaliencyPart:
         return cached[1]
 
     def maps(self, ctx: PredictContext) -> list[np.ndarray]:
-        """Saliency map of every task image, at its original size."""
+        """Saliency map of every task image, at its decoded size."""
         served, meta = ctx.served, ctx.served.meta
         targets = ctx.probs.argmax(dim=1)
         baseline = normalize(torch.zeros(1, 3, 1, 1, device=served.device), meta.mean, meta.std)
@@ -180,8 +181,8 @@ class SaliencyPart:
                 if control:
                     mask = top_q_mask(sal, self.top_q)
                     if mask.any():
-                        task_regions.append(regions_lib.brush(mask, ATTENTION_LABEL, control, ctx.config.image_name,
-                                                          region_id=f"attention-{self.method}"))
+                        task_regions.append(brush_at_size(mask, original_size(img), ATTENTION_LABEL, control,
+                                                          ctx.config.image_name, region_id=f"attention-{self.method}"))
                 if self.write_png:
                     cache.write(ctx.served.version, task_key(task), overlay_png(img, sal, self.alpha))
             except Exception:  # one task's region or PNG failing leaves the others intact

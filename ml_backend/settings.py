@@ -73,6 +73,9 @@ class Settings:
     max_predict_tasks: int = 10_000
     predict_concurrency: int = 4  # /predict requests computed at once (more wait): bounds memory under load
     max_image_pixels: int = 64_000_000
+    predict_max_side: int = 1024  # /predict decodes images downscaled to this longer side (never below the model input)
+    predict_max_pixels_per_request: int = 64_000_000  # decoded (downscaled) pixels one /predict may hold
+    predict_max_decode_bytes: int = 1 << 30  # process-wide bytes of full-size decodes at once
     # training (TRAIN_* defaults of every job; see training.options) and the queue policy
     train_env: dict[str, str] = field(default_factory=dict)
     train_every_n_annotations: int = 0
@@ -136,6 +139,10 @@ class Settings:
             max_predict_tasks=int(_env("MAX_PREDICT_TASKS", str(cls.max_predict_tasks))),
             predict_concurrency=max(1, int(_env("PREDICT_CONCURRENCY", str(cls.predict_concurrency)))),
             max_image_pixels=int(_env("MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
+            predict_max_side=max(0, int(_env("PREDICT_MAX_SIDE", str(cls.predict_max_side)))),
+            predict_max_pixels_per_request=max(0, int(_env("PREDICT_MAX_PIXELS_PER_REQUEST",
+                                                           str(cls.predict_max_pixels_per_request)))),
+            predict_max_decode_bytes=max(0, int(_env("PREDICT_MAX_DECODE_BYTES", str(cls.predict_max_decode_bytes)))),
             train_env={k: v for k, v in os.environ.items() if k.startswith("TRAIN_") and v != ""},
             train_every_n_annotations=int(_env("TRAIN_EVERY_N_ANNOTATIONS", "0")),
             train_retries=max(0, int(_env("TRAIN_RETRIES", str(cls.train_retries)))),

@@ -21,7 +21,8 @@ import time
 
 from rq.job import Job
 
-from ml_backend.ls_client import make_client
+from ml_backend.ls_client import client_for
+from ml_backend.model_card import ModelCard
 from ml_backend.settings import Settings
 from training.checkpoints import CheckpointStore, version_number
 
@@ -61,15 +62,6 @@ class VersionSelection:
         self._checked: dict[int, float] = {}
         self._lock = threading.Lock()
 
-    def _selected(self, project_id: int, hostname: str | None, token: str | None) -> str | None:
-        url, key = self.settings.label_studio_url, self.settings.label_studio_api_key
-        if not url:  # only with the token that came with the /setup hostname (never the configured key)
-            url, key = hostname, token
-        if not (url and key):
-            return None
-        client = make_client(url, key, timeout=2.0)
-        return getattr(client.projects.get(id=project_id), "model_version", None) or None
-
     def due(self, project_id: int) -> bool:
         """Whether a check is due (at most one every ``MIN_INTERVAL_S`` per project); claims it if so."""
         now = time.monotonic()
@@ -88,8 +80,11 @@ class VersionSelection:
     def sync(self, project_id: int, hostname: str | None = None, token: str | None = None) -> str | None:
         """Read Label Studio's selection; publish it when it changed to another of our versions.
         Returns the version it published, else None."""
+        client = client_for(self.settings, hostname, token)
+        if client is None:
+            return None
         try:
-            selected = self._selected(project_id, hostname, token)
+            selected = getattr(client.projects.get(id=project_id), "model_version", None) or None
         except Exception as e:  # Label Studio unreachable: keep serving what is published
             log.info("project %s: cannot read the model version selected in Label Studio: %s", project_id, e)
             return None
@@ -109,4 +104,5 @@ class VersionSelection:
         store.publish(selected)
         log.warning("project %s: %s selected in Label Studio; now served and the parent of the next job",
                     project_id, selected)
+        ModelCard(client, project_id, self.settings.public_url).show(f"serving {selected}", force=True)
         return selected

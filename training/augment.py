@@ -31,14 +31,14 @@ def crop_box(h: int, w: int, generator: torch.Generator, scale=CROP_SCALE, ratio
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        u = torch.rand(3, generator=generator).tolist()
+        u = torch.rand(2, generator=generator).tolist()
         target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
         aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
-        cw = int(round(math.sqrt(target * aspect)))
-        ch = int(round(math.sqrt(target / aspect)))
+        cw = round(math.sqrt(target * aspect))
+        ch = round(math.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator).item())
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator).item())
             return top, left, ch, cw
     return 0, 0, h, w  # fallback: the whole image
 

@@ -100,6 +100,7 @@ def train_initial_version(
     device: str = "cpu",
     progress: Progress | None = None,
     threads: int | None = 1,
+    source: str = SOURCE_PREFIX,
 ) -> CheckpointMeta:
     """Train, write and publish v0 of ``store`` by plain training on ``<images_root>/train/<class>/*``.
 
@@ -107,7 +108,11 @@ def train_initial_version(
     start weights: ``MODEL_CHECKPOINT``); ``seed`` (default ``defaults.seed``) seeds the init and the
     shuffling. The test split, when present, is evaluated for the metadata's metrics. When the store
     already holds a version nothing is trained and the existing v0's metadata is returned (the oldest
-    version's if v0 is gone). Raises ValueError when there are no training images.
+    version's if v0 is gone). Raises ValueError when there are no training images (ImageError, a
+    ValueError, for an unreadable one).
+
+    The metadata's ``config["source"]`` is ``"<source>, <epochs> epochs"``; ``threads`` bounds torch's
+    CPU threads during the run (one: deterministic, and on a busy 2-core machine far faster than two).
     """
     existing = store.versions()
     if existing:
@@ -134,7 +139,7 @@ def train_initial_version(
                                   device)
     seconds = round(time.perf_counter() - t0, 2)
     config: dict[str, Any] = {
-        "source": f"{SOURCE_PREFIX}, {epochs} epochs",
+        "source": f"{source}, {epochs} epochs",
         "trained_on": {"images": str(Path(images_root)), "split": "train", "n": len(train)},
         "start": start,
         "options": opts.to_dict(),

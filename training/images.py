@@ -8,10 +8,11 @@ normalized per channel (``normalize``). Masks are resized nearest-neighbour (``r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = 2 * DEFAULT_MAX_PIXELS  # PIL's own guard; decode_image checks the configured cap first
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # decode_image refuses those itself
 
+ORIGINAL_SIZE_KEY = "robustar.original_size"  # Image.info key: (width, height) before decode_image downscaled
 ImageSource = Callable[[str], Image.Image]  # a task-data image URL -> RGB image (raises ImageError)
 
 
@@ -28,11 +30,46 @@ class ImageError(ValueError):
     """A task's image could not be fetched or decoded; the message says why."""
 
 
-def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def original_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of the image as it was stored, before ``decode_image`` downscaled it (else its size)."""
+    size = img.info.get(ORIGINAL_SIZE_KEY)
+    if isinstance(size, tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return img.size
+
+
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept, each side >= 1) so that its longer side is at most ``max_side``."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, min(max_side, round(w * scale))), max(1, min(max_side, round(h * scale)))
+
+
+def decode_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Bytes PIL holds for a ``mode`` image of ``size`` (1 byte per pixel for 1/L/P, 2 for 16-bit, else 4)."""
+    bpp = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return size[0] * size[1] * bpp
+
+
+DecodeAdmission = Callable[[str, int, tuple[int, int]], ContextManager]
+"""``admit(source, bytes, out_size)``: called once the header is read, before any pixel is decoded, with
+the bytes the decode holds at its peak and the size of the image it returns; may raise ImageError (a
+budget); its context is held while the full-size pixels are in memory."""
+
+
+def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_side: int | None = None, admit: DecodeAdmission | None = None) -> Image.Image:
     """Decode bytes to an RGB PIL image; raise ImageError for corrupt, truncated or huge images.
 
     Grayscale, palette, RGBA/LA (alpha dropped, as torchvision's loader does) and CMYK become RGB;
     16-bit images (``I;16*``, ``I``) are scaled to 8 bit (value / 256).
+
+    ``max_side``: downscale once, while decoding, so the longer side is at most ``max_side`` (JPEGs are
+    decoded at a reduced scale by libjpeg (``Image.draft``), other formats reduced right after decoding,
+    bilinear with ``reducing_gap``); the image's stored size stays readable with ``original_size``.
+    ``None`` (the training path) returns the image at its full size. ``admit``: see ``DecodeAdmission``.
     """
     if not data:
         raise ImageError(f"{source}: empty image (0 bytes)")
@@ -43,12 +80,21 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
                 raise ImageError(f"{source}: image has no pixels ({w}x{h})")
             if w * h > max_pixels:
                 raise ImageError(f"{source}: image too large ({w}x{h} = {w * h} pixels > {max_pixels}, MAX_IMAGE_PIXELS)")
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                img = img.point(lambda v: v / 256).convert("L")
-            elif img.mode == "F":
-                img = img.convert("L")
-            return img.convert("RGB")
+            target = fit_within((w, h), max_side)
+            if target != (w, h) and img.format == "JPEG":
+                img.draft("RGB", target)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale, still >= target
+            peak = decode_bytes(img.mode, img.size) + img.size[0] * img.size[1] * 4  # pixels + one converted copy
+            with admit(source, peak, target) if admit is not None else contextlib.nullcontext():
+                img.load()
+                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                    img = img.point(lambda v: v / 256).convert("L")
+                elif img.mode == "F":
+                    img = img.convert("L")
+                if img.size != target:
+                    if img.mode not in ("L", "RGB"):  # 1/P/CMYK/alpha: to what the model sees, then average
+                        img = img.convert("L" if img.mode == "1" else "RGB")
+                    img = img.resize(target, Image.BILINEAR, reducing_gap=2.0)
+                out = img.convert("RGB")
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -57,6 +103,9 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = DEFAULT_M
         raise ImageError(f"{source}: image too large to decode") from e
     except Exception as e:  # PIL raises many types on hostile input (OSError, SyntaxError, struct.error, ...)
         raise ImageError(f"{source}: not a readable image ({type(e).__name__}: {e})") from e
+    if out.size != (w, h):
+        out.info[ORIGINAL_SIZE_KEY] = (w, h)
+    return out
 
 
 def resize_rgb(img: Image.Image, size: int) -> np.ndarray:

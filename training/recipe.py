@@ -109,23 +109,23 @@ def resolve_recipe(opts: TrainOptions, n_train: int, *, pretrained: bool = False
         lo, hi = EPOCH_BOUNDS
         epochs = min(hi, max(lo, math.ceil(TARGET_STEPS / steps_per_epoch)))
         chosen["epochs"] = epochs
-        reasons["epochs"] = [epochs, f"{n_train} images / batch {b} = {steps_per_epoch} steps per epoch; "
-                                     f"~{TARGET_STEPS} steps, bounded to {lo}..{hi} epochs"]
+        reasons["epochs"] = [epochs, (f"{n_train} images / batch {b} = {steps_per_epoch} steps per epoch; "
+                                      f"~{TARGET_STEPS} steps, bounded to {lo}..{hi} epochs")]
     else:
         reasons["epochs"] = [opts.epochs, set_by_user]
     total = steps_per_epoch * chosen.get("epochs", opts.epochs)
 
     if opts.lr_schedule == AUTO:
         chosen["lr_schedule"] = "warmup_cosine"
-        reasons["lr_schedule"] = ["warmup_cosine", f"linear warm-up over {warmup_steps(total)} of {total} steps, "
-                                                   "then cosine to 0"]
+        reasons["lr_schedule"] = ["warmup_cosine", (f"linear warm-up over {warmup_steps(total)} of {total} steps, "
+                                                    "then cosine to 0")]
     else:
         reasons["lr_schedule"] = [opts.lr_schedule, set_by_user]
 
     if opts.augment == AUTO:
         chosen["augment"] = DEFAULT_AUGMENT
-        reasons["augment"] = [DEFAULT_AUGMENT, "random resized crop (80-100% of the area) + horizontal flip, "
-                                               "image and painted mask together"]
+        reasons["augment"] = [DEFAULT_AUGMENT, ("random resized crop (80-100% of the area) + horizontal flip, "
+                                                "image and painted mask together")]
     else:
         reasons["augment"] = [opts.augment, set_by_user]
 

@@ -330,15 +330,14 @@ class ModelPage:
     def start_training(self) -> str:
         """``⋯`` -> Start Training -> the dialog's Start Training button; returns the dialog's text after."""
         self.page.get_by_role("button", name="Machine learning model options").first.click()
-        self.page.get_by_text("Start Training", exact=True).first.click()  # the menu item
-        dialog = self.page.locator("[class*=modal]").filter(has_text="Start Model Training").last
-        dialog.wait_for(timeout=DEFAULT_TIMEOUT_MS)
+        self.page.get_by_text("Start Training", exact=True).first.click()  # the menu item opens a dialog
+        self.page.get_by_text("Start Model Training").first.wait_for(timeout=DEFAULT_TIMEOUT_MS)
         with self.page.expect_response(lambda r: re.search(r"/api/ml/\d+/train", r.url) is not None,
                                        timeout=120_000) as answer:
-            dialog.get_by_role("button", name="Start Training").click()
+            self.page.locator("[class*=modal]").get_by_role("button", name="Start Training").first.click()
         assert answer.value.ok, f"POST /api/ml/<id>/train failed: HTTP {answer.value.status} {answer.value.text()[:300]}"
-        dialog.get_by_text("Request Sent!").wait_for(timeout=DEFAULT_TIMEOUT_MS)
-        return dialog.inner_text()
+        self.page.get_by_text("Request Sent!").first.wait_for(timeout=DEFAULT_TIMEOUT_MS)
+        return " ".join(self.page.locator("[class*=modal] pre").all_inner_texts())  # "Request Sent!" "Response: {...}"
 
     def close_dialog(self) -> None:
         close = self.page.get_by_role("button", name="Close modal")

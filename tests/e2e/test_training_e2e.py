@@ -1,4 +1,5 @@
-"""Real Label Studio: paint a mask through the SDK, press "train", a worker publishes v1, LS shows v1."""
+"""Real Label Studio: paint a mask through the SDK, press "train", a worker publishes v1, LS shows v1
+(its model card, versions, job status and report), and selecting v0 in Label Studio rolls back."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from redis import Redis
 from label_config import regions
 from ml_backend.importer import import_dataset
 from tests.e2e.backend import BIN, BackendProcess
+from tests.fakes import free_port
 from training.synthetic import make_spurious_dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -23,13 +25,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
     dataset = tmp_path / "dataset"
     make_spurious_dataset(dataset, n_train=6, n_test=3, size=32, seed=3)
+    port = free_port()
     env = {
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+        "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "MODEL_DIR": str(tmp_path / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32",
         "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-train", "TRAIN_EPOCHS": "2", "TRAIN_BATCH_SIZE": "8",
         "PREDICT_PARTS": "saliency,influence",
     }
-    with BackendProcess(env, tmp_path / "backend.log") as backend:
+    with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:
         report = import_dataset(dataset, label_studio.url, label_studio.token, title="e2e training",
                                 backend_url=backend.url, progress=False)
         pid = report.project_id
@@ -76,9 +80,36 @@ def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
         v1 = [p for p in preds if p["model_version"] == "v1"]
         assert len(v1) == 27 and all(any(r["from_name"] == "pred_class" for r in p["result"]) for p in v1)
         assert Path(env["MODEL_DIR"], f"project-{pid}", "versions", "v1.pt").is_file()
-        # the worker built v1's influence index: test tasks name the training tasks behind their prediction
+        # the worker built v1's influence index: a test task's page names the training tasks behind its prediction
         assert result["influence_index"] == "built"
-        test_ids = {t.id for t in client.tasks.list(project=pid, fields="all") if t.data["split"] == "test"}
-        lines = [line for p in v1 if p["task"] in test_ids for r in p["result"] if r["from_name"] == "influence"
-                 for line in r["value"]["text"]]
-        assert lines and any(line.startswith("#") for line in lines), lines[:5]
+        tasks = list(client.tasks.list(project=pid, fields="all"))
+        test_task = next(t for t in tasks if t.data["split"] == "test")
+        requests.get(f"{label_studio.url}/api/tasks/{test_task.id}", headers=http.headers, timeout=60)
+        page = requests.get(test_task.data["influence"], timeout=30)
+        assert page.status_code == 200 and "supports it" in page.text and f"/projects/{pid}/data?task=" in page.text
+
+        # training is visible in Label Studio: the model card, its versions, the job's status, the report
+        card = client.ml.get(id=ml.id)
+        assert card.title == "Robustar · serving v1", card.title
+        assert card.description == f"v1: report {backend.url}/report/{pid}/v1"
+        assert http.get(f"{label_studio.url}/api/ml/{ml.id}/versions").json()["versions"] == ["v1", "v0"]
+        status = requests.post(backend.url + "/job_status", json={"job": job_id}, timeout=10).json()
+        assert status["job_status"] == "finished" and status["version"] == "v1"
+        assert requests.post(backend.url + "/job_status", json={"job": "nope"}, timeout=10).status_code == 410
+        report_page = requests.get(result["report"], timeout=10)
+        assert report_page.status_code == 200 and "Δ accuracy" in report_page.text and "curves.png" in report_page.text
+        assert requests.get(result["report"] + "/curves.png", timeout=10).headers["content-type"] == "image/png"
+
+        # selecting v0 as the project's model version in Label Studio rolls the served version back
+        from training.checkpoints import CheckpointStore
+
+        store = CheckpointStore(env["MODEL_DIR"], pid)
+        http.patch(f"{label_studio.url}/api/projects/{pid}", json={"model_version": "v0"}).raise_for_status()
+        deadline = time.monotonic() + 60
+        while store.published() != "v0":
+            assert time.monotonic() < deadline, "selecting v0 in Label Studio did not roll back"
+            http.get(f"{label_studio.url}/api/ml/{ml.id}")  # Label Studio calls /setup
+            time.sleep(1)
+        setup = requests.post(backend.url + "/setup", json={"project": f"{pid}.1", "schema": client.projects.get(id=pid).label_config},
+                              timeout=10).json()
+        assert setup["model_version"] == "v0"

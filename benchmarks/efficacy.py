@@ -67,6 +67,8 @@ from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD
 from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate, fit, predict_logits
 from training.models import build_model
+from training import counterfactual
+from training.counterfactual import COUNTERFACTUAL_MODES, FILL_MODES
 from training.noise import NOISE_MODES
 from training.options import TrainOptions
 from training.synthetic import KINDS, SHAPES, make_spurious_dataset
@@ -92,31 +94,39 @@ class Preset:
     lr: float
     seeds: int
     arch: str
-    fractions: tuple[float, ...]  # mask fractions for paired (λ = --lam) and aug only (λ = 0)
-    sweep_fraction: float  # fraction at which λ and the noise modes are swept
+    fractions: tuple[float, ...]  # mask fractions for paired (λ = --lam) with every fill of ``fills``
+    fills: tuple[str, ...]  # fills compared at every fraction besides --noise (the counterfactual ones)
+    aug_fractions: tuple[float, ...]  # mask fractions for aug only (λ = 0, --noise)
+    sweep_fraction: float  # fraction at which λ, the other noise modes and the donor bank are swept
     lams: tuple[float, ...]  # extra λ values at sweep_fraction
     noises: tuple[str, ...]  # extra noise modes at sweep_fraction (λ = --lam)
+    no_bank: tuple[str, ...] = ()  # counterfactual fills also run without the donor bank at sweep_fraction
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(kinds=("patch",), n_classes=3, n_train=16, n_test=8, size=16, p=0.95, epochs=1,
-                    batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,), sweep_fraction=0.25,
-                    lams=(), noises=("mixture",)),
-    "default": Preset(kinds=("patch",), n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=6,
-                      batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
-                      sweep_fraction=0.1, lams=(0.1, 10.0), noises=("pure_black", "random_pure", "mixture")),
+    "smoke": Preset(kinds=("patch", "background"), n_classes=3, n_train=16, n_test=8, size=16, p=0.95, epochs=1,
+                    batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,),
+                    fills=COUNTERFACTUAL_MODES, aug_fractions=(0.25,), sweep_fraction=0.25, lams=(),
+                    noises=("mixture",), no_bank=("counterfactual",)),
+    "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=6,
+                      batch_size=32, lr=0.05, seeds=3, arch="tiny-cnn", fractions=(0.1, 1.0),
+                      fills=COUNTERFACTUAL_MODES, aug_fractions=(), sweep_fraction=0.1, lams=(),
+                      noises=("mixture",), no_bank=("counterfactual",)),
     "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, size=32, p=0.95, epochs=12,
                    batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
-                   sweep_fraction=0.1, lams=(0.1, 10.0, 100.0),
-                   noises=tuple(m for m in NOISE_MODES if m != "noise")),
+                   fills=COUNTERFACTUAL_MODES, aug_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), sweep_fraction=0.1,
+                   lams=(0.1, 10.0, 100.0), noises=tuple(m for m in NOISE_MODES if m != "noise"),
+                   no_bank=COUNTERFACTUAL_MODES),
 }
+
+NO_BANK = " (batch only)"  # suffix of a fill run without the donor bank (donors from the batch only)
 
 
 @dataclass(frozen=True)
 class Condition:
     method: str  # ERM | oracle | no feature | paired | aug only | groups
     fraction: float = 0.0
-    noise: str = ""
+    noise: str = ""  # the fill mode; a counterfactual one may end in NO_BANK
     lam: float = 0.0
 
     @property
@@ -127,10 +137,13 @@ class Condition:
 def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
     out = [Condition("ERM"), Condition("oracle"), Condition("no feature"), Condition("groups")]
     for f in preset.fractions:
-        out.append(Condition("paired", f, noise, lam))
-    for f in preset.fractions:
+        for mode in (noise, *preset.fills):
+            out.append(Condition("paired", f, mode, lam))
+    for f in preset.aug_fractions:
         out.append(Condition("aug only", f, noise, 0.0))
     f = preset.sweep_fraction
+    for mode in preset.no_bank:
+        out.append(Condition("paired", f, mode + NO_BANK, lam))
     for extra_lam in preset.lams:
         if extra_lam != lam:
             out.append(Condition("paired", f, noise, extra_lam))
@@ -314,8 +327,12 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
         assert train.n_painted == len(painted), (train.n_painted, len(painted))
     t_data = time.perf_counter() - t0
 
+    fill = cond.noise or "noise"
+    bank_size = counterfactual.BANK_SIZE
+    if fill.endswith(NO_BANK):  # the job's donor bank off: donors from the batch only
+        fill, bank_size = fill[: -len(NO_BANK)], 0
     opts = TrainOptions(mode="scratch", arch=preset.arch, epochs=preset.epochs, batch_size=preset.batch_size,
-                        lr=preset.lr, lam=cond.lam, noise_mode=cond.noise or "noise", seed=world.seed,
+                        lr=preset.lr, lam=cond.lam, noise_mode=fill, seed=world.seed,
                         device=device, eval_every_epoch=False, push_predictions=False)
     torch.manual_seed(opts.seed)  # as build_start_model does for mode scratch
     model = build_model(preset.arch, len(world.classes))
@@ -328,7 +345,11 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
             groups = group_ids(train.targets, s, len(world.classes))
             train_group_balanced(model, train, groups, opts, IMAGENET_MEAN, IMAGENET_STD, device)
         else:
-            fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+            default_bank, counterfactual.BANK_SIZE = counterfactual.BANK_SIZE, bank_size
+            try:
+                fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+            finally:
+                counterfactual.BANK_SIZE = default_bank
     except FloatingPointError as e:  # the product's divergence check (loss NaN/inf): a result, not a crash
         diverged = str(e)
     t_train = time.perf_counter() - t1
@@ -404,6 +425,32 @@ def markdown_table(agg: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def gap_table(agg: list[dict], preset: Preset, lam: float, noise: str) -> str:
+    """Fills side by side: per mask fraction and fill, each kind's test accuracy and gap closed, and the
+    smallest gap over the kinds (a fill is only as good as its worst kind)."""
+    kinds = list(dict.fromkeys(r["kind"] for r in agg))
+    fills = list(dict.fromkeys((noise, *preset.fills, *(m + NO_BANK for m in preset.no_bank), *preset.noises)))
+    lines = ["| masks | fill | " + " | ".join(kinds) + " | smallest gap closed |",
+             "|---:|---|" + "---:|" * (len(kinds) + 1)]
+    for f in sorted({r["fraction"] for r in agg if r["method"] == "paired"}):
+        for mode in fills:
+            cells, gaps = [], []
+            for kind in kinds:
+                r = next((r for r in agg if (r["kind"], r["method"], r["fraction"], r["noise"], r["lam"])
+                          == (kind, "paired", f, mode, lam)), None)
+                if r is None or r["acc"] is None:
+                    cells.append("–")
+                    continue
+                gap = "–" if r["gap"] is None else f"{100 * r['gap']:.0f}%"
+                cells.append(f"{r['acc']:.3f} ± {r['acc_sd']:.3f} ({gap})")
+                gaps.append(r["gap"])
+            if all(c == "–" for c in cells):
+                continue
+            worst = f"{100 * min(gaps):.0f}%" if gaps and None not in gaps else "–"
+            lines.append(f"| {100 * f:g}% | {mode} | " + " | ".join(cells) + f" | {worst} |")
+    return "\n".join(lines)
+
+
 def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) -> Path | None:
     try:
         import matplotlib
@@ -421,12 +468,16 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
         rs = [r for r in agg if r["kind"] == kind]
         ax = row[0]
         xs = list(range(len(preset.fractions)))
-        for method, l, colour in (("paired", lam, "tab:blue"), ("aug only", 0.0, "tab:orange")):
-            pts = {r["fraction"]: r for r in rs if r["method"] == method and r["lam"] == l and r["noise"] == noise}
+        lines = [("paired", lam, mode) for mode in dict.fromkeys((noise, *preset.fills))] + [("aug only", 0.0, noise)]
+        colours = ["tab:blue", "tab:cyan", "tab:brown", "tab:pink", "tab:gray", "tab:orange"]
+        for i, (method, l, mode) in enumerate(lines):
+            pts = {r["fraction"]: r for r in rs if r["method"] == method and r["lam"] == l and r["noise"] == mode}
+            if not pts:
+                continue
             ys = [pts[f]["acc"] if f in pts else np.nan for f in preset.fractions]
             es = [pts[f]["acc_sd"] if f in pts else 0 for f in preset.fractions]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colour,
-                        label=f"{method} (λ={l:g}, {noise})")
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colours[i % len(colours)],
+                        label=f"{method} (λ={l:g}, {mode})")
         for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green"), ("no feature", "tab:olive"),
                                ("groups", "tab:purple")):
             r = next((r for r in rs if r["method"] == method), None)
@@ -491,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds (>= 3 for a spread)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lam", type=float, default=1.0, help="λ of the mask-fraction sweep (default 1)")
-    ap.add_argument("--noise", default="noise", choices=NOISE_MODES, help="noise mode of the mask-fraction sweep")
+    ap.add_argument("--noise", default="noise", choices=FILL_MODES,
+                    help="fill of the mask-fraction sweep and of aug only (the preset's counterfactual fills run beside it)")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads on CPU (default 1: these tiny models gain nothing from more, and on a "
@@ -545,11 +597,17 @@ def main(argv: list[str] | None = None) -> int:
               f"spurious feature agrees with the label for p = {preset.p} of training images (random in test), "
               f"{preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} cosine; "
               f"mean ± sd over {preset.seeds} seeds. Machine: {machine()}. Wall time {wall:.0f} s.")
+    fills = gap_table(agg, preset, args.lam, args.noise)
     print()
     print(header)
     print()
     print(table)
-    (out / "efficacy.md").write_text(header + "\n\n" + table + "\n")
+    print()
+    print("Fills side by side (paired, λ = %g): test accuracy, mean ± sd (gap closed)" % args.lam)
+    print()
+    print(fills)
+    (out / "efficacy.md").write_text(header + "\n\n" + table + "\n\nFills side by side (test accuracy, mean ± sd "
+                                     "(gap closed)):\n\n" + fills + "\n")
     (out / "efficacy.json").write_text(json.dumps({"preset": asdict(preset), "lam": args.lam, "noise": args.noise,
                                                    "device": device, "machine": machine(), "wall_s": wall,
                                                    "runs": rows, "summary": agg}, indent=1))

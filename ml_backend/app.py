@@ -102,6 +102,11 @@ class Backend:
                 self.models[project_id] = model
             return model
 
+    def knows_project(self, project_id: int) -> bool:
+        """A project is real to the backend once Label Studio set it up (``/setup`` or ``/predict`` with its
+        label config, in this process) or it has a model folder (a version was written for it)."""
+        return project_id in self.creds or project_id in self.models or self.registry.store(project_id).root.is_dir()
+
     def predict_slots(self) -> asyncio.Semaphore:
         """At most ``PREDICT_CONCURRENCY`` predictions at once (one semaphore per event loop)."""
         loop = asyncio.get_running_loop()
@@ -263,10 +268,20 @@ async def webhook(request: Request) -> dict:
     if project_id is None:  # Label Studio sends every event type to the auto-created webhook
         backend.metrics.count_event(action if _EVENT_NAME.match(action) else "other", "ignored")
         return {"status": "ignored", "action": action}
-    answer = await run_in_threadpool(backend.queue.handle_event, project_id, action)
+    answer = await run_in_threadpool(_handle_event, backend, project_id, action)
     backend.metrics.count_event(action, answer.get("status", ""))
     show_training_queued(backend.settings, project_id, answer, *backend.creds.get(project_id, (None, None)))
     return answer
+
+
+def _handle_event(backend: Backend, project_id: int, action: str) -> dict:
+    """Queue policy for a project the backend knows; an unknown project id costs nothing (no job, no key)."""
+    if not backend.knows_project(project_id):
+        log.info("webhook %s for project %s ignored: the backend was never set up for it", action, project_id)
+        return {"status": "ignored", "action": action, "reason": "unknown project",
+                "message": f"project {project_id} is unknown to this backend (no /setup for it, no model): "
+                           "connect the model to the project in Label Studio first"}
+    return backend.queue.handle_event(project_id, action)
 
 
 def prometheus(request: Request) -> PlainTextResponse:

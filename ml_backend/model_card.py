@@ -32,10 +32,12 @@ def progress_text(state: dict[str, Any], version: str | None) -> str | None:
 class ModelCard:
     """The Label Studio ML backend entry of one project, found by its URL (else the only one)."""
 
-    def __init__(self, client, project_id: int, backend_url: str | None, report_url: str | None = None) -> None:
+    def __init__(self, client, project_id: int, backend_url: str | None,
+                 basic_auth: tuple[str | None, str | None] = (None, None)) -> None:
         self.client, self.project_id, self.backend_url = client, project_id, (backend_url or "").rstrip("/")
-        self.report_url = report_url
+        self.basic_auth = basic_auth
         self._id: int | None = None
+        self._url: str | None = None
         self._last_text: str | None = None
         self._last_at = 0.0
         self._failed = False
@@ -46,7 +48,7 @@ class ModelCard:
         if self._id is None:
             backends = list(self.client.ml.list(project=self.project_id))
             mine = [b for b in backends if (b.url or "").rstrip("/") == self.backend_url] or backends[:1]
-            self._id = mine[0].id if mine else None
+            self._id, self._url = (mine[0].id, mine[0].url) if mine else (None, None)
         return self._id
 
     def show(self, status: str, force: bool = False, description: str | None = None) -> None:
@@ -59,7 +61,11 @@ class ModelCard:
             backend_id = self._backend_id()
             if backend_id is None:
                 return
-            fields = {"title": text}
+            # Label Studio 1.23 validates an update like a new connection: URL, project and credentials again
+            fields = {"title": text, "url": self._url, "project": self.project_id}
+            user, password = self.basic_auth
+            if user and password:
+                fields.update(auth_method="BASIC_AUTH", basic_auth_user=user, basic_auth_pass=password)
             if description is not None:
                 fields["description"] = description
             self.client.ml.update(id=backend_id, **fields, request_options={"max_retries": 0, "timeout_in_seconds": 10})
@@ -85,6 +91,6 @@ def show_training_queued(settings, project_id: int, answer: dict, hostname: str 
         return
     served = CheckpointStore(settings.model_dir, project_id).published()
     text = (f"serving {served} · " if served else "") + "training queued"
-    card = ModelCard(client, project_id, settings.public_url)
+    card = ModelCard(client, project_id, settings.public_url, (settings.basic_auth_user, settings.basic_auth_pass))
     threading.Thread(target=card.show, args=(text,), kwargs={"force": True}, daemon=True,
                      name=f"model-card-{project_id}").start()

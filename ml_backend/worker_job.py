@@ -95,7 +95,7 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
     settings = Settings.from_env()
     client = make_client(settings.label_studio_url, settings.label_studio_api_key)
     store = CheckpointStore(settings.model_dir, project_id)
-    card = ModelCard(client, project_id, settings.public_url)
+    card = ModelCard(client, project_id, settings.public_url, (settings.basic_auth_user, settings.basic_auth_pass))
     card.served = store.published()
     try:
         return _train(settings, client, store, card, project_id, options)

@@ -67,6 +67,7 @@ def test_basic_auth_guards_every_endpoint(tmp_path, redis_url):
 def test_webhook_secret(tmp_path, redis_url):
     with make_client(tmp_path, redis_url, webhook_secret=SECRET) as c:
         body = {"action": "START_TRAINING", "project": {"id": 3}}
+        assert c.post("/setup", json={"project": "3.1", "schema": CONFIG}).status_code == 200  # a known project
         r = c.post("/webhook", json=body)
         assert r.status_code == 401 and "X-Robustar-Secret" in r.json()["message"]
         r = c.post("/webhook", json=body, headers={"X-Robustar-Secret": SECRET[:-1]})

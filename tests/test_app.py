@@ -105,6 +105,7 @@ def test_bad_payloads_get_4xx_with_a_message(client, path, payload, fragment):
 
 def test_start_training_webhook_queues_one_job(client, redis_url):
     recorded = json.loads((PROTOCOL / "webhook_start_training.json").read_text())["received"]["body"]
+    assert client.post("/setup", json=setup_body(project="1.1")).status_code == 200  # Label Studio set it up
     first = client.post("/webhook", json=recorded).json()
     second = client.post("/webhook", json=recorded).json()
     assert first["status"] == "queued" and first["job"]
@@ -139,6 +140,7 @@ def test_redis_down_webhook_503_and_predict_keeps_serving(tmp_path):
 
     settings = Settings(model_dir=tmp_path / "m", model_arch="tiny-cnn", image_size=32, redis_url="redis://127.0.0.1:1/0")
     with TestClient(create_app(settings)) as c:
+        c.post("/setup", json=setup_body(project="1.1"))  # a project the backend knows (others are ignored)
         start = time.perf_counter()
         r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
         assert r.status_code == 503 and "Redis" in r.json()["message"]

@@ -251,3 +251,33 @@ def test_pixel_bomb_peak_rss_of_a_real_serve(tmp_path):
     assert r.status_code == 200, r.text
     print(f"pixel bomb: peak RSS +{grew} MiB, {took:.1f} s")
     assert grew < 400, f"peak RSS grew by {grew} MiB"
+
+
+# --------------------------------------------------------------------------------------------------
+# 12. unknown projects queue nothing
+
+
+def test_start_training_for_an_unknown_project_queues_nothing(tmp_path, redis_url):
+    """Before: every START_TRAINING (and counted annotation event) for any project id queued a job."""
+    from redis import Redis
+    from rq import Queue
+
+    queue = Queue("robustar-hardening-more-test", connection=Redis.from_url(redis_url))
+    with make_client(tmp_path, redis_url, train_every_n_annotations=1) as c:
+        for pid in (424242, 424243, 999_999_999):
+            for action in ("START_TRAINING", "ANNOTATION_CREATED"):
+                r = c.post("/webhook", json={"action": action, "project": {"id": pid}})
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "ignored" and r.json()["reason"] == "unknown project", r.json()
+        assert queue.count == 0
+        assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+        assert 'action="START_TRAINING",status="ignored"' in c.get("/metrics").text
+        # once Label Studio set the project up, the same event queues a job
+        assert c.post("/setup", json={"project": "424242.1", "schema": CONFIG}).status_code == 200
+        r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 424242}})
+        assert r.json()["status"] == "queued", r.json()
+    assert queue.count == 1
+    # a project with a model folder (trained before a restart) is known without a /setup
+    (tmp_path / "models" / "project-77").mkdir(parents=True)
+    with make_client(tmp_path, redis_url) as c:
+        assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 77}}).json()["status"] == "queued"

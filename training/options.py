@@ -26,7 +26,9 @@ TRAIN_BACKBONE_LR_SCALE auto         backbone lr = lr x this (the head gets lr);
                                      start weights were trained elsewhere (MODEL_CHECKPOINT v0,
                                      pretrained:<path>), else 1
 TRAIN_LAMBDA          1.0            λ: weight of the paired logit-alignment term
-TRAIN_NOISE_MODE      noise          how painted pixels are replaced (training.noise.NOISE_MODES)
+TRAIN_NOISE_MODE      noise          how painted pixels are replaced (training.counterfactual.FILL_MODES:
+                                     Robustar's noise modes, or counterfactual, counterfactual_any,
+                                     counterfactual_mix: another painted image's painted pixels)
 TRAIN_IMAGE_SIZE      (parent/       model input size; finetune defaults to the parent's
                       IMAGE_SIZE)
 TRAIN_SEED            (SEED) 0       seeds init, shuffling and noise
@@ -181,7 +183,7 @@ class TrainOptions:
 
     def validate(self) -> None:
         from training.models import ARCHS
-        from training.noise import NOISE_MODES
+        from training.counterfactual import FILL_MODES
 
         if not (self.mode in ("finetune", "scratch") or self.mode.startswith("pretrained:")):
             raise OptionsError(f"mode must be finetune, scratch or pretrained:<path>, got {self.mode!r}")
@@ -191,8 +193,8 @@ class TrainOptions:
             raise OptionsError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         if self.optimizer not in (*OPTIMIZERS, AUTO):
             raise OptionsError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.noise_mode not in NOISE_MODES:
-            raise OptionsError(f"noise_mode must be one of {list(NOISE_MODES)}, got {self.noise_mode!r}")
+        if self.noise_mode not in FILL_MODES:
+            raise OptionsError(f"noise_mode must be one of {list(FILL_MODES)}, got {self.noise_mode!r}")
         if self.augment not in (*AUGMENTS, AUTO):
             raise OptionsError(f"augment must be one of {AUGMENTS} or auto, got {self.augment!r}")
         if self.lr_schedule not in (*LR_SCHEDULES, AUTO):

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.counterfactual import DonorBank, apply_counterfactual, bank_for, is_counterfactual
 from training.noise import apply_noise
 
 __all__ = ["paired_loss", "paired_step", "plain_step"]
@@ -121,6 +122,7 @@ def paired_step(
     generator: torch.Generator | None = None,
     *,
     fused: bool = True,
+    donor_bank: DonorBank | None = None,
 ) -> dict[str, float]:
     """One paired training step: noise the painted images, one forward on [x; x~_P], backward, step.
 
@@ -132,13 +134,19 @@ def paired_step(
         masks: [B, 1, H, W] (or [B, H, W]) bool; all-False for unpainted samples.
         targets: [B] class indices.
         lam: alignment weight.
-        noise_mode: one of ``training.noise.NOISE_MODES``.
+        noise_mode: one of ``training.counterfactual.FILL_MODES``: a Robustar noise mode
+            (``training.noise``) or a counterfactual fill (``training.counterfactual``: the painted
+            pixels take another painted image's painted pixels).
         generator: optional ``torch.Generator`` on the images' device, for reproducible noise.
         fused: True (default): one forward pass on ``cat([x, x~_P])`` -- best on GPUs, where a
             larger batch is nearly free.  False: two forward passes (x, then x~_P) into the same
             loss and one backward; BatchNorm then normalizes each half with its own statistics
             and updates its running averages twice.  Useful on CPUs whose step time grows faster
             than the batch (cache cliffs), see ``benchmarks/bench_paired_step.py``.
+        donor_bank: counterfactual fills only: the bank of earlier painted samples to draw donors
+            from besides this batch's; None: the job's bank, keyed on ``generator``
+            (``training.counterfactual.bank_for``; no bank without a generator); ``DonorBank(0)``:
+            this batch's painted samples only.
 
     Returns:
         floats ``loss``, ``ce``, ``ce_tilde``, ``align``, ``n_paired``, ``acc`` (clean-branch
@@ -152,7 +160,12 @@ def paired_step(
     paired = masks.reshape(b, -1).any(dim=1)
     idx = paired.nonzero().squeeze(1)  # the only host sync before the forward: sizes the batch
     if idx.numel():
-        x_tilde = apply_noise(images.index_select(0, idx), masks.index_select(0, idx), noise_mode, generator)
+        x_p, m_p = images.index_select(0, idx), masks.index_select(0, idx)
+        if is_counterfactual(noise_mode):
+            bank = donor_bank if donor_bank is not None else bank_for(generator)
+            x_tilde = apply_counterfactual(x_p, m_p, targets.index_select(0, idx), noise_mode, generator, bank)
+        else:
+            x_tilde = apply_noise(x_p, m_p, noise_mode, generator)
         if fused:
             out = model(x_norm_fn(torch.cat([images, x_tilde], dim=0)))
             logits, logits_tilde = out[:b], out[b:]

@@ -90,7 +90,7 @@ def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
 
         # training is visible in Label Studio: the model card, its versions, the job's status, the report
         card = client.ml.get(id=ml.id)
-        assert card.title == "Robustar · serving v1", card.title
+        assert card.title == "Robustar · serving v1", [line for line in worker.stderr.splitlines() if "card" in line][-5:]
         assert card.description == f"v1: report {backend.url}/report/{pid}/v1"
         assert http.get(f"{label_studio.url}/api/ml/{ml.id}/versions").json()["versions"] == ["v1", "v0"]
         status = requests.post(backend.url + "/job_status", json={"job": job_id}, timeout=10).json()

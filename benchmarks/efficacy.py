@@ -1,8 +1,9 @@
 """Efficacy: does paired training remove a spurious feature?  Test accuracy per method, over seeds.
 
-    python -m benchmarks.efficacy              # CPU-sized default (a few minutes on 2 cores)
+    python -m benchmarks.efficacy              # CPU-sized default: 3 kinds x 5 seeds, masks on 10% and 100%,
+                                               # noise vs the counterfactual fills (a few minutes on 2 cores)
     python -m benchmarks.efficacy --smoke      # seconds: CI's smoke size
-    python -m benchmarks.efficacy --full       # bigger: all three feature kinds, more data, 5 seeds
+    python -m benchmarks.efficacy --full       # bigger (a GPU): more data, masks on 1-100%, aug only, λ sweep
     python -m benchmarks.efficacy --out DIR    # where efficacy.md / .json / .png go
 
 Data (``training.synthetic``, nothing downloaded): one shape per class on a noisy background; a
@@ -25,7 +26,10 @@ batch size, optimizer and schedule:
   with the label, as in test): the upper bound, and the reference of "gap closed";
 - ``no feature``: plain training on a training set drawn without the spurious feature at all (for the
   background and texture kinds this is also a distribution shift: neutral backgrounds in train only);
-- ``paired``: masks on a fraction of the training images (chosen at random per seed), λ and noise mode;
+- ``paired``: masks on a fraction of the training images (chosen at random per seed), λ and the fill:
+  Robustar's noise modes, or the counterfactual fills (``training.counterfactual``: the painted pixels
+  take another painted image's painted pixels, noise where the donor has none); ``... (batch only)``
+  is a counterfactual fill without the job's donor bank (donors from the same batch only);
 - ``aug only``: the same with λ = 0: the loss is ``CE(x) + CE(x̃)`` without the alignment term;
 - ``groups``: the cluster-balanced worst-group training of the spurious-MNIST report
   (``benchmarks.groups``): groups = label × spurious value, needs group labels instead of masks.
@@ -109,9 +113,9 @@ PRESETS: dict[str, Preset] = {
                     fills=COUNTERFACTUAL_MODES, aug_fractions=(0.25,), sweep_fraction=0.25, lams=(),
                     noises=("mixture",), no_bank=("counterfactual",)),
     "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=6,
-                      batch_size=32, lr=0.05, seeds=3, arch="tiny-cnn", fractions=(0.1, 1.0),
+                      batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.1, 1.0),
                       fills=COUNTERFACTUAL_MODES, aug_fractions=(), sweep_fraction=0.1, lams=(),
-                      noises=("mixture",), no_bank=("counterfactual",)),
+                      noises=("random_pure", "mixture"), no_bank=("counterfactual",)),
     "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, size=32, p=0.95, epochs=12,
                    batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
                    fills=COUNTERFACTUAL_MODES, aug_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), sweep_fraction=0.1,

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
+KNOWN_REGION_TYPES = ("choices", "brushlabels", "magicwand", "textarea")  # what our configs produce
 MAX_LISTED_IDS = 100  # skipped task ids listed per reason in a job result
 MAX_MASK_PIXELS = 64_000_000  # a brush region claiming a larger image is refused (decoding it could exhaust memory)
 
@@ -132,7 +133,15 @@ def _class_choice(annotation: dict, config: ParsedConfig) -> str | None:
 
 
 def _is_spurious_brush(region: dict, config: ParsedConfig) -> bool:
-    if not isinstance(region, dict) or region.get("type") != "brushlabels":
+    """A region that paints spurious pixels: a ``Spurious`` brush stroke, or a magic-wand region (Label
+    Studio stores those unlabelled, ``type: "magicwand"``; the wand is a painting tool of the spurious
+    pixels in our config)."""
+    if not isinstance(region, dict):
+        return False
+    if region.get("type") == "magicwand":
+        return config.magicwand_control is not None and region.get("from_name") == config.magicwand_control \
+            and region.get("to_name") in (None, config.image_name)
+    if region.get("type") != "brushlabels":
         return False
     value = _dict(region.get("value"))
     if SPURIOUS_LABEL not in _list(value.get("brushlabels")):
@@ -251,6 +260,10 @@ def parse_export(
                 if why is not None and not _is_spurious_brush(r, config):
                     log.warning("task %s: %s; region ignored", task_id, why)
                     out.ignored_regions.setdefault("unknown_brush_label", []).append(task_id)
+                elif r.get("type") not in KNOWN_REGION_TYPES or (r.get("type") == "magicwand" and not _is_spurious_brush(r, config)):
+                    log.warning("task %s: a %r region on %r does not paint spurious pixels; region ignored",
+                                task_id, r.get("type"), r.get("from_name"))
+                    out.ignored_regions.setdefault("unsupported_region", []).append(task_id)
             regions = [r for r in results if _is_spurious_brush(r, config)]
             try:
                 mask = _union_mask(regions)

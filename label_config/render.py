@@ -36,6 +36,7 @@ class ParsedConfig:
     influence_control: str | None  # a TextArea for influence lines in the prediction (older configs only)
     has_saliency_view: bool
     correction_control: str | None = None  # Choices for the expert's class correction
+    magicwand_control: str | None = None  # MagicWand: its (unlabelled) regions paint spurious pixels
     has_influence_view: bool = False  # a HyperText loading the influence/suspicion page of the task
 
 
@@ -102,5 +103,7 @@ def parse_config(xml: str) -> ParsedConfig:
         influence_control=INFLUENCE_CONTROL if INFLUENCE_CONTROL in textareas else None,
         has_saliency_view=SALIENCY_OBJECT in images,
         correction_control=CORRECTION_CONTROL if corrections else None,
+        magicwand_control=next((el.get("name") for el in root.iter("MagicWand")
+                                if (el.get("toName") or image_name) == image_name), None),
         has_influence_view=INFLUENCE_CONTROL in hypertexts,
     )

@@ -16,11 +16,12 @@ import math
 import re
 import threading
 import time
+import warnings
 import weakref
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -158,16 +159,21 @@ def _backend(request: Request) -> Backend:
 async def json_body(request: Request) -> dict:
     """The request's JSON object; PayloadError 413 past ``MAX_REQUEST_BYTES`` (counted while reading, so a
     body without Content-Length is cut off too), 400 for bodies that are not a JSON object."""
-    max_bytes, path = _backend(request).settings.max_request_bytes, request.url.path
+    settings, path = _backend(request).settings, request.url.path
+    max_bytes, budget = settings.max_request_bytes, settings.http_body_timeout
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if max_bytes and size > max_bytes:
-                raise PayloadError(f"{path}: request body is larger than {max_bytes} bytes (MAX_REQUEST_BYTES)", 413)
-            chunks.append(chunk)
+        async with asyncio.timeout(budget if budget and budget > 0 else None):  # one deadline for the whole body
+            async for chunk in request.stream():
+                size += len(chunk)
+                if max_bytes and size > max_bytes:
+                    raise PayloadError(f"{path}: request body is larger than {max_bytes} bytes (MAX_REQUEST_BYTES)", 413)
+                chunks.append(chunk)
     except PayloadError:
         raise
+    except TimeoutError:  # a client dripping its body: 408, and the connection is closed (on_payload_error)
+        raise PayloadError(f"{path}: request body not received within {budget:g} s (HTTP_BODY_TIMEOUT; "
+                           f"{size} bytes arrived)", 408) from None
     except Exception as e:  # client went away mid-body
         raise PayloadError(f"{path}: could not read the request body ({type(e).__name__})") from e
     raw = b"".join(chunks)
@@ -301,7 +307,8 @@ def _without_userinfo(url: str) -> str:
 
 
 async def on_payload_error(request: Request, exc: PayloadError) -> JSONResponse:
-    return error(str(exc), exc.status)
+    # 408: the rest of the body may still be coming; close the connection rather than read it
+    return error(str(exc), exc.status, headers={"Connection": "close"} if exc.status == 408 else None)
 
 
 async def on_class_mismatch(request: Request, exc: ClassMismatchError) -> JSONResponse:
@@ -353,6 +360,93 @@ async def count_requests(request: Request, call_next):
     return response
 
 
+# --------------------------------------------------------------------------------------------------
+# the served OpenAPI schema: request bodies (the routes read raw JSON, so FastAPI cannot infer them),
+# the one error shape, and what each route answers besides JSON
+
+_PROJECT = {"description": "Label Studio's '<project id>.<created timestamp>' (or the id alone)",
+            "oneOf": [{"type": "string"}, {"type": "integer"}]}
+OPENAPI_SCHEMAS: dict[str, dict] = {
+    "Error": {"type": "object", "required": ["status", "message"], "description": "The one error shape of every endpoint",
+              "properties": {"status": {"type": "string", "enum": ["error"]}, "message": {"type": "string"},
+                             "errors": {"type": "array", "items": {"$ref": "#/components/schemas/TaskError"}}}},
+    "TaskError": {"type": "object", "required": ["index", "field", "message"],
+                  "properties": {"index": {"type": "integer"}, "task": {}, "field": {"type": "string"},
+                                 "status": {"type": "integer", "description": "413 over a memory budget, 503 busy, else 422"},
+                                 "message": {"type": "string"}}},
+    "SetupRequest": {"type": "object", "required": ["project", "schema"], "properties": {
+        "project": _PROJECT,
+        "schema": {"type": "string", "description": "the project's label config (XML)"},
+        "hostname": {"type": "string", "description": "Label Studio's URL (http or https)"},
+        "access_token": {"type": "string", "maxLength": 1024},
+        "extra_params": {}}},
+    "SetupResponse": {"type": "object", "required": ["model_version"], "properties": {"model_version": {"type": "string"}}},
+    "PredictRequest": {"type": "object", "required": ["tasks", "project"], "properties": {
+        "tasks": {"type": "array", "items": {"type": "object", "required": ["data"], "properties": {
+            "id": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+            "data": {"type": "object", "additionalProperties": True,
+                     "description": "task data; the image URL under the label config's <Image value=...>"}}}},
+        "project": _PROJECT,
+        "label_config": {"type": "string"},
+        "params": {"type": "object", "properties": {"context": {"type": ["object", "null"]}}}}},
+    "PredictResponse": {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": {"type": "object"}}, "model_version": {"type": "string"},
+        "errors": {"type": "array", "items": {"$ref": "#/components/schemas/TaskError"}}}},
+    "WebhookRequest": {"type": "object", "required": ["action"], "properties": {
+        "action": {"type": "string", "description": "START_TRAINING, ANNOTATION_CREATED, ... (others are ignored)"},
+        "project": {"oneOf": [{"type": "object", "properties": {"id": {"type": "integer"}}}, {"type": "string"},
+                              {"type": "integer"}]}}},
+    "WebhookResponse": {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "description": "queued, already queued, follow-up, counted, ignored"},
+        "job": {"type": "string"}, "action": {"type": "string"}, "reason": {"type": "string"}}},
+    "JobStatusRequest": {"type": "object", "required": ["job"], "properties": {"job": {"type": "string", "maxLength": 128}}},
+}
+_ERROR_TEXT = {400: "malformed body (the message names the field)", 401: "basic auth required (BASIC_AUTH_*)",
+               403: "wrong webhook secret", 404: "no such project or file", 408: "request body too slow (HTTP_BODY_TIMEOUT)",
+               409: "classes disagree with the served model", 410: "the job is gone", 413: "body or task count too large",
+               422: "nothing could be predicted / invalid parameters", 503: "training queue (Redis) unavailable or busy"}
+
+
+def _body(name: str) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}}
+
+
+def _responses(ok: str | dict | None, *codes: int) -> dict:
+    """OpenAPI responses: 200 (a component name, or a ``content`` dict) and the error codes in the one shape."""
+    out: dict = {}
+    if isinstance(ok, str):
+        out[200] = {"description": "OK", "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}}}
+    elif isinstance(ok, dict):
+        out[200] = {"description": "OK", "content": ok}
+    for code in sorted({401, *codes}):
+        out[code] = {"description": _ERROR_TEXT[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return out
+
+
+def _with_components(app: FastAPI):
+    """``app.openapi`` with the request/response shapes above registered as components."""
+    base = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            with warnings.catch_warnings():  # GET and HEAD share a route (one id): made unique below
+                warnings.filterwarnings("ignore", message="Duplicate Operation ID")
+                spec = base()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(OPENAPI_SCHEMAS)
+            for path, ops in spec.get("paths", {}).items():
+                for method, op in ops.items():
+                    op["operationId"] = f"{method}_{re.sub(r'[^A-Za-z0-9]+', '_', path).strip('_') or 'root'}"
+                    responses = op.get("responses", {})
+                    if "422" in responses and "HTTPValidationError" in str(responses["422"]):
+                        responses["422"] = _responses(None, 422)[422]  # our handler answers the one shape
+            spec["components"]["schemas"].pop("HTTPValidationError", None)
+            spec["components"]["schemas"].pop("ValidationError", None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(settings: Settings | None = None, parts: list[PredictionPart] | None = None) -> FastAPI:
     """Build the backend app; ``parts`` are the prediction parts beyond the classifier."""
     settings = settings or Settings.from_env()
@@ -372,18 +466,35 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
     app.add_middleware(LabelStudioCORS, origins=backend.origins)  # outermost: preflights need no credentials
     # an explicit response class (not only the default) keeps FastAPI off its pydantic fast path, whose
     # encoder raises on what SafeJSONResponse escapes
-    app.add_api_route("/health", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse)
-    app.add_api_route("/", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse)
-    app.add_api_route("/setup", setup, methods=["POST"], response_class=SafeJSONResponse)
-    app.add_api_route("/predict", predict, methods=["POST"], response_class=SafeJSONResponse)
-    app.add_api_route("/webhook", webhook, methods=["POST"], response_class=SafeJSONResponse)
-    app.add_api_route("/versions", versions, methods=["GET"], response_class=SafeJSONResponse)
-    app.add_api_route("/job_status", job_status, methods=["POST"], response_class=SafeJSONResponse)
-    app.add_api_route("/metrics", prometheus, methods=["GET", "HEAD"], response_class=PlainTextResponse)
-    app.add_api_route("/saliency/{project_id}/{key:path}", views.saliency_png, methods=["GET", "HEAD"])
-    app.add_api_route("/influence/{project_id}/{key:path}", views.influence_html, methods=["GET", "HEAD"])
-    app.add_api_route("/report/{project_id}/{version}", views.report_html, methods=["GET", "HEAD"])
-    app.add_api_route("/report/{project_id}/{version}/curves.png", views.report_curves, methods=["GET", "HEAD"])
+    body_errors = (400, 408, 413)
+    png, html = {"image/png": {"schema": {"type": "string", "format": "binary"}}}, {"text/html": {"schema": {"type": "string"}}}
+    app.add_api_route("/health", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse,
+                      responses=_responses({"application/json": {"schema": {"type": "object"}}}))
+    app.add_api_route("/", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse,
+                      responses=_responses({"application/json": {"schema": {"type": "object"}}}))
+    app.add_api_route("/setup", setup, methods=["POST"], response_class=SafeJSONResponse,
+                      openapi_extra=_body("SetupRequest"), responses=_responses("SetupResponse", *body_errors, 409))
+    app.add_api_route("/predict", predict, methods=["POST"], response_class=SafeJSONResponse,
+                      openapi_extra=_body("PredictRequest"),
+                      responses=_responses("PredictResponse", *body_errors, 409, 422, 503))
+    app.add_api_route("/webhook", webhook, methods=["POST"], response_class=SafeJSONResponse,
+                      openapi_extra=_body("WebhookRequest"), responses=_responses("WebhookResponse", *body_errors, 403, 503))
+    app.add_api_route("/versions", versions, methods=["GET"], response_class=SafeJSONResponse,
+                      responses=_responses({"application/json": {"schema": {"type": "object"}}}))
+    app.add_api_route("/job_status", job_status, methods=["POST"], response_class=SafeJSONResponse,
+                      openapi_extra=_body("JobStatusRequest"),
+                      responses=_responses({"application/json": {"schema": {"type": "object"}}}, *body_errors, 410, 503))
+    app.add_api_route("/metrics", prometheus, methods=["GET", "HEAD"], response_class=PlainTextResponse,
+                      responses=_responses({"text/plain": {"schema": {"type": "string"}}}))
+    app.add_api_route("/saliency/{project_id}/{key:path}", views.saliency_png, methods=["GET", "HEAD"],
+                      response_class=Response, responses=_responses(png, 404, 422))
+    app.add_api_route("/influence/{project_id}/{key:path}", views.influence_html, methods=["GET", "HEAD"],
+                      response_class=Response, responses=_responses(html, 404, 422))
+    app.add_api_route("/report/{project_id}/{version}", views.report_html, methods=["GET", "HEAD"],
+                      response_class=Response, responses=_responses(html, 404, 422))
+    app.add_api_route("/report/{project_id}/{version}/curves.png", views.report_curves, methods=["GET", "HEAD"],
+                      response_class=Response, responses=_responses(png, 404, 422))
+    app.openapi = _with_components(app)
     app.add_exception_handler(PayloadError, on_payload_error)
     app.add_exception_handler(ClassMismatchError, on_class_mismatch)
     app.add_exception_handler(FileNotFoundError, on_value_error)

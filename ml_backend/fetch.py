@@ -5,15 +5,20 @@ Where an image may come from (no SSRF, no path traversal):
 - the Label Studio origin (``base_url``: ``LABEL_STUDIO_URL``, else the ``hostname`` Label Studio sent
   to ``/setup``); relative URLs resolve against it and only requests to it carry ``Authorization:
   Token <key>``;
-- hosts listed in ``ALLOWED_IMAGE_HOSTS`` (``host``, ``host:port``, ``*.domain`` or a URL; fetched
-  without the token);
+- hosts listed in ``ALLOWED_IMAGE_HOSTS`` (``host`` (any port), ``host:port``, ``*.domain`` (the default
+  ports only) or ``*.domain:port``, or a URL; fetched without the token). Such a host is resolved once
+  when connecting, every address must be public (no loopback, private, link-local, multicast, reserved
+  or other non-global address) unless ``ALLOW_PRIVATE_IMAGE_HOSTS``, and the connection goes to the
+  address checked (``_pinned_adapter``: no DNS rebinding between check and connect);
 - ``data:`` URIs (decoded inline);
 - ``file://`` URLs only under ``IMAGE_ROOT`` (the real path, symlinks resolved, must stay inside it).
 
 Anything else (other hosts, other schemes, ``file://`` without ``IMAGE_ROOT`` or outside it, user
 info in the URL) raises ``ImageError``. Redirects are followed by hand (at most 5), each target
 re-checked, the token dropped when leaving the Label Studio origin. Downloads are streamed and cut
-at ``MAX_IMAGE_BYTES`` (default 50 MB); decoding refuses more than ``MAX_IMAGE_PIXELS`` (64 MP).
+at ``MAX_IMAGE_BYTES`` (default 50 MB); decoding refuses more than ``MAX_IMAGE_PIXELS`` (64 MP). For
+predictions images are downscaled while decoding (``PREDICT_MAX_SIDE``), charged to the request's pixel
+budget (``RequestBudget``) and decoded under the process-wide ``DecodeMemory``.
 ``FETCH_TIMEOUT`` bounds the whole download of one image (connect, redirects, every read: one
 deadline), not each read: a host that drips a byte at a time is cut off at the deadline.
 
@@ -26,8 +31,10 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import ipaddress
 import os
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -38,6 +45,11 @@ from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 import requests
 import urllib3
 from PIL import Image
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
 
 from ml_backend.settings import Settings
 from training.images import ImageError, decode_image
@@ -61,12 +73,69 @@ class FetchPolicy:
     max_pixels: int
     timeout: float
     max_decode_bytes: int = 0  # process-wide bytes of full-size decodes at once (0: unbounded)
+    allow_private: bool = False  # ALLOWED_IMAGE_HOSTS may resolve to loopback/private/link-local addresses
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FetchPolicy":
         return cls(allowed_hosts=tuple(settings.allowed_image_hosts), image_root=settings.image_root,
                    max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                   timeout=settings.fetch_timeout, max_decode_bytes=settings.predict_max_decode_bytes)
+                   timeout=settings.fetch_timeout, max_decode_bytes=settings.predict_max_decode_bytes,
+                   allow_private=settings.allow_private_image_hosts)
+
+
+def address_kind(address: str) -> str | None:
+    """Why an IP address may not be fetched from (``loopback``, ``private``, ``link-local`` ...), or None
+    for a public (globally routable) one. IPv4-mapped IPv6 addresses are judged as the IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "unparseable"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if not ip.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT)
+        return "non-global"
+    return None
+
+
+def _pinned_adapter(resolve) -> HTTPAdapter:
+    """A requests adapter whose connections go to the address ``resolve(scheme, host, port)`` returned (it
+    checks it): the address checked is the address connected to, so DNS cannot answer differently between
+    the check and the connect (rebinding). The Host header, TLS SNI and certificate check keep the name."""
+
+    def new_conn(conn, scheme: str):
+        address = resolve(scheme, conn.host, conn.port)
+        try:
+            return urllib3_connection.create_connection((address, conn.port), conn.timeout,
+                                                        source_address=conn.source_address,
+                                                        socket_options=conn.socket_options)
+        except socket.timeout as e:
+            raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})") from e
+        except OSError as e:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {e}") from e
+
+    class PinnedHTTPConnection(HTTPConnection):
+        def _new_conn(self):
+            return new_conn(self, "http")
+
+    class PinnedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self):
+            return new_conn(self, "https")
+
+    class PinnedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = PinnedHTTPConnection
+
+    class PinnedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = PinnedHTTPSConnection
+
+    class PinnedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": PinnedHTTPPool, "https": PinnedHTTPSPool}
+
+    return PinnedAdapter()
 
 
 class ImageBudgetError(ImageError):
@@ -179,6 +248,9 @@ class ImageFetcher:
         self.timeout = policy.timeout
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
+        adapter = _pinned_adapter(self._connect_address)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.allowed_hosts = tuple(policy.allowed_hosts)
         self.image_root = os.path.realpath(policy.image_root) if policy.image_root else None
         self.max_bytes = int(policy.max_bytes)
@@ -201,7 +273,7 @@ class ImageFetcher:
     def _host_allowed(self, origin: tuple[str, str, int]) -> bool:
         if origin == self._ls_origin:
             return True
-        _, host, port = origin
+        scheme, host, port = origin
         for entry in self.allowed_hosts:
             entry = entry.strip().lower()
             if "://" in entry:
@@ -212,9 +284,32 @@ class ImageFetcher:
             name, _, want_port = entry.partition(":")
             if want_port and want_port != str(port):
                 continue
-            if name == host or (name.startswith("*.") and fnmatch.fnmatchcase(host, name)):
+            if name == host:  # a named host: any port unless the entry names one
+                return True
+            # a wildcard names a port, or means the scheme's default port only
+            if name.startswith("*.") and fnmatch.fnmatchcase(host, name) and (want_port or port == _DEFAULT_PORTS[scheme]):
                 return True
         return False
+
+    def _connect_address(self, scheme: str, host: str, port: int) -> str:
+        """The address to connect to for ``host``: resolved once, every address checked, the first returned
+        (the connection goes there). The Label Studio origin connects as configured; other hosts must resolve
+        to public addresses only, unless ALLOW_PRIVATE_IMAGE_HOSTS (then they are resolved and pinned all the same)."""
+        if (scheme, host.lower(), port) == self._ls_origin:
+            return host
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            raise ImageError(f"image host {host}: cannot resolve it ({e})") from e
+        addresses = [info[4][0] for info in infos]
+        for address in addresses if not self.policy.allow_private else ():
+            kind = address_kind(address)
+            if kind:
+                raise ImageError(f"image host {host}:{port} resolves to {address}, a {kind} address: refused "
+                                 "(set ALLOW_PRIVATE_IMAGE_HOSTS=true to fetch from private networks)")
+        if not addresses:
+            raise ImageError(f"image host {host}: resolves to no address")
+        return addresses[0]
 
     def check_url(self, url: str) -> str:
         """The absolute URL to fetch; raises ImageError when it may not be fetched."""

@@ -25,6 +25,13 @@ class Neighbour:
     url: str | None
 
 
+def report_url(settings, project_id: int, version: str) -> str | None:
+    """Where the backend serves a version's training report (None without BACKEND_PUBLIC_URL)."""
+    if not settings.public_url:
+        return None
+    return f"{settings.public_url.rstrip('/')}/report/{project_id}/{version}"
+
+
 def _link(n: Neighbour) -> str:
     name = f"#{n.task_id}"
     return f'<a href="{escape(n.url)}" target="_blank" rel="noopener">{name}</a>' if n.url else name
@@ -41,10 +48,16 @@ def _page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
+def _report_link(version: str, report_url: str | None) -> str:
+    if not report_url:
+        return ""
+    return f' <a href="{escape(report_url)}" target="_blank" rel="noopener">{escape(version)}: training report</a>'
+
+
 def influence_page(version: str, prediction: str, score: str, proponents: list[Neighbour],
-                   opponents: list[Neighbour]) -> str:
+                   opponents: list[Neighbour], report_url: str | None = None) -> str:
     """A test task: the training tasks that most supported and most opposed its prediction."""
-    body = (f"<b>{escape(version)}</b> predicts <b>{escape(prediction)}</b>. "
+    body = (f"<b>{escape(version)}</b> predicts <b>{escape(prediction)}</b>.{_report_link(version, report_url)} "
             f'<span class="note">Prediction score = the model\'s confidence. Influence: {escape(score)} '
             "(last layer, TracIn); open a task to paint it.</span>")
     if proponents:
@@ -54,9 +67,10 @@ def influence_page(version: str, prediction: str, score: str, proponents: list[N
     return _page(f"influence {version}", body)
 
 
-def suspicion_page(version: str, suspicion: float, formula: str, harmed: list[Neighbour]) -> str:
+def suspicion_page(version: str, suspicion: float, formula: str, harmed: list[Neighbour],
+                   report_url: str | None = None) -> str:
     """A training task: its suspicion score and the misclassified test tasks it harms most."""
-    body = (f"Suspicion <b>{suspicion:.3f}</b> ({escape(version)}). "
+    body = (f"Suspicion <b>{suspicion:.3f}</b> ({escape(version)}).{_report_link(version, report_url)} "
             '<span class="note">For training images the prediction score is this suspicion (how likely the '
             f"image teaches the model a shortcut; sort the Data Manager by it), not a confidence: {escape(formula)}."
             "</span>")

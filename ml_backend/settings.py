@@ -16,6 +16,19 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _env_bool(name: str, default: bool = False) -> bool:
+    """``true``/``1``/``yes``/``on`` (any case) -> True, ``false``/``0``/``no``/``off`` -> False, else ValueError."""
+    value = _env(name)
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true or false")
+
+
 def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     """A comma-separated variable as a tuple of stripped, non-empty items (set but empty -> empty)."""
     value = os.environ.get(name)
@@ -66,6 +79,7 @@ class Settings:
     basic_auth_pass: str | None = None
     webhook_secret: str | None = None
     allowed_image_hosts: tuple[str, ...] = ()
+    allow_private_image_hosts: bool = False  # ALLOWED_IMAGE_HOSTS may resolve to loopback/private/link-local
     cors_origins: tuple[str, ...] = ()  # origins (besides Label Studio's) whose pages may read heatmaps/pages
     image_root: Path | None = None
     max_image_bytes: int = 50_000_000
@@ -85,6 +99,10 @@ class Settings:
     # process and CLI
     host: str = "0.0.0.0"
     port: int = 9090
+    http_header_timeout: float = 10.0  # seconds for a request's line and headers (robustar serve)
+    http_body_timeout: float = 60.0  # seconds for a whole request body (408 and the connection closed after)
+    http_keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open
+    http_max_header_bytes: int = 16 * 1024  # request line + headers (h11; larger: 400)
     log_level: str = "info"
     ls_venv: Path | None = None  # the Label Studio venv used by `robustar demo` and the tests
     extra: dict = field(default_factory=dict)
@@ -132,6 +150,7 @@ class Settings:
             basic_auth_pass=_env("BASIC_AUTH_PASS"),
             webhook_secret=_env("WEBHOOK_SECRET"),
             allowed_image_hosts=_env_list("ALLOWED_IMAGE_HOSTS", cls.allowed_image_hosts),
+            allow_private_image_hosts=_env_bool("ALLOW_PRIVATE_IMAGE_HOSTS", cls.allow_private_image_hosts),
             cors_origins=_env_list("CORS_ORIGINS", cls.cors_origins),
             image_root=Path(image_root) if image_root else None,
             max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(cls.max_image_bytes))),
@@ -149,6 +168,10 @@ class Settings:
             train_job_timeout=int(_env("TRAIN_JOB_TIMEOUT", str(cls.train_job_timeout))),
             redis_key_prefix=_env("REDIS_KEY_PREFIX", cls.redis_key_prefix),
             host=_env("HOST", cls.host),
+            http_header_timeout=float(_env("HTTP_HEADER_TIMEOUT", str(cls.http_header_timeout))),
+            http_body_timeout=float(_env("HTTP_BODY_TIMEOUT", str(cls.http_body_timeout))),
+            http_keep_alive_timeout=float(_env("HTTP_KEEP_ALIVE_TIMEOUT", str(cls.http_keep_alive_timeout))),
+            http_max_header_bytes=int(_env("HTTP_MAX_HEADER_BYTES", str(cls.http_max_header_bytes))),
             port=int(_env("PORT", str(cls.port))),
             log_level=_env("LOG_LEVEL", cls.log_level),
             ls_venv=Path(_env("ROBUSTAR_LS_VENV")) if _env("ROBUSTAR_LS_VENV") else None,

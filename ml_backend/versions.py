@@ -6,11 +6,13 @@ project's model-version selection as the way to switch (or roll back) the served
 - ``POST /job_status {"job": id}`` (Label Studio records the ``job`` our START_TRAINING answer returns
   and asks for its status): ``{"job_status": queued|started|finished|failed|..., "phase", "epoch",
   "epochs", "version", "error"}``; 410 when RQ no longer knows the job.
-- Selection: when the project's ``model_version`` in Label Studio *changes* to one of our versions
-  other than the published one (the user picked it, e.g. to roll back), that version is published:
-  the backend serves it and the next training job fine-tunes from it, without a restart. Only a
-  change counts, so the worker's own update (it sets the project to the version it just published)
-  and the moments in between never move the pointer back.
+- Selection: when the project's ``model_version`` in Label Studio differs from the value last known
+  to be there (``label-studio-model-version`` beside the checkpoints: written by the worker when it
+  points the project at the version it published, and by the backend when it sees a change) and
+  names one of our versions other than the published one, the user picked it (e.g. to roll back):
+  that version is published, so the backend serves it and the next job fine-tunes from it, without
+  a restart. Between the worker's publish and its update of the project nothing moves back, because
+  Label Studio still shows the value the file remembers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rq.job import Job
 from ml_backend.ls_client import client_for
 from ml_backend.model_card import ModelCard
 from ml_backend.settings import Settings
-from training.checkpoints import CheckpointStore, version_number
+from training.checkpoints import CheckpointStore, atomic_write, version_number
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,20 @@ def job_state(job: Job) -> dict:
     return state
 
 
+SELECTION_FILE = "label-studio-model-version"
+
+
+def remember_selection(store: CheckpointStore, version: str) -> None:
+    """Record the model version Label Studio shows for the project (atomic; a few bytes)."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    atomic_write(store.root / SELECTION_FILE, lambda f: f.write(version.encode()))
+
+
+def remembered_selection(store: CheckpointStore) -> str | None:
+    path = store.root / SELECTION_FILE
+    return path.read_text().strip() or None if path.is_file() else None
+
+
 class VersionSelection:
     """Publishes the version a user selects as the project's model version in Label Studio."""
 
@@ -58,7 +74,6 @@ class VersionSelection:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._seen: dict[int, str | None] = {}
         self._checked: dict[int, float] = {}
         self._lock = threading.Lock()
 
@@ -88,13 +103,13 @@ class VersionSelection:
         except Exception as e:  # Label Studio unreachable: keep serving what is published
             log.info("project %s: cannot read the model version selected in Label Studio: %s", project_id, e)
             return None
-        with self._lock:
-            first = project_id not in self._seen
-            changed = not first and selected != self._seen[project_id]
-            self._seen[project_id] = selected
-        if not changed or selected is None:
-            return None
         store = CheckpointStore(self.settings.model_dir, project_id)
+        known = remembered_selection(store)
+        if selected == known or selected is None:
+            return None
+        remember_selection(store, selected)
+        if known is None:  # first look at this project: a baseline, not a choice
+            return None
         try:
             version_number(selected)
         except ValueError:

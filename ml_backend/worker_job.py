@@ -28,9 +28,11 @@ from ml_backend.influence import build_influence_index
 from ml_backend.jobs import rq_progress_sink
 from ml_backend.ls_client import fetch_export, fetch_project, make_client
 from ml_backend.model_card import ModelCard
+from ml_backend.pages import report_url
 from ml_backend.push_predictions import backend_predictor, push_predictions
 from ml_backend.serving import model_defaults
 from ml_backend.settings import Settings
+from ml_backend.versions import remember_selection
 from training.checkpoints import CheckpointStore
 from training.options import TrainOptions
 from training.pipeline import PipelineResult, run_pipeline
@@ -62,13 +64,6 @@ def build_index(settings: Settings, store: CheckpointStore, result: PipelineResu
     except Exception as e:
         log.warning("project store %s: influence index for %s not built: %s", store.root, version, e)
         return f"failed: {e}"
-
-
-def report_url(settings: Settings, project_id: int, version: str) -> str | None:
-    """Where the backend serves a version's report page (None without BACKEND_PUBLIC_URL)."""
-    if not settings.public_url:
-        return None
-    return f"{settings.public_url.rstrip('/')}/report/{project_id}/{version}"
 
 
 def _sinks(*sinks):
@@ -151,6 +146,7 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
         try:
             predict = backend_predictor(settings, project_id, label_config, version)
             predictions = push_predictions(client, project_id, tasks, predict, version, batch_size=64)
+            remember_selection(store, version)  # the project now shows vN: not a user's choice to act on
         except Exception as e:
             log.exception("project %s: pushing predictions of %s failed (the version is published anyway)",
                           project_id, version)

@@ -37,12 +37,9 @@ def painted_batch(b=6, seed=0, classes=(0, 0, 1, 1, 2, 2)):
     return x, m, y
 
 
-def donor_of(out, x, m, m_all, i):
-    """Which sample's constant value fills sample i where some donor covers (None: only noise)."""
-    vals = out[i][:, m[i, 0]].mul(255).round()
-    consts = {round(float(x[j, 0, 0, 0] * 255)): j for j in range(x.shape[0])}
-    hits = {consts[int(v)] for v in vals[0].unique().tolist() if int(v) in consts}
-    return hits
+def from_sample(out, x, i, j):
+    """[H, W] bool: pixels of out[i] equal to sample j's (constant) pixel in all three channels."""
+    return (out[i] == x[j]).all(0)
 
 
 @pytest.mark.parametrize("mode", COUNTERFACTUAL_MODES)
@@ -58,25 +55,22 @@ def test_fills_exactly_the_mask(mode):
     assert torch.allclose(k, k.round(), atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ("counterfactual", "counterfactual_any"))
+@pytest.mark.parametrize("mode", ("counterfactual", "counterfactual_any", "counterfactual_mixture"))
 def test_donor_pixels_where_the_donor_covers_noise_elsewhere(mode):
     x, m, y = painted_batch()
-    g = torch.Generator().manual_seed(3)
-    donor, has = choose_donors(y, y, len(y), mode, torch.Generator().manual_seed(3))
-    out = apply_counterfactual(x, m, y, mode, g, DonorBank(0))
-    assert bool(has.all())
-    for i in range(len(y)):
-        d = int(donor[i])
-        assert d != i  # never its own donor
-        if mode == "counterfactual":
-            assert int(y[d]) != int(y[i])  # another class is available in this batch, so it is chosen
-        both = m[i, 0] & m[d, 0]
-        only_mine = m[i, 0] & ~m[d, 0]
-        assert torch.equal(out[i][:, both], x[d][:, both])  # the donor's own painted pixels
-        assert only_mine.any()
-        noise = out[i][:, only_mine]
-        assert not torch.equal(noise, x[i][:, only_mine]) and not torch.equal(noise, x[d][:, only_mine])
-        assert noise.unique().numel() > 3  # per-pixel noise there, not a constant
+    for seed in range(5):
+        out = apply_counterfactual(x, m, y, mode, torch.Generator().manual_seed(seed), DonorBank(0))
+        for i in range(len(y)):
+            donors = [j for j in range(len(y)) if j != i and from_sample(out, x, i, j)[m[i, 0]].any()]
+            assert len(donors) == 1, donors  # one donor, another painted sample, never itself
+            d = donors[0]
+            if mode != "counterfactual_any":
+                assert int(y[d]) != int(y[i])  # another class is in the batch, so it is chosen
+            both, only_mine = m[i, 0] & m[d, 0], m[i, 0] & ~m[d, 0]
+            assert torch.equal(from_sample(out, x, i, d) & m[i, 0], both)  # exactly where the donor covers
+            assert only_mine.any()
+            noise = out[i][:, only_mine]
+            assert noise.unique().numel() > 3  # per-pixel noise where the donor's mask does not cover
 
 
 def test_same_seed_same_fill_and_choice_draws_are_uniform():
@@ -126,6 +120,30 @@ def test_mix_is_half_counterfactual_half_noise():
     out = apply_counterfactual(x, m, y, "counterfactual_mix", torch.Generator().manual_seed(2), DonorBank(0))
     outside = ~m.expand_as(x)
     assert torch.equal(out[outside], x[outside])
+
+
+def test_mixture_fallback_only_where_the_donor_covers_too_little():
+    x, m, y = painted_batch()
+    # every donor covers all but one row of the mask: the same fill as counterfactual (same draws first)
+    a = apply_counterfactual(x, m, y, "counterfactual_mixture", torch.Generator().manual_seed(4), DonorBank(0))
+    b = apply_counterfactual(x, m, y, "counterfactual", torch.Generator().manual_seed(4), DonorBank(0))
+    assert torch.equal(a, b)
+    # corner patches: each class paints its own corner, so no donor of another class covers anything
+    corner = torch.zeros_like(m)
+    for i, c in enumerate(y.tolist()):
+        corner[i, :, 4 * c:4 * c + 4, 4 * c:4 * c + 4] = True
+    out = apply_counterfactual(x, corner, y, "counterfactual_mixture", torch.Generator().manual_seed(0), DonorBank(0))
+    outside = ~corner.expand_as(x)
+    assert torch.equal(out[outside], x[outside])
+    for i in range(len(y)):
+        assert not any(from_sample(out, x, i, j)[corner[i, 0]].any() for j in range(len(y)) if j != i)
+    # over many draws the fill takes the mixture's single-colour / striped modes, not only pixel noise
+    flat = 0
+    for seed in range(20):
+        out = apply_counterfactual(x, corner, y, "counterfactual_mixture", torch.Generator().manual_seed(seed),
+                                   DonorBank(0))
+        flat += sum(int(out[i][:, corner[i, 0]].unique(dim=1).shape[1] <= 2) for i in range(len(y)))
+    assert flat > 20  # random_pure, hstrips, vstrips, pure_black: one or two colours over the patch
 
 
 def test_bank_gives_a_lone_painted_image_a_donor_of_another_class():

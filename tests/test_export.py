@@ -103,6 +103,28 @@ def test_the_prefilled_prediction_is_never_a_training_label():
     assert parse_export(tasks[:1], legacy).records[0].target == "bird"
 
 
+def test_magic_wand_regions_paint_and_other_regions_are_reported():
+    """Label Studio stores a magic-wand stroke unlabelled (``type: "magicwand"``, value ``format``/``rle``
+    only, as recorded in the browser): it paints spurious pixels like the brush. A region of a kind
+    that cannot paint (a rectangle, a wand on another image) is ignored and reported per task."""
+    brush = rect_mask(30, 40, 0, 5, 0, 5)
+    wand = rect_mask(30, 40, 10, 20, 10, 30)
+    wand_region = regions.brush(wand, region_id="w1")
+    wand_region.update(type="magicwand", from_name="magicwand")
+    wand_region["value"].pop("brushlabels")
+    stray_wand = dict(wand_region, to_name="saliency", id="w2")
+    rect = {"id": "r", "type": "rectanglelabels", "from_name": "box", "to_name": "image",
+            "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["Spurious"]}}
+    tasks = [export_task(1, IMG, label="cat", annotations=[annotation(1, 1, [regions.brush(brush), wand_region])]),
+             export_task(2, IMG, label="dog", annotations=[annotation(2, 2, [wand_region, rect, stray_wand])])]
+    out = parse_export(tasks, CONFIG)
+    recs = {r.task_id: r for r in out.records}
+    np.testing.assert_array_equal(recs[1].mask, brush | wand)
+    np.testing.assert_array_equal(recs[2].mask, wand)
+    assert out.ignored_regions == {"unsupported_region": [2, 2]}
+    assert CONFIG.magicwand_control == "magicwand"
+
+
 def test_fallbacks_split_label_and_unpainted():
     empty_mask = annotation(5, 3, [regions.brush(np.zeros((30, 40), bool))])
     tasks = [

@@ -351,7 +351,7 @@ def test_fetch_timeout_bounds_the_whole_download(chunked):
     """Before: each read waited at most FETCH_TIMEOUT, so a host dripping a byte every 0.1 s held the fetch
     for the whole body (6 s here; 60 s in the attack). After: cut off at FETCH_TIMEOUT (1 s)."""
     policy = FetchPolicy(allowed_hosts=("127.0.0.1",), image_root=None, max_bytes=1_000_000, max_pixels=10**6,
-                         timeout=1.0)
+                         timeout=1.0, allow_private=True)  # the drip server is on loopback: opt in
     with DripServer(chunked=chunked) as drip:
         fetcher = ImageFetcher(None, None, policy)
         start = time.monotonic()
@@ -363,7 +363,7 @@ def test_fetch_timeout_bounds_the_whole_download(chunked):
 
 def test_fetch_timeout_still_allows_normal_downloads():
     policy = FetchPolicy(allowed_hosts=("127.0.0.1",), image_root=None, max_bytes=1_000_000, max_pixels=10**6,
-                         timeout=2.0)
+                         timeout=2.0, allow_private=True)  # loopback: opt in
     with DripServer(size=5, interval=0.05) as slow_but_fine, DripServer(size=5, interval=0.05, chunked=True) as ch:
         fetcher = ImageFetcher(None, None, policy)
         assert fetcher.fetch_bytes(slow_but_fine.url + "/a.png") == b"xxxxx"

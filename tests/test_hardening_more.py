@@ -281,3 +281,220 @@ def test_start_training_for_an_unknown_project_queues_nothing(tmp_path, redis_ur
     (tmp_path / "models" / "project-77").mkdir(parents=True)
     with make_client(tmp_path, redis_url) as c:
         assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 77}}).json()["status"] == "queued"
+
+
+# --------------------------------------------------------------------------------------------------
+# 11. allowed hosts are checked by the address they resolve to
+
+
+class _HostServer:
+    """A 127.0.0.1 HTTP server that records (path, Host header) and answers a small PNG."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str | None]] = []
+        outer, body = self, _png(noise((8, 8)))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.requests.append((self.path, self.headers.get("Host")))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _policy(hosts, allow_private=False, timeout=5.0) -> FetchPolicy:
+    return FetchPolicy(tuple(hosts), None, 1_000_000, 64_000_000, timeout, allow_private=allow_private)
+
+
+def _fake_dns(monkeypatch, table: dict[str, list[str]], calls: list[str]) -> None:
+    """Names in ``table`` resolve to the given addresses, one list per lookup (the last one repeats)."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kw):
+        if host in table:
+            calls.append(host)
+            answers = table[host]
+            address = answers.pop(0) if len(answers) > 1 else answers[0]
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, port, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_allowed_host_resolving_to_private_addresses_is_refused(monkeypatch):
+    """Before: an ALLOWED_IMAGE_HOSTS name resolving to 169.254.169.254 (cloud metadata) or 127.0.0.1 was
+    fetched: only the name was checked."""
+    calls: list[str] = []
+    _fake_dns(monkeypatch, {"images.example.org": ["127.0.0.1"], "meta.example.org": ["169.254.169.254"],
+                            "nat.example.org": ["100.64.1.2"], "v6.example.org": ["::ffff:10.0.0.1"]}, calls)
+    with _HostServer() as srv:
+        fetcher = ImageFetcher(None, None, _policy(["images.example.org", "meta.example.org", "nat.example.org",
+                                                    "v6.example.org"], timeout=2.0))
+        for host, kind in (("images.example.org", "loopback"), ("meta.example.org", "link-local"),
+                           ("nat.example.org", "non-global"), ("v6.example.org", "private")):
+            with pytest.raises(ImageError, match=f"a {kind} address: refused"):
+                fetcher.fetch_bytes(f"http://{host}:{srv.port}/a.png")
+        assert srv.requests == []  # refused before any connection
+        # explicitly allowed: resolved once and connected to that address, the name kept in the Host header
+        calls.clear()
+        opted = ImageFetcher(None, None, _policy(["images.example.org"], allow_private=True))
+        assert opted.fetch_bytes(f"http://images.example.org:{srv.port}/a.png").startswith(b"\x89PNG")
+        assert srv.requests == [("/a.png", f"images.example.org:{srv.port}")]
+        assert calls == ["images.example.org"]
+
+
+def test_the_connection_goes_to_the_address_checked(monkeypatch):
+    """DNS rebinding: the name answers a public address to the check and loopback right after. The fetch
+    resolves once and connects to the address it checked, so the loopback server is never reached."""
+    calls: list[str] = []
+    with _HostServer() as srv:
+        _fake_dns(monkeypatch, {"rebind.example.org": ["192.88.99.1", "127.0.0.1"]}, calls)
+        fetcher = ImageFetcher(None, None, _policy(["rebind.example.org"], timeout=1.0))
+        with pytest.raises(ImageError) as e:
+            fetcher.fetch_bytes(f"http://rebind.example.org:{srv.port}/a.png")
+        assert "refused" not in str(e.value)  # it passed the check, then connected to 192.88.99.1 (unreachable here)
+        assert srv.requests == [] and calls == ["rebind.example.org"]
+
+
+def test_wildcard_entries_mean_default_ports_unless_they_name_one(monkeypatch):
+    """Before: ``*.example.org`` allowed every port of every subdomain."""
+    f = ImageFetcher(None, None, _policy(["*.example.org", "*.cdn.example.net:8443", "plain.example.com"]))
+    assert f.check_url("https://a.example.org/x.png") and f.check_url("http://a.example.org/x.png")
+    assert f.check_url("https://a.cdn.example.net:8443/x.png")
+    assert f.check_url("http://plain.example.com:8080/x.png")  # a named host: any port, as documented
+    for url in ("http://a.example.org:6379/x.png", "https://a.example.org:8443/x.png",
+                "https://a.cdn.example.net/x.png", "http://example.org.evil.net/x.png"):
+        with pytest.raises(ImageError, match="not allowed"):
+            f.check_url(url)
+
+
+def test_label_studio_origin_is_allowed_as_configured():
+    """The Label Studio origin (here on loopback) needs no opt-in."""
+    with _HostServer() as ls:
+        f = ImageFetcher(f"http://127.0.0.1:{ls.port}", None, _policy([]))
+        assert f.fetch_bytes("/data/upload/1/a.png").startswith(b"\x89PNG")
+        f2 = ImageFetcher(f"http://localhost:{ls.port}", None, _policy([]))
+        assert f2.fetch_bytes("/data/upload/1/a.png").startswith(b"\x89PNG")
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. slow clients: header and body deadlines (a real `robustar serve`, raw sockets)
+
+
+def _drip(sock, data: bytes, interval: float, until: float) -> float:
+    """Send ``data`` a byte at a time every ``interval`` s; return when the server closed the connection
+    (seconds since the start), or ``until`` when it never did."""
+    import socket as socket_mod
+
+    start = time.monotonic()
+    for i in range(len(data)):
+        try:
+            sock.sendall(data[i : i + 1])
+        except OSError:  # reset or broken pipe: the server closed it
+            return time.monotonic() - start
+        sock.settimeout(interval)
+        try:
+            got = sock.recv(4096)
+            if got == b"":
+                return time.monotonic() - start
+            if got:  # an answer (408): read until closed
+                sock.settimeout(5)
+                while sock.recv(4096):
+                    pass
+                return time.monotonic() - start
+        except socket_mod.timeout:
+            pass
+        except OSError:
+            return time.monotonic() - start
+        if time.monotonic() - start > until:
+            return until
+    return until
+
+
+@pytest.mark.slow
+def test_slow_header_and_slow_body_are_cut_off(tmp_path):
+    """Before: a client sending a header byte every 0.5 s, or the body a byte every 0.5 s, kept its
+    connection (and, for the body, its request) open as long as it liked. After: closed at
+    HTTP_HEADER_TIMEOUT (2 s here) / answered 408 and closed at HTTP_BODY_TIMEOUT (2 s here)."""
+    import socket as socket_mod
+
+    env = {"MODEL_DIR": str(tmp_path / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "16", "DEVICE": "cpu",
+           "PREDICT_PARTS": "", "REDIS_URL": "redis://127.0.0.1:1/0", "LOG_LEVEL": "warning",
+           "HTTP_HEADER_TIMEOUT": "2", "HTTP_BODY_TIMEOUT": "2"}
+    with BackendProcess(env, tmp_path / "backend.log") as backend:
+        port = backend.port
+        head = (b"POST /setup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"X-Padding: " + b"a" * 200 + b"\r\n\r\n")
+        with socket_mod.create_connection(("127.0.0.1", port)) as s:
+            took = _drip(s, head, 0.5, until=15)
+        assert took < 4, f"a dripped header held the connection {took:.1f} s"
+        with socket_mod.create_connection(("127.0.0.1", port)) as s:  # a silent connection too
+            s.settimeout(6)
+            start = time.monotonic()
+            assert s.recv(10) == b""
+            assert time.monotonic() - start < 4
+        body = b'{"project": "1.1", "schema": "' + b"x" * 200 + b'"}'
+        with socket_mod.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /setup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            took = _drip(s, body, 0.5, until=15)
+        assert took < 4, f"a dripped body held the request {took:.1f} s"
+        with socket_mod.create_connection(("127.0.0.1", port)) as s:  # what the client got: a 408, then EOF
+            s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            s.settimeout(6)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"HTTP_BODY_TIMEOUT" in answer, answer[:300]
+        # normal requests are unaffected, keep-alive included
+        with requests.Session() as http:
+            for _ in range(3):
+                assert http.get(backend.url + "/health", timeout=5).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. the OpenAPI schema documents bodies, the one error shape, and /metrics as text
+
+
+def test_openapi_documents_bodies_errors_and_media_types(tmp_path, redis_url):
+    """Before: no request bodies (the routes read raw JSON), no 4xx but FastAPI's ``{"detail"}`` 422 on the views,
+    and heatmaps/pages/reports declared as JSON; schemathesis could generate nothing but empty bodies."""
+    with make_client(tmp_path, redis_url) as c:
+        spec = c.get("/openapi.json").json()
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    for path, name in (("/setup", "SetupRequest"), ("/predict", "PredictRequest"), ("/webhook", "WebhookRequest"),
+                       ("/job_status", "JobStatusRequest")):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{name}"} and name in schemas
+        for code in ("400", "413", "408"):
+            err = paths[path]["post"]["responses"][code]["content"]["application/json"]["schema"]
+            assert err == {"$ref": "#/components/schemas/Error"}
+    assert schemas["Error"]["required"] == ["status", "message"]
+    assert set(schemas["PredictRequest"]["required"]) == {"tasks", "project"}
+    assert "413" in paths["/predict"]["post"]["responses"] and "422" in paths["/predict"]["post"]["responses"]
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert list(paths["/saliency/{project_id}/{key}"]["get"]["responses"]["200"]["content"]) == ["image/png"]
+    assert list(paths["/report/{project_id}/{version}"]["get"]["responses"]["200"]["content"]) == ["text/html"]
+    assert "HTTPValidationError" not in schemas and "detail" not in str(spec["paths"])
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))  # GET and HEAD of one route no longer share an id

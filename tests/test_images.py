@@ -196,10 +196,11 @@ def test_token_only_to_label_studio_and_other_hosts_refused():
         assert other.requests == [] and all(auth == f"Token {TOKEN}" for _, auth in ls.requests)
 
         # an extra allowed host is fetched, without the token
-        f2 = fetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,))
+        # (127.0.0.1 is loopback: an allowed host may resolve there only with ALLOW_PRIVATE_IMAGE_HOSTS)
+        f2 = fetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,), allow_private=True)
         assert f2.fetch_bytes(other.url + "/x.png") == img
         assert other.requests == [("/x.png", None)]
-        f3 = fetcher(ls.url, TOKEN, allowed_hosts=("127.0.0.1",))  # any port of that host
+        f3 = fetcher(ls.url, TOKEN, allowed_hosts=("127.0.0.1",), allow_private=True)  # any port of that host
         assert f3.fetch_bytes(other.url + "/x.png") == img
     # no Label Studio URL known: relative URLs and other hosts are refused
     with pytest.raises(ImageError, match="LABEL_STUDIO_URL"):
@@ -237,7 +238,7 @@ def test_redirects_are_rechecked_and_drop_the_token():
             assert other.requests == []
             with pytest.raises(ImageError, match="redirects"):
                 f.fetch_bytes("/data/loop")
-            allowed = fetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,))
+            allowed = fetcher(ls.url, TOKEN, allowed_hosts=(other.hostport,), allow_private=True)  # loopback: opt in
             assert allowed.fetch_bytes("/data/outside") == img
             assert other.requests == [("/x.png", None)]  # the token never leaves Label Studio
 

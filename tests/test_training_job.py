@@ -386,6 +386,7 @@ def test_worker_fetches_under_the_backends_image_policy(tmp_path, synthetic, mon
 
         _worker_env(monkeypatch, ls.url, tmp_path / "allowed", parts="")
         monkeypatch.setenv("ALLOWED_IMAGE_HOSTS", other.url)
+        monkeypatch.setenv("ALLOW_PRIVATE_IMAGE_HOSTS", "true")  # the other host is on loopback: opt in
         allowed = train_project(1, {**FAST, "epochs": 1, "push_predictions": False})
         # now fetched from that host, without Label Studio's key (which goes to Label Studio only): it answers 401
         assert len(other.requests) == 6 and all(auth is None for _, auth in other.requests)

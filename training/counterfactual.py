@@ -16,7 +16,16 @@ mode                        donor of each painted sample
                             else any other painted image; none at all: the noise fill
 ``counterfactual_any``      a random other painted image of any class
 ``counterfactual_mix``      per sample, 50/50: ``counterfactual``, or the noise fill everywhere
+``counterfactual_mixture``  ``counterfactual``; but a sample whose donor covers less than half of its
+                            mask (or that has no donor) takes Robustar's ``mixture`` fill over its
+                            whole mask instead of a mostly-noise one
 ==========================  ===================================================================
+
+Why the last one: the donor's pixels are taken at the same place, so a painted corner patch finds
+no donor pixels when another class paints another corner (the fill is then all noise, where
+``mixture`` does better), while a painted background or texture is mostly covered by the donor's and
+the few uncovered pixels (the donor's object) are best left as plain noise: a flat or striped fill
+there draws the donor's object, of another class, into x~.
 
 Donors come from the painted samples of the batch and from a small ``DonorBank``: the last
 ``capacity`` (64) painted samples seen in this job (uint8 image + bool mask at the model size, kept
@@ -41,10 +50,11 @@ from training.noise import NOISE_MODES, noise_fill
 __all__ = ["COUNTERFACTUAL_MODES", "FILL_MODES", "DonorBank", "apply_counterfactual", "bank_for",
            "choose_donors", "is_counterfactual"]
 
-COUNTERFACTUAL_MODES = ("counterfactual", "counterfactual_any", "counterfactual_mix")
+COUNTERFACTUAL_MODES = ("counterfactual", "counterfactual_any", "counterfactual_mix", "counterfactual_mixture")
 # every value TRAIN_NOISE_MODE accepts: Robustar's noise modes, then the counterfactual fills
 FILL_MODES = NOISE_MODES + COUNTERFACTUAL_MODES
 FALLBACK = "noise"  # the fill where a donor's mask does not cover, and of samples without a donor
+MIN_COVER = 0.5  # counterfactual_mixture: the least share of the mask the donor must cover
 BANK_SIZE = 64
 
 
@@ -154,7 +164,7 @@ def apply_counterfactual(
     mode: str = "counterfactual",
     generator: torch.Generator | None = None,
     bank: DonorBank | None = None,
-    fallback: str = FALLBACK,
+    fallback: str | None = None,
 ) -> Tensor:
     """Fill the masked pixels of the painted batch ``x`` from donors (see the module docstring).
 
@@ -166,7 +176,8 @@ def apply_counterfactual(
         generator: optional ``torch.Generator`` on ``x.device`` (donor draw and noise).
         bank: optional ``DonorBank``: extra donors from earlier batches; this batch is pushed into it
             after the fill.
-        fallback: the noise mode (``training.noise.NOISE_MODES``) where no donor pixel applies.
+        fallback: the noise mode (``training.noise.NOISE_MODES``) where no donor pixel applies;
+            None: ``FALLBACK`` (``noise``).
 
     Returns:
         A new tensor like ``x``: pixels outside ``mask`` bit-identical, masked pixels the donor's where
@@ -185,6 +196,7 @@ def apply_counterfactual(
     targets = targets.to(x.device).reshape(-1)
     if targets.shape[0] != p:
         raise ValueError(f"targets must have {p} entries, got {targets.shape[0]}")
+    fallback = FALLBACK if fallback is None else fallback
     noise, _ = noise_fill(tuple(x.shape), fallback, device=x.device, dtype=x.dtype, generator=generator)
     banked = bank.view(x) if bank is not None else None
     if banked is None:
@@ -195,6 +207,13 @@ def apply_counterfactual(
         cand_y = torch.cat([targets, banked[2]])
     donor, has = choose_donors(targets, cand_y, p, mode, generator)
     donor_m = cand_m.index_select(0, donor) & has.view(p, 1, 1, 1)
+    if mode == "counterfactual_mixture":
+        area = mask.sum((1, 2, 3))
+        covered = (donor_m & mask).sum((1, 2, 3))
+        use = covered >= MIN_COVER * area  # False also without a donor (covered 0)
+        donor_m = donor_m & use.view(p, 1, 1, 1)
+        other, _ = noise_fill(tuple(x.shape), "mixture", device=x.device, dtype=x.dtype, generator=generator)
+        noise = torch.where(use.view(p, 1, 1, 1), noise, other)
     fill = torch.where(donor_m, cand_x.index_select(0, donor), noise)
     out = torch.where(mask, fill, x)
     if bank is not None:

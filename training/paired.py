@@ -1,7 +1,8 @@
 """Paired training (Robustar / Wang et al. 2022): one step on x and its noised twin x~.
 
 For a batch of B images x_i with labels y_i, of which the "painted" ones (index set P) carry a mask
-M_i of spurious pixels, x~_i is x_i with M_i replaced by noise (``training.noise``).  The loss is
+M_i of spurious pixels, x~_i is x_i with M_i replaced by noise (``training.noise``) or by another
+painted image's painted pixels (``training.counterfactual``).  The loss is
 
     L = 1/B * sum_i CE(z_i, y_i)                                   (every sample)
       + 1/B * sum_{i in P} CE(z~_i, y_i)                          (painted samples only)

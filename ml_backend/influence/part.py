@@ -11,10 +11,11 @@ from label_config.export import TRAIN_SPLIT
 from ml_backend.influence.embedding import _target_index, delta_for, embed_batch
 from ml_backend.influence.index import InfluenceIndex, rank
 from ml_backend.influence.manager import IndexManager, RecordSource
-from ml_backend.pages import Neighbour, influence_page, suspicion_page
+from ml_backend.pages import Neighbour, influence_page, report_url, suspicion_page
 from ml_backend.parts import PartOutput, PredictContext
 from ml_backend.suspicion import SCORES
 from ml_backend.task_files import InfluencePages, task_key
+from training.checkpoints import CheckpointStore
 from training.images import normalize, to_batch
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class InfluencePart:
         """The page of a test task (HyperText view), or TextArea lines (older configs)."""
         if ctx.config.has_influence_view:
             html = influence_page(version, pred, self.score, near.get("proponents", []) + near.get("abs", []),
-                                  near.get("opponents", []))
+                                  near.get("opponents", []), self._report(ctx))
             self.pages(ctx).write(version, task_key(ctx.tasks[j]), html.encode())
             return []
         lines = [f"influence ({self.score}, {version}) on the prediction {pred!r}: + supports it, - opposes it"]
@@ -92,12 +93,18 @@ class InfluencePart:
                           harmed: list[Neighbour]) -> list[dict]:
         version = ctx.served.version
         if ctx.config.has_influence_view:
-            html = suspicion_page(version, value, index.suspicion_formula, harmed)
+            html = suspicion_page(version, value, index.suspicion_formula, harmed, self._report(ctx))
             self.pages(ctx).write(version, task_key(ctx.tasks[j]), html.encode())
             return []
         lines = [f"suspicion {value:.3f} ({index.suspicion_formula}, {version})"]
         lines += [f"harms #{n.task_id} {n.label} {n.value:+.4g} {n.url}" for n in harmed]
         return [regions_lib.text(lines, ctx.config.influence_control, ctx.config.image_name)]
+
+    @staticmethod
+    def _report(ctx: PredictContext) -> str | None:
+        """The served version's report page, when it was trained by a job (v0 has none)."""
+        run = CheckpointStore(ctx.settings.model_dir, ctx.project_id).root / "runs" / ctx.served.version
+        return report_url(ctx.settings, ctx.project_id, ctx.served.version) if (run / "summary.json").is_file() else None
 
     @staticmethod
     def pages(ctx: PredictContext) -> InfluencePages:

@@ -13,7 +13,8 @@ files this run wrote are printed at the end of the session.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -90,9 +91,9 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def stack(label_studio, redis_dbs, tmp_path_factory) -> Iterator[Stack]:  # noqa: F811
     """The real stack with a small imported project (backend connected, every task predicted)."""
-    with redis_dbs.lease() as redis_url:
-        with running_stack(label_studio, redis_url, tmp_path_factory.mktemp("browser-stack")) as running:
-            yield running
+    with redis_dbs.lease() as redis_url, \
+            running_stack(label_studio, redis_url, tmp_path_factory.mktemp("browser-stack")) as running:
+        yield running
 
 
 @pytest.fixture

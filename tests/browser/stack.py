@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
@@ -26,6 +27,7 @@ from training.synthetic import make_spurious_dataset
 
 # ~12 training and 6 test images (3 classes), 64 px, the demo's tiny-cnn: fast enough for 2 CPU cores
 N_TRAIN_PER_CLASS, N_TEST_PER_CLASS, IMAGE_SIZE = 4, 2, 64
+PREDICTIONS_TIMEOUT = 180  # s after the import until every task has a prediction
 
 
 @dataclass
@@ -145,9 +147,12 @@ def running_stack(
         stack.tasks = sorted(
             ({"id": t["id"], "data": t["data"]} for t in _all_tasks(stack)), key=lambda t: t["id"]
         )
-        missing = [t["id"] for t in stack.tasks if not stack.predictions(t["id"])]
-        if missing:
-            raise RuntimeError(f"tasks without a prediction after the import: {missing}\n{stack.logs()}")
+        try:  # the import predicts every task; allow the backend to deliver some of them a little later
+            wait_for(lambda: not [t for t in stack.tasks if not stack.predictions(t["id"])], timeout=PREDICTIONS_TIMEOUT,
+                     interval=2, what="a prediction for every task")
+        except TimeoutError as e:
+            missing = [t["id"] for t in stack.tasks if not stack.predictions(t["id"])]
+            raise RuntimeError(f"{e}: tasks {missing} have none\n{stack.logs()}") from None
         if not worker.alive():
             raise RuntimeError(f"the worker exited:\n{worker.tail()}")
         yield stack

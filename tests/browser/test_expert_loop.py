@@ -33,7 +33,7 @@ from training.options import TrainOptions
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
 SPURIOUS = "Spurious"
-PROGRESS = re.compile(r"queued|started|training|epoch\s*\d+\s*(of|/)\s*\d+", re.I)
+PROGRESS = re.compile(r"queued|started|training|epoch\s*\d+\s*(of|/)\s*\d+", re.IGNORECASE)
 TRAINING_TIMEOUT = 300  # s from the Start Training click to the new version, at most
 CARD_GRACE = 45  # s the card may lag behind the published version (it shows it after an in-app navigation)
 
@@ -228,7 +228,7 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
             current = stack.project()["model_version"]
             if current and current != before:
                 published_at, new = now, current
-        if new and re.search(rf"\b{re.escape(new)}\b", text):
+        if new and re.search(rf"\b{re.escape(new)}\b", text) and not PROGRESS.search(text):  # served, not in training
             card_version_at = now
             shot(page, f"new-version-{new}")
             break
@@ -258,6 +258,33 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
         f"  {t:6.1f}s  {x}" for t, x in seen) + f"\nthe Start Training dialog said: {dialog!r}"
 
 
+# ------------------------------------------------------------------ 5b. the new version's report, one click away
+
+
+def test_the_new_versions_report_is_one_click_from_a_task(logged_in, stack, loop):
+    """A task's influence view (predicted by the new version) links the version's training report: curves,
+    accuracy per split parent vs new, what the job used or skipped."""
+    page = logged_in
+    new = needs(loop, "new_version", "test_start_training_shows_progress_then_the_new_version")
+    task_id = stack.task_ids("test")[0]
+    LabelingView(page, stack.ls_url, stack.project_id, task_id).open()
+    link = page.get_by_role("link", name=f"{new}: training report")
+    link.wait_for(timeout=30_000)
+    shot(page, f"task-{task_id}-influence-with-report-link")
+    with page.context.expect_page(timeout=30_000) as opened:
+        link.click()
+    report = opened.value
+    report.wait_for_load_state("load", timeout=30_000)
+    report.locator("img").first.wait_for(timeout=30_000)
+    curves_width = report.locator("img").first.evaluate("img => img.complete ? img.naturalWidth : 0")
+    text = report.inner_text("body")
+    shot(report, f"report-{new}")
+    assert f"/report/{stack.project_id}/{new}" in report.url
+    assert "Δ accuracy" in text and "test" in text and "Training images used" in text, text[:500]
+    assert curves_width > 0, "the training curves image did not load"
+    report.close()
+
+
 # ------------------------------------------------------------------ 6. roll back from the UI
 
 
@@ -280,7 +307,22 @@ def test_roll_back_to_the_previous_version_from_the_ui(logged_in, stack, loop):
             what=f"project model_version == {previous}")
 
     problems = []
-    # the served version follows, without a restart: a new task's prediction comes from the previous version
+    # the served version follows, without a restart: the model card says so (Label Studio refetches the
+    # card, and calls the backend's /setup, when the user comes back to Settings > Model) ...
+    model = ModelPage(page, stack.ls_url, stack.project_id).open()
+    def serving_previous() -> bool:
+        text = model.card_text()
+        return bool(re.search(rf"\b{re.escape(previous)}\b", text)) and not re.search(rf"\b{re.escape(new)}\b", text)
+
+    deadline = time.monotonic() + CARD_GRACE
+    while not serving_previous() and time.monotonic() < deadline:
+        page.wait_for_timeout(1500)
+        model.refresh_in_app()
+    shot(page, "model-card-after-rollback")
+    if not serving_previous():
+        problems.append(f"the model card does not show the served version {previous} within {CARD_GRACE}s: "
+                        f"{model.card_text()!r}")
+    # ... and a new task's prediction, asked for through Label Studio, comes from the previous version
     prediction = predict_new_task_through_label_studio(stack.ls_url, stack.project_id, stack.ls.token,
                                                        key=f"browser/rollback-{int(time.time())}.png")
     if prediction["model_version"] != previous:
@@ -291,12 +333,4 @@ def test_roll_back_to_the_previous_version_from_the_ui(logged_in, stack, loop):
     shot(page, f"new-task-predicted-by-{prediction['model_version']}")
     if previous not in tabs:
         problems.append(f"the labeling view of the new task shows predictions {tabs}, none of {previous}")
-    model = ModelPage(page, stack.ls_url, stack.project_id).open()
-    deadline = time.monotonic() + CARD_GRACE
-    while not re.search(rf"\b{re.escape(previous)}\b", model.card_text()) and time.monotonic() < deadline:
-        page.wait_for_timeout(1500)
-        model.refresh_in_app()
-    shot(page, "model-card-after-rollback")
-    if not re.search(rf"\b{re.escape(previous)}\b", model.card_text()):
-        problems.append(f"the model card does not show the served version {previous}: {model.card_text()!r}")
     assert not problems, "\n".join(problems)

@@ -12,9 +12,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("ROBUSTAR_CHROMIUM", "/usr/bin/chromium"))
@@ -45,7 +46,7 @@ class PageLog:
     failed_requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, url, failure)
     http_errors: list[tuple[int, str]] = field(default_factory=list)  # (status, url) of answers >= 400
 
-    def attach(self, page: Any) -> "PageLog":
+    def attach(self, page: Any) -> PageLog:
         page.on("console", lambda m: self.console.append((m.type, m.text)))
         page.on("pageerror", lambda e: self.page_errors.append(str(e)))
         page.on("requestfailed", lambda r: self.failed_requests.append((r.method, r.url, r.failure or "")))
@@ -56,7 +57,7 @@ class PageLog:
         """A position in the log; ``since(mark)`` gives what came after it."""
         return len(self.console), len(self.page_errors), len(self.failed_requests), len(self.http_errors)
 
-    def since(self, mark: tuple[int, int, int, int]) -> "PageLog":
+    def since(self, mark: tuple[int, int, int, int]) -> PageLog:
         c, p, f, h = mark
         return PageLog(self.console[c:], self.page_errors[p:], self.failed_requests[f:], self.http_errors[h:])
 
@@ -76,8 +77,8 @@ class PageLog:
     def summary(self, limit: int = 8) -> str:
         """A short description for assertion messages."""
         cors = self.cors_errors()
-        out = [f"{len(cors)} CORS errors, {len(self.errors())} console errors, {len(self.page_errors)} page errors, "
-               f"{len(self.failed_requests)} failed requests"]
+        out = [(f"{len(cors)} CORS errors, {len(self.errors())} console errors, {len(self.page_errors)} page errors, "
+                f"{len(self.failed_requests)} failed requests")]
         out += [f"  {t[:300]}" for t in (cors or self.errors())[:limit]]
         out += [f"  pageerror: {e[:300]}" for e in self.page_errors[:3]]
         return "\n".join(out)
@@ -125,7 +126,7 @@ def shot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{next(_counter):02d}-{_current_test[0]}-{safe}.png"
     try:
         page.screenshot(path=str(path), full_page=True, timeout=15_000)
-    except Exception as e:  # a screenshot must never be the reason a test fails
+    except Exception as e:  # noqa: BLE001  (a screenshot must never be the reason a test fails)
         path = path.with_suffix(".txt")
         path.write_text(f"screenshot failed: {e}\n")
     _written.append(path)
@@ -185,7 +186,7 @@ class LabelingView:
     def __init__(self, page: Any, ls_url: str, project_id: int, task_id: int) -> None:
         self.page, self.ls_url, self.project_id, self.task_id = page, ls_url, project_id, task_id
 
-    def open(self, timeout: float = 60) -> "LabelingView":
+    def open(self, timeout: float = 60) -> LabelingView:
         self.page.goto(f"{self.ls_url}/projects/{self.project_id}/data?task={self.task_id}")
         self.wait_ready(timeout)
         return self
@@ -299,7 +300,7 @@ class ModelPage:
     def __init__(self, page: Any, ls_url: str, project_id: int) -> None:
         self.page, self.ls_url, self.project_id = page, ls_url, project_id
 
-    def open(self) -> "ModelPage":
+    def open(self) -> ModelPage:
         self.page.goto(f"{self.ls_url}/projects/{self.project_id}/settings/ml")
         self.page.locator(self.CARD).first.wait_for(timeout=DEFAULT_TIMEOUT_MS)
         return self
@@ -353,7 +354,7 @@ class AnnotationSettingsPage:
     def __init__(self, page: Any, ls_url: str, project_id: int) -> None:
         self.page, self.ls_url, self.project_id = page, ls_url, project_id
 
-    def open(self) -> "AnnotationSettingsPage":
+    def open(self) -> AnnotationSettingsPage:
         with self.page.expect_response(lambda r: "model-versions" in r.url, timeout=DEFAULT_TIMEOUT_MS):
             self.page.goto(f"{self.ls_url}/projects/{self.project_id}/settings/annotation")
         self.trigger().wait_for(timeout=DEFAULT_TIMEOUT_MS)

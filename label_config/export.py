@@ -28,7 +28,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from label_config.render import ATTENTION_CONTROL, ATTENTION_LABEL, SPURIOUS_LABEL, ParsedConfig
+from label_config.render import (
+    ATTENTION_CONTROL,
+    ATTENTION_LABEL,
+    SPURIOUS_LABEL,
+    ParsedConfig,
+)
 from label_config.rle import RLEError, decode_rle
 
 log = logging.getLogger(__name__)

@@ -381,3 +381,37 @@ def encode_mask(mask: np.ndarray) -> list[int]:
         return _encode_runs(np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     values, lengths = _runs(flat)
     return _encode_runs(values, lengths * 4, num)
+
+
+_RESIZE_CHUNK_PIXELS = 1 << 20  # output pixels upscaled at once by encode_mask_resized (bounds memory)
+
+
+def encode_mask_resized(mask: np.ndarray, width: int, height: int) -> list[int]:
+    """Brush RLE of a bool ``h x w`` mask nearest-resized to ``height x width``, without building the
+    full-size mask: rows are resized ~1 M pixels at a time and only their runs are kept (a prediction
+    computed on a downscaled image, reported at the image's stored size as Label Studio requires).
+
+    Byte-identical to ``encode_mask`` of the resized mask (source row/column ``floor((i + 0.5) * h /
+    height)``), so it decodes to exactly ``width * height * 4`` values.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    if width * height * 4 >= 1 << 32:
+        raise ValueError(f"mask of {width}x{height} pixels is too large for the 32-bit RLE length field")
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    step = max(1, _RESIZE_CHUNK_PIXELS // max(1, width))
+    values: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for r0 in range(0, height, step):
+        v, n = _runs(mask[rows[r0 : r0 + step]][:, cols].ravel())
+        if values and values[-1][-1] == v[0]:  # a run that goes on across the chunk boundary
+            lengths[-1][-1] += n[0]
+            v, n = v[1:], n[1:]
+        if v.size:
+            values.append(v.copy())
+            lengths.append(n.copy())
+    if not values:
+        return _encode_runs(np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+    vals = np.concatenate(values).astype(np.int64) * 255
+    return _encode_runs(vals, np.concatenate(lengths) * 4, width * height * 4)

@@ -47,11 +47,21 @@ def fetch_export(client, project_id: int) -> list[dict]:
     return tasks
 
 
+def label_studio_origin(settings, hostname: str | None, access_token: str | None) -> tuple[str | None, str | None]:
+    """Where the backend reaches Label Studio and which credential goes there (the one place that decides).
+
+    - ``LABEL_STUDIO_URL`` set: that origin, with ``LABEL_STUDIO_API_KEY`` (else the /setup token); a
+      /setup ``hostname`` is ignored, so no caller can point the key elsewhere.
+    - ``LABEL_STUDIO_URL`` unset: the /setup ``hostname`` with the ``access_token`` that came with it,
+      never the configured key (a caller names that host; the key is only for the configured origin).
+    """
+    if settings.label_studio_url:
+        return settings.label_studio_url, settings.label_studio_api_key or access_token
+    return hostname, access_token
+
+
 def client_for(settings, hostname: str | None = None, token: str | None = None, timeout: float = 5.0):
-    """A client for the backend's own calls to Label Studio: ``LABEL_STUDIO_URL`` with the configured key;
-    without it, the ``/setup`` hostname with the token that came with it (never the configured key).
-    None when neither is known."""
-    url, key = settings.label_studio_url, settings.label_studio_api_key
-    if not url:
-        url, key = hostname, token
+    """A client for the backend's own calls to Label Studio (``label_studio_origin``); None when no
+    origin and credential are known."""
+    url, key = label_studio_origin(settings, hostname, token)
     return make_client(url, key, timeout=timeout) if url and key else None

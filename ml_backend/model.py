@@ -14,6 +14,7 @@ from label_config.render import ParsedConfig, parse_config
 from ml_backend.classifier import classify
 from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher, RequestBudget
 from ml_backend.influence import InfluencePart
+from ml_backend.ls_client import label_studio_origin
 from ml_backend.parts import PartOutput, PredictContext, PredictionPart
 from ml_backend.saliency import SaliencyPart
 from ml_backend.segmentation import SegmentationPart
@@ -58,19 +59,6 @@ def configured_parts(settings: Settings) -> list[PredictionPart]:
     return parts
 
 
-def label_studio_origin(settings: Settings, hostname: str | None, access_token: str | None) -> tuple[str | None, str | None]:
-    """Where relative image URLs resolve and which credential goes there (the one place that decides).
-
-    - ``LABEL_STUDIO_URL`` set: that origin, with ``LABEL_STUDIO_API_KEY`` (else the /setup token); a
-      /setup ``hostname`` is ignored, so no caller can point the key elsewhere.
-    - ``LABEL_STUDIO_URL`` unset: the /setup ``hostname`` with the ``access_token`` that came with it,
-      never the configured key (a caller names that host; the key is only for the configured origin).
-    """
-    if settings.label_studio_url:
-        return settings.label_studio_url, settings.label_studio_api_key or access_token
-    return hostname, access_token
-
-
 def describe_key_destination(settings: Settings) -> str:
     """One start-up line: which origin the configured API key is sent to (for the log)."""
     if not settings.label_studio_api_key:
@@ -104,8 +92,8 @@ class RobustarModel:
         self.registry = registry
         self.parts = parts or []
         self.config: ParsedConfig = parse_config(label_config)
-        base, key = label_studio_origin(settings, hostname, access_token)
-        self.fetcher = ImageFetcher(base, key, FetchPolicy.from_settings(settings))
+        self.label_studio = label_studio_origin(settings, hostname, access_token)
+        self.fetcher = ImageFetcher(*self.label_studio, FetchPolicy.from_settings(settings))
 
     @property
     def model_version(self) -> str:
@@ -176,6 +164,8 @@ class RobustarModel:
             tasks=[tasks[i] for i in ok],
             images=images,
             probs=probs,
+            fetcher=self.fetcher,
+            label_studio=self.label_studio,
         )
         for part in self.parts:
             try:

@@ -7,7 +7,7 @@ logged with the task ids and left out, so one failing part never breaks the resp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -28,6 +28,8 @@ class PredictContext:
     tasks: list[dict]
     images: list[Image.Image]
     probs: torch.Tensor  # N×C class probabilities from the classifier
+    fetcher: Any = None  # the project's ImageFetcher (a part that needs other tasks' images uses it)
+    label_studio: tuple[str | None, str | None] = (None, None)  # the project's Label Studio origin and credential
 
 
 @dataclass

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from label_config import regions as regions_lib
 from label_config.render import ATTENTION_LABEL
-from ml_backend.heatmaps import HeatmapCache, brush_at_size, overlay_png, task_key
+from ml_backend.heatmaps import HeatmapCache, overlay_png, task_key
 from ml_backend.parts import PartOutput, PredictContext
 from training.images import normalize, original_size, to_batch
 
@@ -181,8 +182,8 @@ class SaliencyPart:
                 if control:
                     mask = top_q_mask(sal, self.top_q)
                     if mask.any():
-                        task_regions.append(brush_at_size(mask, original_size(img), ATTENTION_LABEL, control,
-                                                          ctx.config.image_name, region_id=f"attention-{self.method}"))
+                        task_regions.append(regions_lib.brush(mask, ATTENTION_LABEL, control, ctx.config.image_name,
+                                                          region_id=f"attention-{self.method}", size=original_size(img)))
                 if self.write_png:
                     cache.write(ctx.served.version, task_key(task), overlay_png(img, sal, self.alpha))
             except Exception:  # one task's region or PNG failing leaves the others intact

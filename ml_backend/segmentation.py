@@ -14,7 +14,7 @@ Modes (``SEGMENTATION_MODE``):
 
 torchvision's Mask R-CNN pastes masks at the size of the image it was given: the task image as decoded
 (at most ``PREDICT_MAX_SIDE``); regions carry ``original_width/height`` of the stored task image, the
-mask upscaled (nearest) only while its RLE is encoded (``heatmaps.brush_at_size``).
+mask upscaled (nearest) only while its RLE is encoded (``label_config.regions.brush`` with ``size``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from label_config import regions as regions_lib
 from label_config.render import SPURIOUS_LABEL
-from ml_backend.heatmaps import brush_at_size
 from ml_backend.parts import PartOutput, PredictContext
 from training.images import original_size
 
@@ -237,8 +237,8 @@ class SegmentationPart:
                 mask, score = detections_to_mask(det, img.height, img.width, self.score_threshold, self.mode,
                                                  self._class_ids)
                 if mask is not None:
-                    task_regions.append(brush_at_size(mask, original_size(img), SPURIOUS_LABEL, control,
-                                                      ctx.config.image_name, score, region_id=f"maskrcnn-{self.mode}"))
+                    task_regions.append(regions_lib.brush(mask, SPURIOUS_LABEL, control, ctx.config.image_name, score,
+                                                      region_id=f"maskrcnn-{self.mode}", size=original_size(img)))
             except Exception:
                 log.exception("project %s task %s: segmentation proposal failed", ctx.project_id, task.get("id"))
             regions.append(task_regions)

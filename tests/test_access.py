@@ -14,9 +14,9 @@ from ml_backend.app import create_app
 from ml_backend.heatmaps import HeatmapCache
 from ml_backend.security import (
     basic_auth_header,
-    task_signature,
     redact,
     signed_page_url,
+    task_signature,
 )
 from ml_backend.settings import Settings
 from tests.builders import data_uri, png_bytes

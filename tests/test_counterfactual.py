@@ -137,6 +137,11 @@ def test_mixture_fallback_only_where_the_donor_covers_too_little():
     assert torch.equal(out[outside], x[outside])
     for i in range(len(y)):
         assert not any(from_sample(out, x, i, j)[corner[i, 0]].any() for j in range(len(y)) if j != i)
+    # painted images of one class only: no counterfactual (a same-class donor keeps the shortcut)
+    one = torch.zeros_like(y)
+    out = apply_counterfactual(x, m, one, "counterfactual_mixture", torch.Generator().manual_seed(0), DonorBank(0))
+    for i in range(len(y)):
+        assert not any(from_sample(out, x, i, j)[m[i, 0]].any() for j in range(len(y)) if j != i)
     # over many draws the fill takes the mixture's single-colour / striped modes, not only pixel noise
     flat = 0
     for seed in range(20):
@@ -169,6 +174,10 @@ def test_options_accept_the_fill_modes():
     assert FILL_MODES[: len(NOISE_MODES)] == NOISE_MODES
     for mode in FILL_MODES:
         assert TrainOptions.resolve(env={"TRAIN_NOISE_MODE": mode}).noise_mode == mode
+    # a job's default fill is the counterfactual one the efficacy benchmark chose; code-built options keep noise
+    assert TrainOptions.resolve().noise_mode == "counterfactual_mixture"
+    assert TrainOptions.resolve(env={"TRAIN_NOISE_MODE": "noise"}).noise_mode == "noise"
+    assert TrainOptions().noise_mode == "noise"
     with pytest.raises(OptionsError, match="counterfactual"):
         TrainOptions.resolve(overrides={"noise_mode": "counterfactual_pink"})
     with pytest.raises(ValueError, match="unknown counterfactual mode"):

@@ -25,10 +25,21 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from label_config import render_config
-from label_config.rle import decode_rle, decode_rle_values, encode_mask
+from label_config.rle import (
+    decode_rle,
+    decode_rle_values,
+    encode_mask,
+    encode_mask_resized,
+)
 from ml_backend.app import create_app
-from ml_backend.fetch import DecodeMemory, FetchPolicy, ImageBudgetError, ImageError, ImageFetcher, RequestBudget
-from ml_backend.heatmaps import upscaled_mask_rle
+from ml_backend.fetch import (
+    DecodeMemory,
+    FetchPolicy,
+    ImageBudgetError,
+    ImageError,
+    ImageFetcher,
+    RequestBudget,
+)
 from ml_backend.saliency import SaliencyPart
 from ml_backend.settings import Settings
 from tests.e2e.backend import BackendProcess
@@ -130,12 +141,12 @@ def test_upscaled_brush_rle_is_exactly_the_full_size_encoding():
         rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(int), h - 1)
         cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(int), w - 1)
         full = mask[rows][:, cols]
-        rle = upscaled_mask_rle(mask, width, height)
+        rle = encode_mask_resized(mask, width, height)
         assert rle == encode_mask(full), (h, w, width, height)
         assert decode_rle_values(rle).size == width * height * 4
         pil = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
         assert (pil == full).mean() > 0.99  # PIL's nearest (fixed point) differs at a few rounding boundaries
-    assert upscaled_mask_rle(np.ones((3, 3), bool), 9, 4) == encode_mask(np.ones((4, 9), bool))
+    assert encode_mask_resized(np.ones((3, 3), bool), 9, 4) == encode_mask(np.ones((4, 9), bool))
 
 
 def test_bomb_regions_carry_the_stored_size_and_heatmap_is_decoded_size(tmp_path, redis_url):

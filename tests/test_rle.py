@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from label_config.rle import RLEError, decode_rle, decode_rle_values, encode_mask
 from label_config import rle as rle_mod
+from label_config.rle import RLEError, decode_rle, decode_rle_values, encode_mask
 
 # a 6x8 mask and its RLE as captured from Label Studio 1.23.2 / the SDK (the recordings' rle_roundtrip.json)
 FIXTURE_RLE = [0, 0, 0, 192, 57, 27, 254, 39, 0, 191, 255, 124, 2, 255, 253, 240, 11, 255, 249, 28, 0]

@@ -16,16 +16,18 @@ mode                        donor of each painted sample
                             else any other painted image; none at all: the noise fill
 ``counterfactual_any``      a random other painted image of any class
 ``counterfactual_mix``      per sample, 50/50: ``counterfactual``, or the noise fill everywhere
-``counterfactual_mixture``  ``counterfactual``; but a sample whose donor covers less than half of its
-                            mask (or that has no donor) takes Robustar's ``mixture`` fill over its
-                            whole mask instead of a mostly-noise one
+``counterfactual_mixture``  ``counterfactual``; but a sample without a donor of another class, or
+                            whose donor covers less than half of its mask, takes Robustar's
+                            ``mixture`` fill over its whole mask instead
 ==========================  ===================================================================
 
 Why the last one: the donor's pixels are taken at the same place, so a painted corner patch finds
 no donor pixels when another class paints another corner (the fill is then all noise, where
 ``mixture`` does better), while a painted background or texture is mostly covered by the donor's and
 the few uncovered pixels (the donor's object) are best left as plain noise: a flat or striped fill
-there draws the donor's object, of another class, into x~.
+there draws the donor's object, of another class, into x~.  A donor of the same class carries the
+same shortcut (x~ would keep it), so when every painted image available is of one class, the noise
+fill is the better twin.
 
 Donors come from the painted samples of the batch and from a small ``DonorBank``: the last
 ``capacity`` (64) painted samples seen in this job (uint8 image + bool mask at the model size, kept
@@ -210,7 +212,8 @@ def apply_counterfactual(
     if mode == "counterfactual_mixture":
         area = mask.sum((1, 2, 3))
         covered = (donor_m & mask).sum((1, 2, 3))
-        use = covered >= MIN_COVER * area  # False also without a donor (covered 0)
+        other_class = cand_y.index_select(0, donor) != targets
+        use = other_class & (covered >= MIN_COVER * area)  # False also without a donor (covered 0)
         donor_m = donor_m & use.view(p, 1, 1, 1)
         other, _ = noise_fill(tuple(x.shape), "mixture", device=x.device, dtype=x.dtype, generator=generator)
         noise = torch.where(use.view(p, 1, 1, 1), noise, other)

@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 BUILD_MODES = ("background", "sync", "off")
 
 
-def label_studio_records(settings, project_id: int, image_value: str = "image"
+def label_studio_records(origin: tuple[str | None, str | None], project_id: int, image_value: str = "image"
                          ) -> tuple[list[InfluenceRecord], list[InfluenceRecord]]:
-    """The project's training and test tasks (``data.split``), with ``data.label`` as class, via the SDK."""
-    client = make_client(settings.label_studio_url, settings.label_studio_api_key)
+    """The project's training and test tasks (``data.split``), with ``data.label`` as class, via the SDK
+    (``origin``: Label Studio's URL and credential, as ``ls_client.label_studio_origin`` decides)."""
+    client = make_client(*origin)
     train, test = [], []
     for task in client.tasks.list(project=project_id, fields="task_only", page_size=1000):
         data = getattr(task, "data", None) or {}
@@ -56,18 +57,16 @@ class IndexManager:
         self._building: dict[tuple[int, str], threading.Thread] = {}
         self._failed: dict[tuple[int, str], float] = {}
 
-    def _records(self, project_id: int, config) -> tuple[Iterable, Iterable]:
+    def _records(self, project_id: int, config, origin) -> tuple[Iterable, Iterable]:
         if self.record_source is not None:
             return self.record_source(project_id, config)
-        return label_studio_records(self.settings, project_id, config.image_value)
+        return label_studio_records(origin, project_id, config.image_value)
 
-    def _fetcher(self) -> ImageFetcher:
-        if self.fetcher is None:
-            self.fetcher = ImageFetcher(self.settings.label_studio_url, self.settings.label_studio_api_key,
-                                        FetchPolicy.from_settings(self.settings))
-        return self.fetcher
+    def _fetcher(self, origin, fetcher) -> ImageFetcher:
+        return self.fetcher or fetcher or ImageFetcher(*origin, FetchPolicy.from_settings(self.settings))
 
-    def build(self, project_id: int, served, config) -> InfluenceIndex | None:
+    def build(self, project_id: int, served, config, origin=(None, None), fetcher=None) -> InfluenceIndex | None:
+        """``origin``/``fetcher``: the project's Label Studio and image fetcher (the requesting model's)."""
         """Build (once per project and version, behind a lock) and cache the index; None on failure."""
         key = (project_id, served.version)
         with self._lock:
@@ -82,9 +81,9 @@ class IndexManager:
                 if path.is_file():
                     index = InfluenceIndex.load(path)
                 else:
-                    train, test = self._records(project_id, config)
+                    train, test = self._records(project_id, config, origin)
                     index = build_influence_index(
-                        store, served.version, train, test, fetcher=self._fetcher(), device=served.device,
+                        store, served.version, train, test, fetcher=self._fetcher(origin, fetcher), device=served.device,
                         batch_size=self.settings.influence_batch_size, model=served.model, meta=served.meta,
                         score=self.settings.influence_score,
                     )
@@ -96,7 +95,8 @@ class IndexManager:
             self._loaded[project_id] = index
             return index
 
-    def get(self, project_id: int, served, config, wait: bool = False) -> InfluenceIndex | None:
+    def get(self, project_id: int, served, config, wait: bool = False, origin=(None, None),
+            fetcher=None) -> InfluenceIndex | None:
         """The index of the served version: from memory, from disk, or built per ``INFLUENCE_BUILD``
         (``wait``: build it now unless INFLUENCE_BUILD=off, e.g. for training tasks, whose score is
         the suspicion)."""
@@ -106,16 +106,17 @@ class IndexManager:
         path = index_path(CheckpointStore(self.settings.model_dir, project_id), served.version)
         if path.is_file():
             return self.build(project_id, served, config)  # loads it (once, under the lock)
+        args = (project_id, served, config, origin, fetcher)
         key = (project_id, served.version)
         failed_at = self._failed.get(key)
         if self.mode == "off" or (failed_at is not None and time.monotonic() - failed_at < self.RETRY_AFTER_S):
             return None
         if self.mode == "sync" or wait:
-            return self.build(project_id, served, config)
+            return self.build(*args)
         with self._lock:
             thread = self._building.get(key)
             if thread is None or not thread.is_alive():
-                thread = threading.Thread(target=self.build, args=(project_id, served, config),
+                thread = threading.Thread(target=self.build, args=args,
                                           name=f"influence-index-{project_id}-{served.version}", daemon=True)
                 self._building[key] = thread
                 thread.start()

@@ -116,7 +116,8 @@ class InfluencePart:
         scores: list[float | None] = [None] * n
         train_rows = [j for j, t in enumerate(ctx.tasks) if _split(t) == TRAIN_SPLIT]
         # a training task's score is its suspicion, never a confidence: wait for the index when one is in the batch
-        index = self.manager.get(ctx.project_id, ctx.served, ctx.config, wait=bool(train_rows))
+        index = self.manager.get(ctx.project_id, ctx.served, ctx.config, wait=bool(train_rows),
+                                 origin=ctx.label_studio, fetcher=ctx.fetcher)
         if index is None:
             log.info("project %s: no influence index for %s yet; influence and suspicion left out for tasks %s",
                      ctx.project_id, ctx.served.version, [t.get("id") for t in ctx.tasks])

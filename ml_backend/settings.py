@@ -7,7 +7,7 @@ modules take a ``Settings`` (or values from it). docs/configuration.md lists eve
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -16,11 +16,8 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
-def _env_bool(name: str, default: bool = False) -> bool:
+def _bool(name: str, value: str) -> bool:
     """``true``/``1``/``yes``/``on`` (any case) -> True, ``false``/``0``/``no``/``off`` -> False, else ValueError."""
-    value = _env(name)
-    if value is None:
-        return default
     v = value.strip().lower()
     if v in ("1", "true", "yes", "on"):
         return True
@@ -29,12 +26,34 @@ def _env_bool(name: str, default: bool = False) -> bool:
     raise ValueError(f"{name}={value!r}: expected true or false")
 
 
-def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """A comma-separated variable as a tuple of stripped, non-empty items (set but empty -> empty)."""
-    value = os.environ.get(name)
-    if value is None:
-        return tuple(default)
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _parse(annotation: str, name: str, raw: str):
+    """A variable's text as the field's type: int, float, bool, Path, a comma list (tuple), else str."""
+    kind = annotation.split("|")[0].strip()
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _bool(name, raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("tuple"):  # set but empty -> empty
+            return tuple(v.strip() for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected {kind}") from None
+    return raw
+
+
+ENV_NAMES = {  # fields whose variable is not the field's name in upper case
+    "queue_name": "RQ_QUEUE",
+    "pinned_version": "MODEL_VERSION",
+    "public_url": "BACKEND_PUBLIC_URL",
+    "ls_venv": "ROBUSTAR_LS_VENV",
+}
+NOT_FROM_ENV = ("train_env", "extra")  # train_env collects every TRAIN_* variable (training.options)
+MINIMUM = {"predict_concurrency": 1, "train_retries": 0, "predict_max_side": 0, "predict_max_pixels_per_request": 0,
+           "predict_max_decode_bytes": 0}
 
 
 @dataclass
@@ -108,74 +127,25 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
     @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field -> environment variable, for every field the environment sets."""
+        return {f.name: ENV_NAMES.get(f.name, f.name.upper()) for f in fields(cls) if f.name not in NOT_FROM_ENV}
+
+    @classmethod
     def from_env(cls) -> "Settings":
-        """Build settings from the process environment."""
-        checkpoint = _env("MODEL_CHECKPOINT")
-        seg_weights = _env("SEGMENTATION_WEIGHTS")
-        image_root = _env("IMAGE_ROOT")
-        return cls(
-            label_studio_url=_env("LABEL_STUDIO_URL"),
-            label_studio_api_key=_env("LABEL_STUDIO_API_KEY"),
-            redis_url=_env("REDIS_URL", cls.redis_url),
-            queue_name=_env("RQ_QUEUE", cls.queue_name),
-            model_dir=Path(_env("MODEL_DIR", str(cls.model_dir))),
-            model_arch=_env("MODEL_ARCH", cls.model_arch),
-            model_checkpoint=Path(checkpoint) if checkpoint else None,
-            image_size=int(_env("IMAGE_SIZE", str(cls.image_size))),
-            pinned_version=_env("MODEL_VERSION"),
-            device=_env("DEVICE", cls.device),
-            predict_batch_size=int(_env("PREDICT_BATCH_SIZE", str(cls.predict_batch_size))),
-            fetch_workers=int(_env("FETCH_WORKERS", str(cls.fetch_workers))),
-            fetch_timeout=float(_env("FETCH_TIMEOUT", str(cls.fetch_timeout))),
-            seed=int(_env("SEED", str(cls.seed))),
-            public_url=_env("BACKEND_PUBLIC_URL"),
-            predict_parts=_env_list("PREDICT_PARTS", cls.predict_parts),
-            saliency_method=_env("SALIENCY_METHOD", cls.saliency_method),
-            saliency_top_q=float(_env("SALIENCY_TOP_Q", str(cls.saliency_top_q))),
-            saliency_ig_steps=int(_env("SALIENCY_IG_STEPS", str(cls.saliency_ig_steps))),
-            saliency_alpha=float(_env("SALIENCY_ALPHA", str(cls.saliency_alpha))),
-            segmentation_weights=Path(seg_weights) if seg_weights else None,
-            segmentation_arch=_env("SEGMENTATION_ARCH", cls.segmentation_arch),
-            segmentation_score=float(_env("SEGMENTATION_SCORE", str(cls.segmentation_score))),
-            segmentation_mode=_env("SEGMENTATION_MODE", cls.segmentation_mode),
-            segmentation_classes=_env_list("SEGMENTATION_CLASSES", cls.segmentation_classes),
-            segmentation_min_size=int(_env("SEGMENTATION_MIN_SIZE", str(cls.segmentation_min_size))),
-            segmentation_max_size=int(_env("SEGMENTATION_MAX_SIZE", str(cls.segmentation_max_size))),
-            influence_top_k=int(_env("INFLUENCE_TOP_K", str(cls.influence_top_k))),
-            influence_score=_env("INFLUENCE_SCORE", cls.influence_score),
-            influence_sign=_env("INFLUENCE_SIGN", cls.influence_sign),
-            influence_build=_env("INFLUENCE_BUILD", cls.influence_build),
-            influence_batch_size=int(_env("INFLUENCE_BATCH_SIZE", str(cls.influence_batch_size))),
-            basic_auth_user=_env("BASIC_AUTH_USER"),
-            basic_auth_pass=_env("BASIC_AUTH_PASS"),
-            webhook_secret=_env("WEBHOOK_SECRET"),
-            allowed_image_hosts=_env_list("ALLOWED_IMAGE_HOSTS", cls.allowed_image_hosts),
-            allow_private_image_hosts=_env_bool("ALLOW_PRIVATE_IMAGE_HOSTS", cls.allow_private_image_hosts),
-            cors_origins=_env_list("CORS_ORIGINS", cls.cors_origins),
-            image_root=Path(image_root) if image_root else None,
-            max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(cls.max_image_bytes))),
-            max_request_bytes=int(_env("MAX_REQUEST_BYTES", str(cls.max_request_bytes))),
-            max_predict_tasks=int(_env("MAX_PREDICT_TASKS", str(cls.max_predict_tasks))),
-            predict_concurrency=max(1, int(_env("PREDICT_CONCURRENCY", str(cls.predict_concurrency)))),
-            max_image_pixels=int(_env("MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
-            predict_max_side=max(0, int(_env("PREDICT_MAX_SIDE", str(cls.predict_max_side)))),
-            predict_max_pixels_per_request=max(0, int(_env("PREDICT_MAX_PIXELS_PER_REQUEST",
-                                                           str(cls.predict_max_pixels_per_request)))),
-            predict_max_decode_bytes=max(0, int(_env("PREDICT_MAX_DECODE_BYTES", str(cls.predict_max_decode_bytes)))),
-            train_env={k: v for k, v in os.environ.items() if k.startswith("TRAIN_") and v != ""},
-            train_every_n_annotations=int(_env("TRAIN_EVERY_N_ANNOTATIONS", "0")),
-            train_retries=max(0, int(_env("TRAIN_RETRIES", str(cls.train_retries)))),
-            train_job_timeout=int(_env("TRAIN_JOB_TIMEOUT", str(cls.train_job_timeout))),
-            redis_key_prefix=_env("REDIS_KEY_PREFIX", cls.redis_key_prefix),
-            host=_env("HOST", cls.host),
-            http_header_timeout=float(_env("HTTP_HEADER_TIMEOUT", str(cls.http_header_timeout))),
-            http_body_timeout=float(_env("HTTP_BODY_TIMEOUT", str(cls.http_body_timeout))),
-            http_keep_alive_timeout=float(_env("HTTP_KEEP_ALIVE_TIMEOUT", str(cls.http_keep_alive_timeout))),
-            http_max_header_bytes=int(_env("HTTP_MAX_HEADER_BYTES", str(cls.http_max_header_bytes))),
-            port=int(_env("PORT", str(cls.port))),
-            log_level=_env("LOG_LEVEL", cls.log_level),
-            ls_venv=Path(_env("ROBUSTAR_LS_VENV")) if _env("ROBUSTAR_LS_VENV") else None,
-        )
+        """Build settings from the process environment (unset or empty variables keep the defaults)."""
+        kw: dict = {}
+        for f in fields(cls):
+            if f.name in NOT_FROM_ENV:
+                continue
+            name = ENV_NAMES.get(f.name, f.name.upper())
+            raw = os.environ.get(name)
+            if raw is None or (raw == "" and not f.type.startswith("tuple")):
+                continue
+            value = _parse(f.type, name, raw)
+            kw[f.name] = max(MINIMUM[f.name], value) if f.name in MINIMUM else value
+        kw["train_env"] = {k: v for k, v in os.environ.items() if k.startswith("TRAIN_") and v != ""}
+        return cls(**kw)
 
     def torch_device(self) -> str:
         """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""

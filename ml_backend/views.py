@@ -38,19 +38,24 @@ def _no_project(project_id: str) -> JSONResponse:
                          f"1..{MAX_PROJECT_ID - 1}"}, status_code=404)
 
 
-def _served_version(request: Request, project_id: int) -> str | None:
-    try:
-        return request.app.state.backend.registry.current_version(project_id)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def saliency_png(request: Request, project_id: str, key: str):
+def _task_file(request: Request, project_id: str, key: str, cache_class) -> tuple[int, str | None, tuple | None] | JSONResponse:
+    """(project id, served version, (path, version) of the task's cached file or None), or the 404 of a
+    project id /setup would refuse."""
     pid = parse_project_path(project_id)
     if pid is None:
         return _no_project(project_id)
-    version = _served_version(request, pid)
-    found = HeatmapCache(request.app.state.settings.model_dir, pid).find(key, version)
+    try:
+        version = request.app.state.backend.registry.current_version(pid)
+    except (FileNotFoundError, ValueError):
+        version = None
+    return pid, version, cache_class(request.app.state.settings.model_dir, pid).find(key, version)
+
+
+def saliency_png(request: Request, project_id: str, key: str):
+    looked = _task_file(request, project_id, key, HeatmapCache)
+    if isinstance(looked, JSONResponse):
+        return looked
+    pid, version, found = looked
     if found is None:
         return JSONResponse(
             {"status": "error", "message": f"no saliency heatmap for {key!r} in project {pid} yet "
@@ -62,11 +67,10 @@ def saliency_png(request: Request, project_id: str, key: str):
 
 
 def influence_html(request: Request, project_id: str, key: str):
-    pid = parse_project_path(project_id)
-    if pid is None:
-        return _no_project(project_id)
-    version = _served_version(request, pid)
-    found = InfluencePages(request.app.state.settings.model_dir, pid).find(key, version)
+    looked = _task_file(request, project_id, key, InfluencePages)
+    if isinstance(looked, JSONResponse):
+        return looked
+    _, version, found = looked
     if found is None or found[1] != version:
         return HTMLResponse(pending_page(f"{version or 'The model'} has not predicted this task yet: its influence "
                                          "or suspicion appears once it has (open the task again, or retrieve "
@@ -77,33 +81,31 @@ def influence_html(request: Request, project_id: str, key: str):
                         headers={"Cache-Control": "no-cache", VERSION_HEADER: v})
 
 
-def _run_dir(request: Request, pid: int, version: str) -> Path | None:
+def _run_file(request: Request, project_id: str, version: str, name: str) -> Path | JSONResponse:
+    """A file of a version's run folder (``runs/vN/<name>``), or the 404 that says what is missing."""
+    pid = parse_project_path(project_id)
+    if pid is None:
+        return _no_project(project_id)
     try:
         version_number(version)
     except ValueError:
-        return None
-    return CheckpointStore(request.app.state.settings.model_dir, pid).root / "runs" / version
+        version = version[:20]
+    else:
+        path = CheckpointStore(request.app.state.settings.model_dir, pid).root / "runs" / version / name
+        if path.is_file():
+            return path
+    return JSONResponse({"status": "error", "message": f"no {name} of {version!r} in project {pid}"}, status_code=404)
 
 
 def report_html(request: Request, project_id: str, version: str):
-    pid = parse_project_path(project_id)
-    if pid is None:
-        return _no_project(project_id)
-    run = _run_dir(request, pid, version)
-    if run is None or not (run / "summary.json").is_file():
-        return JSONResponse({"status": "error", "message": f"no report of {version[:20]!r} in project {pid}"},
-                            status_code=404)
-    summary = json.loads((run / "summary.json").read_text())
-    versions = CheckpointStore(request.app.state.settings.model_dir, pid).versions()
-    return HTMLResponse(report_page(summary, versions, (run / "curves.png").is_file()))
+    found = _run_file(request, project_id, version, "summary.json")
+    if isinstance(found, JSONResponse):
+        return found
+    versions = CheckpointStore(request.app.state.settings.model_dir, int(project_id)).versions()
+    summary = json.loads(found.read_text())
+    return HTMLResponse(report_page(summary, versions, (found.parent / "curves.png").is_file()))
 
 
 def report_curves(request: Request, project_id: str, version: str):
-    pid = parse_project_path(project_id)
-    if pid is None:
-        return _no_project(project_id)
-    run = _run_dir(request, pid, version)
-    if run is None or not (run / "curves.png").is_file():
-        return JSONResponse({"status": "error", "message": f"no curves of {version[:20]!r} in project {pid}"},
-                            status_code=404)
-    return FileResponse(run / "curves.png", media_type="image/png")
+    found = _run_file(request, project_id, version, "curves.png")
+    return found if isinstance(found, JSONResponse) else FileResponse(found, media_type="image/png")

@@ -184,7 +184,11 @@ def test_env_example_documents_every_variable_the_code_reads():
             continue
         for m in pattern.finditer(path.read_text()):
             read.setdefault(next(g for g in m.groups() if g), path.name)
-    assert {"REDIS_URL", "MODEL_DIR", "TRAIN_EPOCHS"} <= set(read), "the scan finds nothing: fix the pattern"
+    from ml_backend.settings import Settings
+
+    for name in Settings.env_names().values():  # every Settings field is set by its variable
+        read.setdefault(name, "settings.py")
+    assert {"REDIS_URL", "MODEL_DIR", "TRAIN_EPOCHS", "CORS_ORIGINS"} <= set(read), "the scan finds nothing: fix the pattern"
     missing = {name: where for name, where in read.items() if name not in documented and name not in NOT_DEPLOYMENT}
     assert not missing, f"variables read by the code but not in .env.example: {missing}"
 
@@ -364,3 +368,15 @@ def test_backend_healthcheck_sends_basic_auth_when_configured():
         assert r.returncode == 1 and "401" in r.stderr, r.stderr
     finally:
         server.shutdown()
+
+
+def test_gunicorn_workers_get_the_same_server_limits_as_robustar_serve(monkeypatch):
+    """The image's gunicorn runs uvicorn workers with the request-head deadline and header limits."""
+    monkeypatch.setenv("HTTP_HEADER_TIMEOUT", "3.5")
+    import importlib
+
+    import ml_backend.gunicorn_worker as worker
+
+    kwargs = importlib.reload(worker).RobustarUvicornWorker.CONFIG_KWARGS
+    assert kwargs["http"].header_timeout == 3.5 and kwargs["h11_max_incomplete_event_size"] == 16 * 1024
+    assert "ml_backend.gunicorn_worker.RobustarUvicornWorker" in (ROOT / "docker" / "gunicorn.conf.py").read_text()

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from label_config import regions
+from label_config.export import TRAIN_SPLIT
 from label_config.render import ParsedConfig, parse_config
 from ml_backend.classifier import classify
 from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher, RequestBudget
@@ -167,6 +168,7 @@ class RobustarModel:
             fetcher=self.fetcher,
             label_studio=self.label_studio,
         )
+        scored: set[int] = set()
         for part in self.parts:
             try:
                 out: PartOutput = part(ctx)
@@ -178,4 +180,9 @@ class RobustarModel:
                 results[i]["result"].extend(out.regions[j])
                 if out.scores is not None and out.scores[j] is not None:
                     results[i]["score"] = float(out.scores[j])
+                    scored.add(i)
+        if any(p.name == "influence" for p in self.parts):  # one meaning per score: a training task's is its suspicion
+            for i in ok:
+                if i not in scored and (tasks[i].get("data") or {}).get("split") == TRAIN_SPLIT:
+                    results[i]["score"] = None  # no suspicion (index unavailable): no score rather than a confidence
         return results

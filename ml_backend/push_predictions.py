@@ -114,7 +114,7 @@ def push_predictions(
             batch.append({
                 "task": int(task["id"]),
                 "result": res["result"],
-                "score": float(res.get("score") or 0.0),
+                "score": None if res.get("score") is None else float(res["score"]),
                 "model_version": version,
             })
         stored = store(batch) if batch else 0

@@ -9,10 +9,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from redis import Redis
 
+from ml_backend.ls_server import LabelStudioServer, default_venv, ensure_label_studio
 from tests.fakes import redis_answers, start_redis_server
 
 LOCAL_REDIS = "redis://127.0.0.1:6379"
@@ -126,3 +128,24 @@ def redis_url(redis_dbs: RedisDBs) -> Iterator[str]:
     """A URL of a DB that is this test's alone, flushed before and after the test."""
     with redis_dbs.lease() as url:
         yield url
+
+
+# --------------------------------------------------------------------------------------------------
+# one real Label Studio 1.23.2 server per session (e2e and browser suites)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A running Label Studio server (installed into the LS venv first if missing)."""
+    venv = default_venv()
+    ensure_label_studio(venv)
+    root = tmp_path_factory.mktemp("label_studio")
+    server = LabelStudioServer(root / "data", venv=venv, log_path=root / "label-studio.log")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio: LabelStudioServer) -> Any:
+    """``label_studio_sdk.LabelStudio`` client for the session server."""
+    return label_studio.client()

@@ -20,7 +20,6 @@ import pytest
 
 from tests.browser import ui
 from tests.browser.stack import Stack, running_stack
-from tests.e2e.conftest import label_studio  # noqa: F401  (the e2e session's Label Studio fixture, reused)
 
 BROWSER_MARKS = ("browser", "e2e", "slow")
 
@@ -89,7 +88,7 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(label_studio, redis_dbs, tmp_path_factory) -> Iterator[Stack]:  # noqa: F811
+def stack(label_studio, redis_dbs, tmp_path_factory) -> Iterator[Stack]:
     """The real stack with a small imported project (backend connected, every task predicted)."""
     with redis_dbs.lease() as redis_url, \
             running_stack(label_studio, redis_url, tmp_path_factory.mktemp("browser-stack")) as running:

@@ -65,14 +65,15 @@ from benchmarks.groups import group_ids, train_group_balanced
 from label_config import parse_config, regions, render_config
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, parse_export
 from ml_backend.fetch import FetchPolicy, ImageFetcher
+from ml_backend.influence import build_influence_index
 from ml_backend.settings import Settings
 from tests.fakes import FileServer
-from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD
+from training import counterfactual
+from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta
+from training.counterfactual import COUNTERFACTUAL_MODES, FILL_MODES
 from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate, fit, predict_logits
 from training.models import build_model
-from training import counterfactual
-from training.counterfactual import COUNTERFACTUAL_MODES, FILL_MODES
 from training.noise import NOISE_MODES
 from training.options import TrainOptions
 from training.synthetic import KINDS, SHAPES, make_spurious_dataset
@@ -105,25 +106,27 @@ class Preset:
     lams: tuple[float, ...]  # extra λ values at sweep_fraction
     noises: tuple[str, ...]  # extra noise modes at sweep_fraction (λ = --lam)
     no_bank: tuple[str, ...] = ()  # counterfactual fills also run without the donor bank at sweep_fraction
+    ranked: bool = False  # also paint the sweep_fraction the Data Manager ranks first (suspicion), not random
 
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(kinds=("patch", "background"), n_classes=3, n_train=16, n_test=8, size=16, p=0.95, epochs=1,
                     batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,),
                     fills=COUNTERFACTUAL_MODES, aug_fractions=(0.25,), sweep_fraction=0.25, lams=(),
-                    noises=("mixture",), no_bank=("counterfactual",)),
+                    noises=("mixture",), no_bank=("counterfactual",), ranked=True),
     "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=6,
                       batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.1, 1.0),
                       fills=COUNTERFACTUAL_MODES, aug_fractions=(), sweep_fraction=0.1, lams=(),
-                      noises=("random_pure", "mixture"), no_bank=("counterfactual",)),
+                      noises=("random_pure", "mixture"), no_bank=("counterfactual",), ranked=True),
     "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, size=32, p=0.95, epochs=12,
                    batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
                    fills=COUNTERFACTUAL_MODES, aug_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), sweep_fraction=0.1,
                    lams=(0.1, 10.0, 100.0), noises=tuple(m for m in NOISE_MODES if m != "noise"),
-                   no_bank=COUNTERFACTUAL_MODES),
+                   no_bank=COUNTERFACTUAL_MODES, ranked=True),
 }
 
 NO_BANK = " (batch only)"  # suffix of a fill run without the donor bank (donors from the batch only)
+RANKED = "paired, suspicion-ranked"  # the images to paint: the top of the Data Manager's suspicion ranking
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
     f = preset.sweep_fraction
     for mode in preset.no_bank:
         out.append(Condition("paired", f, mode + NO_BANK, lam))
+    if preset.ranked:
+        out.append(Condition(RANKED, f, noise, lam))
     for extra_lam in preset.lams:
         if extra_lam != lam:
             out.append(Condition("paired", f, noise, extra_lam))
@@ -301,6 +306,33 @@ def painted_subset(world: World, fraction: float) -> list[int]:
     return sorted(random.Random(1000 + world.seed).sample(train, k))
 
 
+def ranked_subset(world: World, fraction: float, preset: Preset, fetcher: ImageFetcher, device: str,
+                  cache: dict) -> list[int]:
+    """Task ids of the ``round(fraction * N)`` training images the product ranks most suspicious: the
+    influence index (``ml_backend.influence``, as the worker builds it) of a model trained plainly on
+    the unpainted project, i.e. what the Data Manager's *Prediction score* sorts first."""
+    key = ("ranking",)
+    if key not in cache:
+        if ("none",) not in cache:
+            cache[("none",)] = load_project(build_export(world.root, world.items, []), world.classes, fetcher, preset.size)
+        _, splits = cache[("none",)]
+        train, test = splits[TRAIN_SPLIT], splits[TEST_SPLIT]
+        opts = TrainOptions(mode="scratch", arch=preset.arch, epochs=preset.epochs, batch_size=preset.batch_size,
+                            lr=preset.lr, lam=0.0, seed=world.seed, device=device, eval_every_epoch=False,
+                            push_predictions=False)
+        torch.manual_seed(opts.seed)
+        model = build_model(preset.arch, len(world.classes))
+        fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
+        meta = CheckpointMeta(version="v0", arch=preset.arch, classes=list(world.classes), image_size=preset.size)
+        index = build_influence_index(None, "v0", train, test, device=device, model=model.eval(), meta=meta, save=False)
+        order = torch.argsort(index.suspicion, descending=True)
+        cache[key] = [int(index.task_ids[i]) for i in order]
+    ranking = cache[key]
+    if fraction >= 1.0:
+        return sorted(ranking)
+    return sorted(ranking[: max(1, round(fraction * len(ranking)))])
+
+
 def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], device: str) -> tuple[float, dict]:
     """Worst accuracy over the (label, spurious value) groups of the test split, and all of them."""
     logits = predict_logits(model, test, IMAGENET_MEAN, IMAGENET_STD, device)
@@ -317,8 +349,9 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
     t0 = time.perf_counter()
     if cond.method in world.refs:
         (root, items), key, painted = world.refs[cond.method], (cond.method,), []
-    elif cond.method in ("paired", "aug only"):
-        painted = painted_subset(world, cond.fraction)
+    elif cond.method in ("paired", "aug only", RANKED):
+        painted = (ranked_subset(world, cond.fraction, preset, fetcher, device, cache) if cond.method == RANKED
+                   else painted_subset(world, cond.fraction))
         key, items, root = ("painted", tuple(painted)), world.items, world.root
     else:
         key, items, root, painted = ("none",), world.items, world.root, []
@@ -327,7 +360,7 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
         cache[key] = load_project(tasks, world.classes, fetcher, preset.size)
     export, splits = cache[key]
     train, test = splits[TRAIN_SPLIT], splits[TEST_SPLIT]
-    if cond.method in ("paired", "aug only"):
+    if cond.method in ("paired", "aug only", RANKED):
         assert train.n_painted == len(painted), (train.n_painted, len(painted))
     t_data = time.perf_counter() - t0
 
@@ -406,7 +439,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def _method_label(r: dict) -> tuple[str, str, str, str]:
-    if r["method"] in ("paired", "aug only"):
+    if r["method"] in ("paired", "aug only", RANKED):
         f = r["fraction"] * 100
         frac = f"{f:.0f}%" if f >= 1 else f"{f:.1f}%"
         return r["method"], frac, r["noise"], f"{r['lam']:g}"
@@ -453,6 +486,22 @@ def gap_table(agg: list[dict], preset: Preset, lam: float, noise: str) -> str:
             worst = f"{100 * min(gaps):.0f}%" if gaps and None not in gaps else "–"
             lines.append(f"| {100 * f:g}% | {mode} | " + " | ".join(cells) + f" | {worst} |")
     return "\n".join(lines)
+
+
+def ranking_table(agg: list[dict], preset: Preset, lam: float, noise: str) -> str:
+    """Which images to paint, at the same budget and fill: random vs the top of the suspicion ranking."""
+    if not preset.ranked:
+        return ""
+    f = preset.sweep_fraction
+    lines = ["| kind | random painting | suspicion-ranked painting | ranked − random |", "|---|---:|---:|---:|"]
+    for kind in dict.fromkeys(r["kind"] for r in agg):
+        pair = [next((r for r in agg if (r["kind"], r["method"], r["fraction"], r["noise"], r["lam"])
+                      == (kind, method, f, noise, lam)), None) for method in ("paired", RANKED)]
+        if None in pair or any(r["acc"] is None for r in pair):
+            continue
+        cells = [f"{r['acc']:.3f} ± {r['acc_sd']:.3f}" for r in pair]
+        lines.append(f"| {kind} | {cells[0]} | {cells[1]} | {pair[1]['acc'] - pair[0]['acc']:+.3f} |")
+    return f"Which images to paint ({100 * f:g}% of training images, fill {noise}, λ = {lam:g}):\n\n" + "\n".join(lines)
 
 
 def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) -> Path | None:
@@ -610,8 +659,12 @@ def main(argv: list[str] | None = None) -> int:
     print("Fills side by side (paired, λ = %g): test accuracy, mean ± sd (gap closed)" % args.lam)
     print()
     print(fills)
+    ranking = ranking_table(agg, preset, args.lam, args.noise)
+    if ranking:
+        print()
+        print(ranking)
     (out / "efficacy.md").write_text(header + "\n\n" + table + "\n\nFills side by side (test accuracy, mean ± sd "
-                                     "(gap closed)):\n\n" + fills + "\n")
+                                     "(gap closed)):\n\n" + fills + "\n\n" + ranking + "\n")
     (out / "efficacy.json").write_text(json.dumps({"preset": asdict(preset), "lam": args.lam, "noise": args.noise,
                                                    "device": device, "machine": machine(), "wall_s": wall,
                                                    "runs": rows, "summary": agg}, indent=1))

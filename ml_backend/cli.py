@@ -1,4 +1,4 @@
-"""``robustar`` console command: serve | worker | import | demo."""
+"""``robustar`` console command: serve | worker | train | import | demo."""
 
 from __future__ import annotations
 
@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--simple", action="store_true", help="run jobs in the worker process (no fork)")
     p.add_argument("--name", default=None)
     p.set_defaults(func=_worker)
+
+    from ml_backend.train_cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
 
     p = sub.add_parser("import", help="import an ImageFolder dataset into a Label Studio project")
     p.add_argument("dataset", help="folder with train/<class>/* and test/<class>/*")

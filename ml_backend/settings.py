@@ -115,6 +115,10 @@ class Settings:
     train_retries: int = 1
     train_job_timeout: int = 6 * 3600
     redis_key_prefix: str = "robustar:"
+    # torch.distributed, as torchrun sets them for `robustar train` (docs/training.md#several-gpus-and-a-cluster)
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
     # process and CLI
     host: str = "0.0.0.0"
     port: int = 9090

@@ -1,4 +1,6 @@
-"""The RQ training job: ``train_project(project_id, options)``.
+"""The RQ training job: ``train_project(project_id, options)``, and the part it shares with
+``robustar train`` (``ml_backend.train_cli``): ``train_tasks`` (export tasks -> published version ->
+index -> predictions -> summary).
 
 export (label-studio-sdk JSON export) -> records (``label_config.export``) -> the training pipeline
 (``training.pipeline``: images, paired training, evaluation, checkpoint vN saved and published) ->
@@ -33,6 +35,7 @@ from ml_backend.push_predictions import backend_predictor, push_predictions
 from ml_backend.serving import model_defaults
 from ml_backend.settings import Settings
 from ml_backend.versions import remember_selection
+from training import distributed as dist
 from training.checkpoints import CheckpointStore
 from training.options import TrainOptions
 from training.pipeline import PipelineResult, run_pipeline
@@ -109,29 +112,48 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     card.training = store.next_version()
     progress = Progress(_sinks(rq_progress_sink(job), card.progress), project_id=project_id,
                         job_id=getattr(job, "id", None))
-    timings: dict[str, float] = {}
 
     progress.phase("export")
     t = time.perf_counter()
     label_config = getattr(fetch_project(client, project_id), "label_config", None)
     if not label_config:
         raise ValueError(f"project {project_id} has no label config")
-    config = parse_config(label_config)
     tasks = fetch_export(client, project_id)
-    timings["export"] = time.perf_counter() - t
+    summary = train_tasks(settings, store, project_id, label_config, tasks, opts, progress, client=client,
+                          timings={"export": time.perf_counter() - t}, t_start=t_start)
+    version = summary["version"]
+    card.show(f"serving {version}", force=True,
+              description=f"{version}: report {summary['report']}" if summary["report"] else None)
+    return summary
 
+
+def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, label_config: str, tasks: list[dict],
+                opts: TrainOptions, progress: Progress, *, client=None, timings: dict[str, float] | None = None,
+                t_start: float | None = None) -> dict[str, Any]:
+    """A Label Studio JSON export's ``tasks`` -> vN trained, published and indexed, and (with a Label
+    Studio ``client`` and ``opts.push_predictions``) vN's predictions pushed; returns the job summary.
+
+    The worker's job and ``robustar train`` both run this. Images are fetched under the backend's
+    fetch policy. Under torchrun every rank trains; only rank 0 publishes, indexes, pushes and writes
+    the summary, and the other ranks return the pipeline's short summary (``"published": False``).
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    timings = dict(timings or {})
     progress.phase("decode", tasks=len(tasks))
     t = time.perf_counter()
+    config = parse_config(label_config)
     export = parse_export(tasks, config, label_source=opts.label_source)
     timings["decode"] = time.perf_counter() - t
 
     fetcher = ImageFetcher(settings.label_studio_url, settings.label_studio_api_key, FetchPolicy.from_settings(settings))
-    if settings.pinned_version:
+    if settings.pinned_version and dist.is_main():
         log.warning("MODEL_VERSION=%s pins the served version; the new version is published but not served "
                     "until the pin is removed", settings.pinned_version)
     result = run_pipeline(store, config.classes, export, opts, fetcher.fetch, model_defaults(settings), progress,
                           extra_config={"project_id": project_id, "job_id": progress.job_id})
     summary = result.summary
+    if not summary["published"]:  # a rank other than 0 under torchrun: rank 0 does the rest
+        return summary
     version = summary["version"]
     timings.update(summary["timings"])
 
@@ -140,7 +162,9 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     timings["index"] = time.perf_counter() - t
 
     predictions: dict[str, Any] = {"skipped": "push_predictions is off"}
-    if opts.push_predictions:
+    if opts.push_predictions and client is None:
+        predictions = {"skipped": "no Label Studio project to push to (trained from an export file)"}
+    elif opts.push_predictions:
         progress.phase("predictions", version=version)
         t = time.perf_counter()
         try:
@@ -162,8 +186,6 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     except OSError as e:
         log.warning("could not update the run summary of %s: %s", version, e)
     progress.phase("done", version=version)
-    card.show(f"serving {version}", force=True,
-              description=f"{version}: report {summary['report']}" if summary["report"] else None)
     log.info("project %s: job done in %.1fs: %s published (parent %s); timings %s", project_id, timings["total"],
              version, summary["parent"], summary["timings"])
     return summary

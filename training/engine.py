@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import distributed as dist
 from training.augment import augment_batch
 from training.dataset import PairedDataset
 from training.images import make_normalizer, resize_batch
@@ -82,8 +83,14 @@ def train_one_epoch(
     state: dict[str, Any],
     progress: Progress,
     writer=None,
+    shard: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One pass of paired steps over ``train``; returns the epoch's sample-weighted means.
+
+    ``shard``: this rank's indices of ``train`` for the epoch (``training.distributed.shard_indices``,
+    already shuffled), trained in that order with the per-rank batch of
+    ``distributed.local_batch_size``; the means are then over all ranks' samples. None: all of
+    ``train``, shuffled with ``state["shuffle_gen"]`` (the single-process job).
 
     ``state`` carries what lives across epochs: ``step``, ``total``, ``t0``, the two generators
     (``shuffle_gen`` on the CPU, ``noise_gen`` on the device) and the list of per-step rows ``steps``.
@@ -92,7 +99,13 @@ def train_one_epoch(
     amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     sums: dict[str, float] = {}
     seen = 0
-    for x, m, y in train.batches(opts.batch_size, device, shuffle=True, generator=state["shuffle_gen"]):
+    if shard is None:
+        batches = train.batches(opts.batch_size, device, shuffle=True, generator=state["shuffle_gen"])
+    else:
+        idx = shard.to(train.images.device)
+        part = PairedDataset(train.images[idx], train.masks[idx], train.targets[idx], [train.task_ids[i] for i in shard.tolist()])
+        batches = part.batches(dist.local_batch_size(opts.batch_size), device)
+    for x, m, y in batches:
         if opts.augment != "none":  # before the twin is built: the noise fills the augmented mask
             x, m = augment_batch(x, m, opts.augment, state.setdefault("aug_gen", torch.Generator().manual_seed(opts.seed + 2)))
         with amp_ctx():
@@ -119,6 +132,9 @@ def train_one_epoch(
         progress.update(epoch=epoch, step=step, loss=round(stats["loss"], 5), eta_s=round(eta, 1))
         progress.log_every(10.0, "train epoch %d/%d step %d/%d loss %.4f (eta %.0fs)",
                            epoch, opts.epochs, step, total, stats["loss"], eta)
+    if shard is not None:  # per-shard sums -> sums over all ranks
+        sums = dist.sum_across({**sums, "_seen": float(seen)})
+        seen = int(sums.pop("_seen"))
     return {f"train_{k}": (v if k == "n_paired" else v / max(seen, 1)) for k, v in sums.items()}
 
 
@@ -141,6 +157,13 @@ def fit(
 
     ``eval_sets`` (e.g. the test split) are evaluated after every epoch for the curves when
     ``opts.eval_every_epoch``.
+
+    Under an initialised process group (``training.distributed.init``, from torchrun) the model is
+    trained in DistributedDataParallel: each rank trains on its shard of ``train`` (a
+    DistributedSampler-equivalent split with seed ``opts.seed + epoch``) with a per-rank batch of
+    ``batch_size / world``, so the optimizer steps as often as in a single process; the train means
+    are reduced over all ranks; only rank 0 runs the per-epoch evaluation (the others go on to the next
+    epoch's first step, where DDP synchronises). ``model`` itself (not the wrapper) is trained in place.
     """
     progress = progress or Progress()
     if not opts.is_resolved:
@@ -150,22 +173,32 @@ def fit(
     model.to(device).train()
     if torch.device(device).type == "cuda" and train.nbytes() <= GPU_RESIDENT_BYTES:
         train = train.to(device)  # uint8 images on the GPU: no per-batch host copies
+    sharded = dist.active()
+    net = dist.wrap(model, device)  # DDP under a process group, else ``model``
     optimizer = make_optimizer(model, opts)
-    total = math.ceil(len(train) / opts.batch_size) * opts.epochs
+    if sharded:
+        total = math.ceil(math.ceil(len(train) / dist.world_size()) / dist.local_batch_size(opts.batch_size)) * opts.epochs
+    else:
+        total = math.ceil(len(train) / opts.batch_size) * opts.epochs
     scheduler = make_scheduler(optimizer, opts, total)
     norm = make_normalizer(mean, std)
+    rank = dist.rank()  # each rank draws its own noise and augmentation (rank 0: the single-process draws)
     state: dict[str, Any] = {
         "step": 0, "total": total, "t0": time.perf_counter(), "steps": [],
         "shuffle_gen": torch.Generator().manual_seed(opts.seed),
-        "noise_gen": torch.Generator(device=device).manual_seed(opts.seed + 1),
+        "noise_gen": torch.Generator(device=device).manual_seed(opts.seed + 1 + 1000 * rank),
     }
+    if rank:
+        state["aug_gen"] = torch.Generator().manual_seed(opts.seed + 2 + 1000 * rank)
     epochs: list[dict[str, Any]] = []
     progress.update(force=True, epoch=0, epochs=opts.epochs, step=0, total_steps=total, loss=None, eta_s=None)
     for epoch in range(1, opts.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch}
-        means = train_one_epoch(model, optimizer, scheduler, train, opts, norm, device, epoch, state, progress, writer)
+        shard = dist.shard_indices(len(train), epoch, opts.seed) if sharded else None
+        means = train_one_epoch(net, optimizer, scheduler, train, opts, norm, device, epoch, state, progress, writer,
+                                shard=shard)
         row.update(step=state["step"], **means)
-        if opts.eval_every_epoch and eval_sets:
+        if opts.eval_every_epoch and eval_sets and dist.is_main():
             for name, ds in eval_sets.items():
                 if len(ds):
                     row[f"{name}_accuracy"] = evaluate(model, ds, mean, std, device)["accuracy"]

@@ -4,6 +4,11 @@ Label Studio, no HTTP and no queue).
 ``run_pipeline`` reads top to bottom: start model (``start_model``), images (``load_splits``), parent
 metrics, paired training (``engine.fit``), new metrics, checkpoint vN saved and published
 (``save_version``), report (``curves.png``, ``summary.json`` under ``runs/<version>/``).
+
+Under torchrun (``training.distributed.init`` called first) every rank loads the images and trains
+its shard in DDP (``engine.fit``); only rank 0 creates v0 when there is none, evaluates, saves and
+publishes the checkpoint and writes the report, while the other ranks wait at a barrier, so exactly
+one version appears. The store (``MODEL_DIR``) must be the same directory on every node.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from torch import nn
 
 from label_config.export import TRAIN_SPLIT, ExportResult
+from training import distributed as dist
 from training import report
 from training.checkpoints import (
     IMAGENET_MEAN,
@@ -215,7 +221,12 @@ def run_pipeline(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    parent_version = store.published() or create_initial_version(store, defaults, classes)
+    main = dist.is_main()
+    if main:
+        parent_version = store.published() or create_initial_version(store, defaults, classes)
+    dist.barrier()  # the other ranks read the v0 rank 0 created
+    if not main:
+        parent_version = store.published()
     parent = store.load(parent_version, "cpu")
     start = start_model(opts, defaults, classes, parent)
     version = store.next_version()
@@ -241,13 +252,13 @@ def run_pipeline(
 
     progress.phase("eval", which="parent")
     t = time.perf_counter()
-    parent_metrics = _parent_metrics(parent, classes, splits, device)
+    parent_metrics = _parent_metrics(parent, classes, splits, device) if main else {}
     timings["eval_parent"] = time.perf_counter() - t
     parent = None  # release
 
     progress.phase("train", epochs=opts.epochs)
-    run_dir = _fresh_run_dir(store.root / "runs" / version, version)
-    writer = _open_writer(run_dir)
+    run_dir = _fresh_run_dir(store.root / "runs" / version, version) if main else store.root / "runs" / version
+    writer = _open_writer(run_dir) if main else None
     if writer is not None:
         writer.add_text("config", "```\n" + json.dumps({"options": opts.to_dict(), "init": start.init,
                                                          "parent": parent_version, **(extra_config or {})},
@@ -260,6 +271,11 @@ def run_pipeline(
         if writer is not None:
             writer.close()
     timings["train"] = time.perf_counter() - t
+    if not main:  # rank 0 evaluates, saves, publishes and reports; wait until it has
+        dist.barrier()
+        summary = {"version": store.published(), "parent": parent_version, "published": False, "rank": dist.rank(),
+                   "world_size": dist.world_size(), "timings": {k: round(v, 3) for k, v in timings.items()}}
+        return PipelineResult(summary, start.model, None, splits, device)  # type: ignore[arg-type]
 
     progress.phase("eval", which="new")
     t = time.perf_counter()
@@ -307,4 +323,7 @@ def run_pipeline(
     except Exception as e:  # reporting must not fail a published version
         log.warning("could not write curves/summary under %s: %s", run_dir, e)
     summary["timings"]["report"] = round(time.perf_counter() - t, 3)
+    if dist.active():
+        summary["world_size"] = dist.world_size()
+        dist.barrier()  # the checkpoint and the report are there: the other ranks may return
     return PipelineResult(report.jsonable(summary), start.model, meta, splits, device)

@@ -310,7 +310,8 @@ def ranked_subset(world: World, fraction: float, preset: Preset, fetcher: ImageF
                   cache: dict) -> list[int]:
     """Task ids of the ``round(fraction * N)`` training images the product ranks most suspicious: the
     influence index (``ml_backend.influence``, as the worker builds it) of a model trained plainly on
-    the unpainted project, i.e. what the Data Manager's *Prediction score* sorts first."""
+    the unpainted project, in the order of the training tasks' prediction score (``SUSPICION_RANKING``),
+    i.e. what the Data Manager's *Prediction score* sorts first."""
     key = ("ranking",)
     if key not in cache:
         if ("none",) not in cache:
@@ -325,8 +326,7 @@ def ranked_subset(world: World, fraction: float, preset: Preset, fetcher: ImageF
         fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
         meta = CheckpointMeta(version="v0", arch=preset.arch, classes=list(world.classes), image_size=preset.size)
         index = build_influence_index(None, "v0", train, test, device=device, model=model.eval(), meta=meta, save=False)
-        order = torch.argsort(index.suspicion, descending=True)
-        cache[key] = [int(index.task_ids[i]) for i in order]
+        cache[key] = index.ranking(balanced=Settings().suspicion_ranking == "class_balanced")  # the score's order
     ranking = cache[key]
     if fraction >= 1.0:
         return sorted(ranking)

@@ -68,9 +68,11 @@ def influence_page(version: str, prediction: str, score: str, proponents: list[N
 
 
 def suspicion_page(version: str, suspicion: float, formula: str, harmed: list[Neighbour],
-                   report_url: str | None = None) -> str:
+                   report_url: str | None = None, class_rank: float | None = None) -> str:
     """A training task: its suspicion score and the misclassified test tasks it harms most."""
-    body = (f"Suspicion <b>{suspicion:.3f}</b> ({escape(version)}).{_report_link(version, report_url)} "
+    ranked = (f" — more suspicious than {100 * class_rank:.0f}% of its class (the prediction score, so the Data "
+              "Manager's sort takes the top of every class in turn)" if class_rank is not None else "")
+    body = (f"Suspicion <b>{suspicion:.3f}</b> ({escape(version)}){ranked}.{_report_link(version, report_url)} "
             '<span class="note">For training images the prediction score is this suspicion (how likely the '
             f"image teaches the model a shortcut; sort the Data Manager by it), not a confidence: {escape(formula)}."
             "</span>")

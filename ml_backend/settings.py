@@ -93,6 +93,7 @@ class Settings:
     influence_sign: str = "both"  # both | proponents | opponents | abs
     influence_build: str = "background"  # background | sync | off (index built lazily by the backend or not)
     influence_batch_size: int = 64
+    suspicion_ranking: str = "class_balanced"  # class_balanced (score = rank of the suspicion in its class) | raw
     # reliability and security (docs/reliability.md)
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None

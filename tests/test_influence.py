@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import threading
@@ -225,14 +226,17 @@ def test_part_pages_for_test_tasks_and_suspicion_scores_for_training_tasks(setup
     tasks = [{"id": test_rec.task_id, "data": {"split": "test"}}, {"id": train_rec.task_id, "data": {"split": "train"}}]
     out = part(_ctx(setup, tasks, [test_rec.image, train_rec.image], settings))
     assert out.regions == [[], []]
-    assert out.scores[0] is None and out.scores[1] == pytest.approx(float(index.suspicion[index.row(train_rec.task_id)]))
+    row = index.row(train_rec.task_id)
+    raw = float(index.suspicion[row])
+    assert out.scores[0] is None and out.scores[1] == pytest.approx(index.class_rank(raw, int(index.targets[row])))
     pages = InfluencePages(store.root.parent, 1)
     test_page = pages.find(str(test_rec.task_id), meta.version)[0].read_text()
     links = re.findall(r'href="(http://ls\.example:8080/projects/1/data\?task=(\d+))"', test_page)
     assert len(links) == 6 and all(int(t) in index._row for _, t in links)  # 3 proponents + 3 opponents
     assert "supports it" in test_page and "opposes it" in test_page and "confidence" in test_page
     train_page = pages.find(str(train_rec.task_id), meta.version)[0].read_text()
-    assert f"Suspicion <b>{out.scores[1]:.3f}</b>" in train_page and "not a confidence" in train_page
+    assert f"Suspicion <b>{raw:.3f}</b>" in train_page and "not a confidence" in train_page
+    assert f"more suspicious than {100 * out.scores[1]:.0f}% of its class" in train_page
 
 
 def test_part_text_for_test_tasks_and_suspicion_scores_for_training_tasks(setup):
@@ -254,7 +258,8 @@ def test_part_text_for_test_tasks_and_suspicion_scores_for_training_tasks(setup)
     assert float(first[2]) >= float(lines[2].split()[2])
     assert first[3] == f"http://ls.example:8080/projects/1/data?task={first[0][1:]}"
     assert out.scores[0] is None  # test tasks keep the classifier's confidence
-    assert out.scores[1] == pytest.approx(float(index.suspicion[index.row(train_rec.task_id)]))
+    row = index.row(train_rec.task_id)
+    assert out.scores[1] == pytest.approx(index.class_rank(float(index.suspicion[row]), int(index.targets[row])))
     assert 0.0 <= out.scores[2] <= 1.0  # a training task added later is scored on the fly
     assert out.regions[1][0]["value"]["text"][0].startswith("suspicion")
 
@@ -302,7 +307,23 @@ def test_training_tasks_wait_for_the_index_so_their_score_is_always_the_suspicio
     out = part(_ctx(setup, [{"id": rec.task_id, "data": {"split": "train"}}], [rec.image], settings))
     assert index_path(store, "v0").is_file()
     index = load_influence_index(store, "v0")
-    assert out.scores == [pytest.approx(float(index.suspicion[index.row(rec.task_id)]))]
+    row = index.row(rec.task_id)
+    assert out.scores == [pytest.approx(index.class_rank(float(index.suspicion[row]), int(index.targets[row])))]
+    raw = InfluencePart(dataclasses.replace(settings, suspicion_ranking="raw"), mode="off")
+    assert raw(_ctx(setup, [{"id": rec.task_id, "data": {"split": "train"}}], [rec.image], settings)).scores == [
+        pytest.approx(float(index.suspicion[row]))]
+
+
+def test_the_class_balanced_ranking_takes_the_top_of_every_class_in_turn(setup):
+    """Sorting by the score (the Data Manager's order) reaches every class within the first few images;
+    the raw suspicion's top is dominated by a few classes (why painting its top taught less than random)."""
+    _, _, _, _, index, _, _, _ = setup
+    n_classes = len(index.classes)
+    first = index.ranking(balanced=True)[:n_classes]
+    classes_of = {int(t): int(c) for t, c in zip(index.task_ids.tolist(), index.targets.tolist())}
+    assert {classes_of[t] for t in first} == set(range(n_classes))
+    ranks = [index.class_rank(float(v), int(c)) for v, c in zip(index.suspicion.tolist(), index.targets.tolist())]
+    assert 0.0 <= min(ranks) and max(ranks) <= 1.0
 
 
 def test_rank_signs():

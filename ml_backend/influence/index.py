@@ -73,6 +73,24 @@ class InfluenceIndex:
         tests = (None, None) if self.suspicion_formula == SELF else (self.test_delta, self.test_feats)
         return suspicion(delta, feats, *tests, self.score, tuple(self.suspicion_scales))[0]
 
+    def class_rank(self, value: float, target: int) -> float:
+        """Where a suspicion ``value`` stands among the indexed training tasks of class ``target``: the
+        share of them it exceeds (ties count half), in [0, 1]. Sorting by it puts the most suspicious
+        images of every class first, in turn — painting the top of a raw ranking covered few classes
+        and taught less than painting at random (benchmarks: patch 0.56 vs 0.82 test accuracy at 10%)."""
+        same = self.suspicion[self.targets == target]
+        if not same.numel():
+            return float(value)
+        below = float((same < value).sum()) + 0.5 * float((same == value).sum())
+        return below / same.numel()
+
+    def ranking(self, balanced: bool = True) -> list[int]:
+        """Indexed task ids, most suspicious first (``balanced``: by ``class_rank``, as the score)."""
+        keys = [self.class_rank(float(v), int(t)) if balanced else float(v)
+                for v, t in zip(self.suspicion.tolist(), self.targets.tolist())]
+        order = sorted(range(len(keys)), key=lambda i: (-keys[i], -float(self.suspicion[i])))
+        return [int(self.task_ids[i]) for i in order]
+
     def harmed_tests(self, row: int, k: int) -> list[tuple[int, int, float]]:
         """The misclassified test tasks training row ``row`` harms most: ``(task id, class, score < 0)``."""
         if self.test_delta is None or not self.test_delta.shape[0]:

@@ -21,6 +21,7 @@ from training.images import normalize, to_batch
 log = logging.getLogger(__name__)
 
 SIGNS = ("both", "proponents", "opponents", "abs")
+RANKINGS = ("class_balanced", "raw")  # what a training task's prediction score is: its suspicion's rank in its class, or the suspicion
 
 
 def _split(task: dict) -> str | None:
@@ -48,6 +49,9 @@ class InfluencePart:
             raise ValueError(f"INFLUENCE_SIGN={self.sign!r}: choose one of {', '.join(SIGNS)}")
         if self.score not in SCORES:
             raise ValueError(f"INFLUENCE_SCORE={self.score!r}: choose one of {', '.join(SCORES)}")
+        self.ranking = settings.suspicion_ranking
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"SUSPICION_RANKING={self.ranking!r}: choose one of {', '.join(RANKINGS)}")
         self.manager = IndexManager(settings, record_source, fetcher, mode)
 
     @classmethod
@@ -89,11 +93,12 @@ class InfluencePart:
         lines += [f"#{n.task_id} {n.label} {n.value:+.4g} {n.url}" for ns in near.values() for n in ns]
         return [regions_lib.text(lines, ctx.config.influence_control, ctx.config.image_name)]
 
-    def _suspicion_output(self, ctx: PredictContext, j: int, index: InfluenceIndex, value: float,
+    def _suspicion_output(self, ctx: PredictContext, j: int, index: InfluenceIndex, value: float, score: float,
                           harmed: list[Neighbour]) -> list[dict]:
         version = ctx.served.version
         if ctx.config.has_influence_view:
-            html = suspicion_page(version, value, index.suspicion_formula, harmed, self._report(ctx))
+            rank = score if self.ranking == "class_balanced" else None
+            html = suspicion_page(version, value, index.suspicion_formula, harmed, self._report(ctx), rank)
             self.pages(ctx).write(version, task_key(ctx.tasks[j]), html.encode())
             return []
         lines = [f"suspicion {value:.3f} ({index.suspicion_formula}, {version})"]
@@ -143,15 +148,17 @@ class InfluencePart:
             try:
                 row = index.row(task.get("id"))
                 if row is not None:
-                    scores[j] = float(index.suspicion[row])
+                    raw, target = float(index.suspicion[row]), int(index.targets[row])
                 else:  # a training task added after the index was built
                     target = _target_index((task.get("data") or {}).get("label"), index.classes)
-                    t = torch.tensor([target if target >= 0 else int(preds[j])])
-                    scores[j] = float(index.suspicion_for(delta_for(probs[j : j + 1], t), feats[j : j + 1])[0])
+                    target = target if target >= 0 else int(preds[j])
+                    raw = float(index.suspicion_for(delta_for(probs[j : j + 1], torch.tensor([target])),
+                                                    feats[j : j + 1])[0])
+                scores[j] = index.class_rank(raw, target) if self.ranking == "class_balanced" else raw
                 if shown:
                     harmed = [Neighbour(tid, index.classes[cls], v, task_link(base, ctx.project_id, tid))
                               for tid, cls, v in (index.harmed_tests(row, self.top_k) if row is not None else [])]
-                    regions[j] += self._suspicion_output(ctx, j, index, scores[j], harmed)
+                    regions[j] += self._suspicion_output(ctx, j, index, raw, scores[j], harmed)
             except Exception:
                 log.exception("project %s task %s: suspicion failed", ctx.project_id, task.get("id"))
         return PartOutput(regions=regions, scores=scores)

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, LabelStudioUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if summary.get("published"):
+    if not summary.get("rank", 0):  # rank 0 (or a single process) prints; under torchrun the others are quiet
         text = json.dumps(summary, indent=1, sort_keys=True, default=str)
         print(text)
         if args.output is not None:

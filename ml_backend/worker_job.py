@@ -122,8 +122,12 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     summary = train_tasks(settings, store, project_id, label_config, tasks, opts, progress, client=client,
                           timings={"export": time.perf_counter() - t}, t_start=t_start)
     version = summary["version"]
-    card.show(f"serving {version}", force=True,
-              description=f"{version}: report {summary['report']}" if summary["report"] else None)
+    if summary["published"]:
+        card.show(f"serving {version}", force=True,
+                  description=f"{version}: report {summary['report']}" if summary["report"] else None)
+    else:
+        card.show(f"serving {summary['parent']} · {version} kept, not published: {summary['not_published']}",
+                  force=True)
     return summary
 
 
@@ -152,17 +156,19 @@ def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, lab
     result = run_pipeline(store, config.classes, export, opts, fetcher.fetch, model_defaults(settings), progress,
                           extra_config={"project_id": project_id, "job_id": progress.job_id})
     summary = result.summary
-    if not summary["published"]:  # a rank other than 0 under torchrun: rank 0 does the rest
+    if summary.get("rank", 0):  # a rank other than 0 under torchrun: rank 0 does the rest
         return summary
     version = summary["version"]
     timings.update(summary["timings"])
 
     t = time.perf_counter()
-    summary["influence_index"] = build_index(settings, store, result)
+    summary["influence_index"] = build_index(settings, store, result) if summary["published"] else None
     timings["index"] = time.perf_counter() - t
 
     predictions: dict[str, Any] = {"skipped": "push_predictions is off"}
-    if opts.push_predictions and client is None:
+    if not summary["published"]:  # a regression is kept, never shown as the project's version
+        predictions = {"skipped": f"{version} was not published: {summary['not_published']}"}
+    elif opts.push_predictions and client is None:
         predictions = {"skipped": "no Label Studio project to push to (trained from an export file)"}
     elif opts.push_predictions:
         progress.phase("predictions", version=version)
@@ -186,6 +192,7 @@ def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, lab
     except OSError as e:
         log.warning("could not update the run summary of %s: %s", version, e)
     progress.phase("done", version=version)
-    log.info("project %s: job done in %.1fs: %s published (parent %s); timings %s", project_id, timings["total"],
-             version, summary["parent"], summary["timings"])
+    log.info("project %s: job done in %.1fs: %s %s (parent %s); timings %s", project_id, timings["total"],
+             version, "published" if summary["published"] else "kept, not published", summary["parent"],
+             summary["timings"])
     return summary

@@ -391,3 +391,27 @@ def test_worker_fetches_under_the_backends_image_policy(tmp_path, synthetic, mon
         # now fetched from that host, without Label Studio's key (which goes to Label Studio only): it answers 401
         assert len(other.requests) == 6 and all(auth is None for _, auth in other.requests)
         assert allowed["counts"]["skipped"] == {"unknown_label": 1, "image_error": 6}
+
+
+def test_a_regression_is_kept_but_not_published(tmp_path, synthetic):
+    """A version clearly worse than its parent on the held-out split is saved (with its report) but not
+    published; the parent stays served. A drop a small test set can explain (1/sqrt(n)) publishes."""
+    from training.pipeline import regression, save_version
+
+    parent = {"test": {"accuracy": 0.90, "n": 400}}
+    assert regression({"test": {"accuracy": 0.89, "n": 400}}, parent, 0.02) is None  # within the margin
+    why = regression({"test": {"accuracy": 0.70, "n": 400}}, parent, 0.02)
+    assert why and "0.700" in why and "0.900" in why and "TRAIN_MAX_REGRESSION" in why
+    assert regression({"test": {"accuracy": 0.70, "n": 9}}, parent, 0.02) is None  # 1/sqrt(9) = 0.33 allowed
+    assert regression({"test": {"accuracy": 0.10, "n": 400}}, {}, 0.02) is None  # no parent metrics: publish
+    assert regression({"test": {"accuracy": 0.10, "n": 400}}, parent, float("inf")) is None
+
+    tasks, _ = synthetic_export(synthetic)
+    settings = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=32, seed=0)
+    store = CheckpointStore(settings.model_dir, 5)
+    pipeline(store, settings, parse_export(tasks, CONFIG), options(FAST, settings))
+    model, meta = store.load("v1")
+    meta.version, meta.parent_version = "v2", "v1"
+    path, meta, run = save_version(store, model, meta, store.root / "runs" / "v2", publish=False)
+    assert path.is_file() and store.versions() == ["v0", "v1", "v2"] and store.published() == "v1"
+    assert options().max_regression == 0.02 and TrainOptions().max_regression == float("inf")

@@ -43,6 +43,9 @@ TRAIN_EVAL_EVERY_EPOCH true          evaluate the test split after every epoch (
 TRAIN_PUSH_PREDICTIONS true          push the new version's predictions to Label Studio and
                                      set the project's model_version
 TRAIN_AMP             true           bf16 autocast on CUDA (ignored on CPU)
+TRAIN_MAX_REGRESSION  0.02           a version whose held-out (test split) accuracy falls more than
+                                     this -- and more than 1/sqrt(n test images) -- below its
+                                     parent's is kept but not published; ``inf``: always publish
 ====================  =============  ==========================================================
 
 ``auto`` values are the job defaults (``resolve``) and are turned into concrete values from the data by
@@ -53,6 +56,7 @@ pins a recipe (``benchmarks/efficacy.py``) is unaffected.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -67,6 +71,9 @@ AUTO_FIELDS = tuple(JOB_DEFAULTS)
 # a job's fill when neither TRAIN_NOISE_MODE nor the job options set one (benchmarks/efficacy.py: at
 # least as good as noise on every feature kind); TrainOptions() built in code keeps "noise"
 JOB_NOISE_MODE = "counterfactual_mixture"
+# a job's version whose held-out accuracy falls more than this (or than the split's size explains)
+# below its parent's is kept but not published; TrainOptions() built in code publishes always
+JOB_MAX_REGRESSION = 0.02
 LABEL_SOURCES = ("annotation", "data")
 
 
@@ -110,6 +117,7 @@ class TrainOptions:
     eval_every_epoch: bool = True
     push_predictions: bool = True
     amp: bool = True
+    max_regression: float = math.inf  # a version this much worse on the held-out split is kept, not published
 
     ENV = {
         "mode": "TRAIN_MODE",
@@ -133,6 +141,7 @@ class TrainOptions:
         "eval_every_epoch": "TRAIN_EVAL_EVERY_EPOCH",
         "push_predictions": "TRAIN_PUSH_PREDICTIONS",
         "amp": "TRAIN_AMP",
+        "max_regression": "TRAIN_MAX_REGRESSION",
     }
     # accepted spellings of option keys in job/webhook options
     _ALIASES = {"lambda": "lam", "reg_coeff": "lam", "noise": "noise_mode", "batchsize": "batch_size",
@@ -144,7 +153,8 @@ class TrainOptions:
         """Job defaults (``JOB_DEFAULTS``: ``auto``) <- ``base`` (the backend's seed/device/fetch workers) <- ``env`` (``TRAIN_*`` values,
         as read by the settings module) <- ``overrides`` (job options). Raises OptionsError naming any
         bad or unknown option."""
-        raw: dict[str, Any] = {**JOB_DEFAULTS, "noise_mode": JOB_NOISE_MODE, **(base or {})}
+        raw: dict[str, Any] = {**JOB_DEFAULTS, "noise_mode": JOB_NOISE_MODE, "max_regression": JOB_MAX_REGRESSION,
+                               **(base or {})}
         for name, var in cls.ENV.items():
             v = (env or {}).get(var)
             if v not in (None, ""):
@@ -173,7 +183,7 @@ class TrainOptions:
                     if isinstance(v, float) and not v.is_integer():
                         raise ValueError
                     v = int(v)
-                elif f.name in ("lr", "momentum", "weight_decay", "lam", "backbone_lr_scale"):
+                elif f.name in ("lr", "momentum", "weight_decay", "lam", "backbone_lr_scale", "max_regression"):
                     v = float(v)
                 elif f.name in ("eval_every_epoch", "push_predictions", "amp"):
                     v = _bool(v, f.name)
@@ -187,8 +197,8 @@ class TrainOptions:
         return opts
 
     def validate(self) -> None:
-        from training.models import ARCHS
         from training.counterfactual import FILL_MODES
+        from training.models import ARCHS
 
         if not (self.mode in ("finetune", "scratch") or self.mode.startswith("pretrained:")):
             raise OptionsError(f"mode must be finetune, scratch or pretrained:<path>, got {self.mode!r}")
@@ -219,6 +229,8 @@ class TrainOptions:
             raise OptionsError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         if self.lam < 0:
             raise OptionsError(f"lam (λ) must be >= 0, got {self.lam}")
+        if not self.max_regression >= 0:
+            raise OptionsError(f"max_regression must be >= 0 (inf: always publish), got {self.max_regression}")
 
     @property
     def is_resolved(self) -> bool:

@@ -38,7 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.counterfactual import DonorBank, apply_counterfactual, bank_for, is_counterfactual
+from training.counterfactual import (
+    DonorBank,
+    apply_counterfactual,
+    bank_for,
+    is_counterfactual,
+)
 from training.noise import apply_noise
 
 __all__ = ["paired_loss", "paired_step", "plain_step"]

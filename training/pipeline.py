@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from label_config.export import TRAIN_SPLIT, ExportResult
+from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult
 from training import distributed as dist
 from training import report
 from training.checkpoints import (
@@ -183,8 +184,25 @@ def _delta(new: dict[str, Any], parent: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def save_version(store: CheckpointStore, model: nn.Module, meta: CheckpointMeta, run_dir: Path) -> tuple[Path, CheckpointMeta, Path]:
-    """Save ``meta.version`` (the next free name if another job took it meanwhile) and publish it."""
+def regression(new: dict[str, Any], parent: dict[str, Any], max_drop: float) -> str | None:
+    """Why a new version must not be published (None: publish): its accuracy on the held-out split fell
+    below its parent's by more than ``max_drop`` and more than the split's size can explain (1/√n, about
+    two binomial standard deviations at 50%, so a handful of test images never blocks a version)."""
+    n, old = new.get(TEST_SPLIT, {}), parent.get(TEST_SPLIT)
+    if not (isinstance(old, dict) and old.get("accuracy") is not None and n.get("accuracy") is not None and n.get("n")):
+        return None
+    allowed = max(max_drop, 1.0 / math.sqrt(n["n"]))
+    drop = old["accuracy"] - n["accuracy"]
+    if drop <= allowed:
+        return None
+    return (f"{TEST_SPLIT} accuracy {n['accuracy']:.3f} is {drop:.3f} below the parent's {old['accuracy']:.3f} "
+            f"(allowed {allowed:.3f}: TRAIN_MAX_REGRESSION {max_drop:g}, 1/sqrt({n['n']}) test images)")
+
+
+def save_version(store: CheckpointStore, model: nn.Module, meta: CheckpointMeta, run_dir: Path,
+                 publish: bool = True) -> tuple[Path, CheckpointMeta, Path]:
+    """Save ``meta.version`` (the next free name if another job took it meanwhile) and publish it
+    (``publish=False``: kept beside the others, not served)."""
     for _ in range(5):
         try:
             path = store.save(model, meta)
@@ -198,7 +216,8 @@ def save_version(store: CheckpointStore, model: nn.Module, meta: CheckpointMeta,
             meta.version, run_dir = new_version, new_run
     else:
         raise RuntimeError(f"could not find a free version name in {store.versions_dir}")
-    store.publish(meta.version)
+    if publish:
+        store.publish(meta.version)
     return path, meta, run_dir
 
 
@@ -297,15 +316,21 @@ def run_pipeline(
         config=report.jsonable(config), metrics=report.jsonable(metrics),
     )
     start.model.cpu()
-    path, meta, run_dir = save_version(store, start.model, meta, run_dir)
+    held_back = regression(new_metrics, parent_metrics, opts.max_regression)
+    path, meta, run_dir = save_version(store, start.model, meta, run_dir, publish=held_back is None)
     version = meta.version
     timings["save"] = time.perf_counter() - t
-    log.info("project store %s: published %s (parent %s): %s", store.root, version, parent_version,
+    if held_back:
+        log.warning("project store %s: %s kept but NOT published (%s serves on): %s", store.root, version,
+                    parent_version, held_back)
+    log.info("project store %s: %s %s (parent %s): %s", store.root, "kept" if held_back else "published", version,
+             parent_version,
              ", ".join(f"{s} {parent_metrics.get(s, {}).get('accuracy') if isinstance(parent_metrics.get(s), dict) else None}"
                        f" -> {m['accuracy']}" for s, m in new_metrics.items()))
 
     summary = {
-        "version": version, "parent": parent_version, "published": True,
+        "version": version, "parent": parent_version, "published": held_back is None,
+        "not_published": held_back,
         "arch": start.arch, "image_size": start.image_size, "classes": list(classes), "init": start.init,
         "device": device,
         "metrics": {"parent": parent_metrics, "new": new_metrics, "delta_accuracy": delta},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -57,3 +58,25 @@ def export_task(task_id: int, image: str, split: str | None = "train", label: st
         "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None, "project": 1,
         "updated_by": 1, "comment_authors": [],
     }
+
+
+def synthetic_export(root: Path, classes: list[str], image_url=lambda split, cls, path: data_uri(path.read_bytes()),
+                     paint_every: int = 2) -> tuple[list[dict], dict[str, bytes]]:
+    """A Label Studio JSON export of a synthetic ImageFolder (``training.synthetic``): every
+    ``paint_every``-th training image painted with its true spurious mask. Returns the tasks and the
+    image bytes by URL (``image_url(split, class, path)``; data URIs by default)."""
+    from label_config import regions
+
+    tasks, files, tid = [], {}, 0
+    for split in ("train", "test"):
+        for cls in classes:
+            for path in sorted((root / split / cls).glob("*.png")):
+                tid += 1
+                anns = []
+                if split == "train" and tid % paint_every == 0:
+                    mask = np.asarray(Image.open(root / "masks" / split / cls / path.name)) > 0
+                    anns = [annotation(tid, tid, [regions.brush(mask), regions.choices(cls)])]
+                url = image_url(split, cls, path)
+                files[url] = path.read_bytes()
+                tasks.append(export_task(tid, url, split=split, label=cls, annotations=anns))
+    return tasks, files

@@ -25,14 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from label_config import regions
 from label_config.render import render_config
-from tests.builders import annotation, export_task
+from tests.builders import synthetic_export
 from training import distributed as dist
 from training.checkpoints import CheckpointStore
 from training.synthetic import make_spurious_dataset
@@ -47,16 +44,7 @@ OPTIONS = ["mode=scratch", "arch=tiny-cnn", "image_size=32", "epochs=15", "batch
 def write_export(root: Path, out: Path, paint_every: int = 2) -> Path:
     """A Label Studio JSON export of the synthetic ImageFolder (``file://`` URLs), every
     ``paint_every``-th training image painted with its spurious mask."""
-    tasks, tid = [], 0
-    for split in ("train", "test"):
-        for cls in CLASSES:
-            for path in sorted((root / split / cls).glob("*.png")):
-                tid += 1
-                anns = []
-                if split == "train" and tid % paint_every == 0:
-                    mask = np.asarray(Image.open(root / "masks" / split / cls / path.name)) > 0
-                    anns = [annotation(tid, tid, [regions.brush(mask), regions.choices(cls)])]
-                tasks.append(export_task(tid, path.resolve().as_uri(), split=split, label=cls, annotations=anns))
+    tasks, _ = synthetic_export(root, CLASSES, lambda split, cls, path: path.resolve().as_uri(), paint_every)
     out.write_text(json.dumps(tasks))
     return out
 

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from label_config import regions
 from label_config.render import render_config
 from ml_backend.cli import main
-from tests.builders import annotation, data_uri, export_task
+from tests.builders import data_uri, synthetic_export
 from tests.fakes import LS_TOKEN, FakeLabelStudio
 from training.checkpoints import CheckpointStore
 from training.synthetic import make_spurious_dataset
@@ -30,19 +27,7 @@ def synthetic(tmp_path_factory) -> Path:
 
 
 def tasks_and_files(root: Path, url) -> tuple[list[dict], dict[str, bytes]]:
-    tasks, files, tid = [], {}, 0
-    for split in ("train", "test"):
-        for cls in CLASSES:
-            for path in sorted((root / split / cls).glob("*.png")):
-                tid += 1
-                anns = []
-                if split == "train" and tid % 2 == 0:
-                    mask = np.asarray(Image.open(root / "masks" / split / cls / path.name)) > 0
-                    anns = [annotation(tid, tid, [regions.brush(mask), regions.choices(cls)])]
-                u = url(split, path)
-                files[u] = path.read_bytes()
-                tasks.append(export_task(tid, u, split=split, label=cls, annotations=anns))
-    return tasks, files
+    return synthetic_export(root, CLASSES, lambda split, cls, path: url(split, path))
 
 
 @pytest.fixture

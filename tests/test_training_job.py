@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from redis import Redis
 
 from label_config import regions
@@ -24,6 +23,7 @@ from ml_backend.jobs import rq_progress_sink
 from ml_backend.serving import model_defaults
 from ml_backend.settings import Settings
 from ml_backend.worker_job import job_options
+from tests import builders
 from tests.builders import annotation, data_uri, export_task, png_bytes
 from tests.fakes import LS_TOKEN, FakeLabelStudio, FileServer
 from training.checkpoints import CheckpointStore
@@ -61,19 +61,7 @@ def synthetic(tmp_path_factory) -> Path:
 
 def synthetic_export(root: Path, image_url=lambda split, cls, path: data_uri(path.read_bytes()), paint_every: int = 2):
     """Export tasks for the synthetic ImageFolder: every ``paint_every``-th train image painted."""
-    tasks, files, tid = [], {}, 0
-    for split in ("train", "test"):
-        for cls in CLASSES:
-            for path in sorted((root / split / cls).glob("*.png")):
-                tid += 1
-                anns = []
-                if split == "train" and tid % paint_every == 0:
-                    mask = np.asarray(Image.open(root / "masks" / split / cls / path.name)) > 0
-                    anns = [annotation(tid, tid, [regions.brush(mask), regions.choices(cls)])]
-                url = image_url(split, cls, path)
-                files[url] = path.read_bytes()
-                tasks.append(export_task(tid, url, split=split, label=cls, annotations=anns))
-    return tasks, files
+    return builders.synthetic_export(root, CLASSES, image_url, paint_every)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from ml_backend.settings import env_value
+from ml_backend.settings import Settings, env_value
 from ml_backend.stack import (
     backend_process,
     port_busy,
@@ -84,9 +84,9 @@ def ensure_trained_v0(model_dir: Path, project_id: int, classes: list[str], data
     store = CheckpointStore(model_dir, project_id)
     if not store.versions():
         print("training v0: a short plain run on the demo's training images, shortcut included ...", flush=True)
-    checkpoint = env_value("MODEL_CHECKPOINT")
+    settings = Settings.from_env()
     defaults = ModelDefaults(arch=env["MODEL_ARCH"], image_size=int(env["IMAGE_SIZE"]),
-                             checkpoint=Path(checkpoint) if checkpoint else None, seed=int(env_value("SEED", "0")))
+                             checkpoint=settings.model_checkpoint, seed=settings.seed)
     steps = logging.getLogger("training.progress")  # the engine's per-epoch lines: noise on the demo's console
     level = steps.level
     steps.setLevel(max(logging.WARNING, steps.getEffectiveLevel()))

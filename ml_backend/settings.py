@@ -11,11 +11,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def _bool(name: str, value: str) -> bool:
     """``true``/``1``/``yes``/``on`` (any case) -> True, ``false``/``0``/``no``/``off`` -> False, else ValueError."""
     v = value.strip().lower()
@@ -160,8 +155,9 @@ class Settings:
 
 
 def env_value(name: str, default: str | None = None) -> str | None:
-    """One variable of the environment (unset or empty -> ``default``), for the CLI's defaults."""
-    return _env(name, default)
+    """One variable of the environment (unset or empty -> ``default``), for the demo's own defaults."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
 
 
 def process_environment(extra: dict[str, str] | None = None, drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:

@@ -72,7 +72,7 @@ def start_redis_server(workdir: Path, port: int | None = None, timeout: float = 
 # HTTP servers
 
 
-class _Server:
+class LocalServer:
     """A ``ThreadingHTTPServer`` on a free 127.0.0.1 port, served from a daemon thread while in ``with``."""
 
     def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
@@ -90,7 +90,7 @@ class _Server:
         self.httpd.server_close()
 
 
-class FileServer(_Server):
+class FileServer(LocalServer):
     """Serves ``files`` (URL path -> bytes) as Label Studio serves task images: only with ``Token <token>``
     (401 otherwise, 404 for an unknown path). HTTP/1.1 keep-alive, as Label Studio's server. Every
     request is recorded in ``requests`` as ``(path, Authorization header)``."""
@@ -121,7 +121,7 @@ class FileServer(_Server):
         self._serve(Handler)
 
 
-class FakeLabelStudio(_Server):
+class FakeLabelStudio(LocalServer):
     """Serves the Label Studio API paths the training job uses (project, export, images, predictions,
     project PATCH), token-checked, and records every request (``requests``), pushed prediction
     (``predictions``) and project PATCH (``patches``)."""

@@ -31,7 +31,7 @@ from ml_backend.security import basic_auth_header, signed_page_url
 from ml_backend.settings import Settings
 from tests.builders import data_uri, png_bytes
 from tests.e2e.backend import BackendProcess
-from tests.fakes import FileServer, _Server
+from tests.fakes import FileServer, LocalServer
 
 CLASSES = ["cat", "dog"]
 CONFIG = render_config(CLASSES)
@@ -305,7 +305,7 @@ def test_head_where_get_is(tmp_path, redis_url):
 # 7. one deadline per download
 
 
-class DripServer(_Server):
+class DripServer(LocalServer):
     """Answers 200 with a body of ``size`` bytes, one byte every ``interval`` seconds (chunked or not)."""
 
     def __init__(self, size: int = 60, interval: float = 0.1, chunked: bool = False) -> None:

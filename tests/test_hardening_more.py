@@ -17,6 +17,7 @@ import base64
 import io
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ from ml_backend.fetch import (
 from ml_backend.saliency import SaliencyPart
 from ml_backend.settings import Settings
 from tests.e2e.backend import BackendProcess
+from tests.fakes import LocalServer
 from training.images import decode_image, original_size
 
 CLASSES = ["cat", "dog"]
@@ -298,12 +300,10 @@ def test_start_training_for_an_unknown_project_queues_nothing(tmp_path, redis_ur
 # 11. allowed hosts are checked by the address they resolve to
 
 
-class _HostServer:
+class _HostServer(LocalServer):
     """A 127.0.0.1 HTTP server that records (path, Host header) and answers a small PNG."""
 
     def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         self.requests: list[tuple[str, str | None]] = []
         outer, body = self, _png(noise((8, 8)))
 
@@ -318,17 +318,8 @@ class _HostServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._serve(Handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _policy(hosts, allow_private=False, timeout=5.0) -> FetchPolicy:

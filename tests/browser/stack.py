@@ -8,7 +8,6 @@ start exactly the same thing. Everything it starts it stops (each process in its
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,6 +20,7 @@ import requests
 from ml_backend.importer import import_dataset
 from ml_backend.ls_server import LabelStudioServer
 from ml_backend.stack import ManagedProcess, worker_process
+from tests.browser.ui import poll
 from tests.e2e.backend import BackendProcess
 from tests.fakes import free_port
 from training.synthetic import make_spurious_dataset
@@ -148,9 +148,9 @@ def running_stack(
             ({"id": t["id"], "data": t["data"]} for t in _all_tasks(stack)), key=lambda t: t["id"]
         )
         try:  # the import predicts every task; allow the backend to deliver some of them a little later
-            wait_for(lambda: not [t for t in stack.tasks if not stack.predictions(t["id"])], timeout=PREDICTIONS_TIMEOUT,
-                     interval=2, what="a prediction for every task")
-        except TimeoutError as e:
+            poll(lambda: not [t for t in stack.tasks if not stack.predictions(t["id"])], timeout=PREDICTIONS_TIMEOUT,
+                 interval=2, what="a prediction for every task")
+        except AssertionError as e:
             missing = [t["id"] for t in stack.tasks if not stack.predictions(t["id"])]
             raise RuntimeError(f"{e}: tasks {missing} have none\n{stack.logs()}") from None
         if not worker.alive():
@@ -171,15 +171,3 @@ def _all_tasks(stack: Stack) -> list[dict]:
         if len(tasks) < 100:
             return out
         page += 1
-
-
-def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(interval)

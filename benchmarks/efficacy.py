@@ -68,14 +68,14 @@ from ml_backend.fetch import FetchPolicy, ImageFetcher
 from ml_backend.influence import build_influence_index
 from ml_backend.settings import Settings
 from tests.fakes import FileServer
-from training import counterfactual
+from training import counterfactual, propagation
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta
 from training.counterfactual import COUNTERFACTUAL_MODES, FILL_MODES
 from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate, fit, predict_logits
 from training.models import build_model
 from training.noise import NOISE_MODES
-from training.options import TrainOptions
+from training.options import JOB_NOISE_MODE, JOB_PAIRED, TrainOptions
 from training.synthetic import KINDS, SHAPES, make_spurious_dataset
 
 TOKEN = "bench-efficacy-token"
@@ -84,6 +84,18 @@ URL_PREFIX = "/data/upload/1/"
 
 # --------------------------------------------------------------------------------------------------
 # sizes
+
+
+# the paired-training recipes compared (TrainOptions fields); JOB is what a job does by default
+# (training.options.JOB_PAIRED with the job's fill)
+JOB = "job default"
+RECIPES: dict[str, dict[str, Any]] = {
+    "Robustar (noise, l2)": dict(noise_mode="noise", align="l2", painted_share=0.0, propagated_masks="off"),
+    "counterfactual, l2": dict(noise_mode=JOB_NOISE_MODE, align="l2", painted_share=0.0, propagated_masks="off"),
+    "counterfactual, kl, share": dict(noise_mode=JOB_NOISE_MODE, **{**JOB_PAIRED, "propagated_masks": "off"}),
+    JOB: dict(noise_mode=JOB_NOISE_MODE, **JOB_PAIRED),
+}
+ABLATIONS = tuple(r for r in RECIPES if r != JOB)
 
 
 @dataclass(frozen=True)
@@ -106,27 +118,32 @@ class Preset:
     lams: tuple[float, ...]  # extra λ values at sweep_fraction
     noises: tuple[str, ...]  # extra noise modes at sweep_fraction (λ = --lam)
     no_bank: tuple[str, ...] = ()  # counterfactual fills also run without the donor bank at sweep_fraction
-    ranked: bool = False  # also paint the sweep_fraction the Data Manager ranks first (suspicion), not random
+    ranked: tuple[float, ...] = ()  # also paint these fractions the Data Manager ranks first (suspicion), job recipe
+    job_fractions: tuple[float, ...] = ()  # mask fractions of the job's default recipe (kl, painted share, propagation)
+    ablations: tuple[str, ...] = ()  # recipes (RECIPES) also run at sweep_fraction
 
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(kinds=("patch", "background"), n_classes=3, n_train=16, n_test=8, size=16, p=0.95, epochs=1,
                     batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,),
-                    fills=COUNTERFACTUAL_MODES, aug_fractions=(0.25,), sweep_fraction=0.25, lams=(),
-                    noises=("mixture",), no_bank=("counterfactual",), ranked=True),
-    "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=6,
-                      batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.1, 1.0),
-                      fills=COUNTERFACTUAL_MODES, aug_fractions=(), sweep_fraction=0.1, lams=(),
-                      noises=("random_pure", "mixture"), no_bank=("counterfactual",), ranked=True),
+                    fills=("counterfactual_mixture",), aug_fractions=(0.25,), sweep_fraction=0.25, lams=(),
+                    noises=(), no_bank=("counterfactual",), ranked=(0.25,), job_fractions=(0.25,),
+                    ablations=ABLATIONS),
+    "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=10,
+                      batch_size=32, lr=0.05, seeds=3, arch="tiny-cnn", fractions=(), fills=(), aug_fractions=(),
+                      sweep_fraction=0.1, lams=(), noises=(), ranked=(0.01, 0.05, 0.1),
+                      job_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), ablations=ABLATIONS),
     "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, size=32, p=0.95, epochs=12,
                    batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
                    fills=COUNTERFACTUAL_MODES, aug_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), sweep_fraction=0.1,
                    lams=(0.1, 10.0, 100.0), noises=tuple(m for m in NOISE_MODES if m != "noise"),
-                   no_bank=COUNTERFACTUAL_MODES, ranked=True),
+                   no_bank=COUNTERFACTUAL_MODES, ranked=(0.01, 0.05, 0.1), job_fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
+                   ablations=ABLATIONS),
 }
 
 NO_BANK = " (batch only)"  # suffix of a fill run without the donor bank (donors from the batch only)
 RANKED = "paired, suspicion-ranked"  # the images to paint: the top of the Data Manager's suspicion ranking
+PAIRED_METHODS = ("paired", "aug only", RANKED)
 
 
 @dataclass(frozen=True)
@@ -135,14 +152,21 @@ class Condition:
     fraction: float = 0.0
     noise: str = ""  # the fill mode; a counterfactual one may end in NO_BANK
     lam: float = 0.0
+    recipe: str = ""  # a RECIPES name (its fill, alignment, painted share, propagation); "": Robustar's loss
 
     @property
     def key(self) -> tuple:
-        return (self.method, self.fraction, self.noise, self.lam)
+        return (self.method, self.fraction, self.noise, self.lam, self.recipe)
 
 
 def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
     out = [Condition("ERM"), Condition("oracle"), Condition("no feature"), Condition("groups")]
+    for f in preset.job_fractions:
+        out.append(Condition("paired", f, RECIPES[JOB]["noise_mode"], lam, JOB))
+    for name in preset.ablations:
+        out.append(Condition("paired", preset.sweep_fraction, RECIPES[name]["noise_mode"], lam, name))
+    for f in preset.ranked:
+        out.append(Condition(RANKED, f, RECIPES[JOB]["noise_mode"], lam, JOB))
     for f in preset.fractions:
         for mode in (noise, *preset.fills):
             out.append(Condition("paired", f, mode, lam))
@@ -151,8 +175,6 @@ def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
     f = preset.sweep_fraction
     for mode in preset.no_bank:
         out.append(Condition("paired", f, mode + NO_BANK, lam))
-    if preset.ranked:
-        out.append(Condition(RANKED, f, noise, lam))
     for extra_lam in preset.lams:
         if extra_lam != lam:
             out.append(Condition("paired", f, noise, extra_lam))
@@ -344,6 +366,27 @@ def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], device:
     return min(accs.values()), accs
 
 
+def propagated(world: World, key: tuple, train: PairedDataset, opts: TrainOptions, device: str,
+               cache: dict) -> tuple[PairedDataset, dict[str, Any]]:
+    """The job's mask propagation (``training.propagation.propagation_step``) on this painted subset
+    (once per subset and policy), and the proposals' IoU against the true masks of the unpainted images."""
+    pkey = ("propagated", key, opts.propagated_masks, opts.propagation_confidence)
+    if pkey not in cache:
+        painted_before = train.painted.clone()
+        new, net, counts = propagation.propagation_step(train, opts.propagated_masks, opts.propagation_confidence,
+                                                        seed=world.seed, device=device)
+        info: dict[str, Any] = {"propagated_used": counts.get("propagated_used", 0),
+                                "propagation_s": counts.get("propagation_s", 0.0)}
+        if net is not None:
+            by_id = {it.task_id: it for it in world.items}
+            rest = (~painted_before).nonzero().squeeze(1)
+            truth = torch.stack([torch.from_numpy(true_mask(world.root, by_id[train.task_ids[i]])) for i in rest.tolist()])
+            proposal = propagation.predict_masks(net, train.images[rest])
+            info["mask_iou"] = float(propagation.iou(proposal.masks, truth.unsqueeze(1)).mean())
+        cache[pkey] = (new, info)
+    return cache[pkey]
+
+
 def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageFetcher, device: str,
                   cache: dict) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -360,7 +403,7 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
         cache[key] = load_project(tasks, world.classes, fetcher, preset.size)
     export, splits = cache[key]
     train, test = splits[TRAIN_SPLIT], splits[TEST_SPLIT]
-    if cond.method in ("paired", "aug only", RANKED):
+    if cond.method in PAIRED_METHODS:
         assert train.n_painted == len(painted), (train.n_painted, len(painted))
     t_data = time.perf_counter() - t0
 
@@ -368,9 +411,13 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
     bank_size = counterfactual.BANK_SIZE
     if fill.endswith(NO_BANK):  # the job's donor bank off: donors from the batch only
         fill, bank_size = fill[: -len(NO_BANK)], 0
+    recipe = {**RECIPES.get(cond.recipe, {}), "noise_mode": fill}
     opts = TrainOptions(mode="scratch", arch=preset.arch, epochs=preset.epochs, batch_size=preset.batch_size,
-                        lr=preset.lr, lam=cond.lam, noise_mode=fill, seed=world.seed,
-                        device=device, eval_every_epoch=False, push_predictions=False)
+                        lr=preset.lr, lam=cond.lam, seed=world.seed, device=device, eval_every_epoch=False,
+                        push_predictions=False, **recipe)
+    prop: dict[str, Any] = {}
+    if opts.propagated_masks != "off":
+        train, prop = propagated(world, key, train, opts, device, cache)
     torch.manual_seed(opts.seed)  # as build_start_model does for mode scratch
     model = build_model(preset.arch, len(world.classes))
     t1 = time.perf_counter()
@@ -397,7 +444,7 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
         worst, _ = group_accuracy(model, test, spurious_test, device)
     return {"kind": world.kind, "seed": world.seed, **asdict(cond), "test_acc": acc, "worst_group_acc": worst,
             "diverged": diverged,
-            "n_train": len(train), "n_painted": train.n_painted, "n_test": len(test),
+            "n_train": len(train), "n_painted": len(painted), "n_test": len(test), **prop,
             "data_s": round(t_data, 3), "train_s": round(t_train, 3)}
 
 
@@ -417,13 +464,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """One row per (kind, condition): mean/sd over seeds, plus the share of the ERM -> oracle gap closed."""
     by: dict[tuple, list[dict]] = {}
     for r in rows:
-        by.setdefault((r["kind"], r["method"], r["fraction"], r["noise"], r["lam"]), []).append(r)
+        by.setdefault((r["kind"], r["method"], r["fraction"], r["noise"], r["lam"], r.get("recipe", "")), []).append(r)
     base = {}
     for (kind, method, *_), rs in by.items():
         if method in ("ERM", "oracle"):
             base[(kind, method)] = {r["seed"]: r["test_acc"] for r in rs if r["test_acc"] is not None}
     out = []
-    for (kind, method, fraction, noise, lam), rs in by.items():
+    for (kind, method, fraction, noise, lam, recipe), rs in by.items():
         acc = _mean_sd([r["test_acc"] for r in rs])
         worst = _mean_sd([r["worst_group_acc"] for r in rs])
         gaps = []
@@ -431,7 +478,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
             e, o = base.get((kind, "ERM"), {}).get(r["seed"]), base.get((kind, "oracle"), {}).get(r["seed"])
             if e is not None and o is not None and r["test_acc"] is not None and o - e >= MIN_GAP:
                 gaps.append((r["test_acc"] - e) / (o - e))
-        out.append({"kind": kind, "method": method, "fraction": fraction, "noise": noise, "lam": lam,
+        ious = [r["mask_iou"] for r in rs if r.get("mask_iou") is not None]
+        out.append({"kind": kind, "method": method, "fraction": fraction, "noise": noise, "lam": lam, "recipe": recipe,
+                    "mask_iou": statistics.fmean(ious) if ious else None,
+                    "propagated_used": statistics.fmean(r.get("propagated_used", 0) for r in rs),
                     "n": len(rs), "diverged": sum(r.get("diverged") is not None for r in rs), "acc": acc[0], "acc_sd": acc[1], "worst": worst[0], "worst_sd": worst[1],
                     "gap": statistics.fmean(gaps) if gaps else None,
                     "train_s": statistics.fmean(r["train_s"] for r in rs)})
@@ -439,7 +489,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def _method_label(r: dict) -> tuple[str, str, str, str]:
-    if r["method"] in ("paired", "aug only", RANKED):
+    if r["method"] in PAIRED_METHODS:
         f = r["fraction"] * 100
         frac = f"{f:.0f}%" if f >= 1 else f"{f:.1f}%"
         return r["method"], frac, r["noise"], f"{r['lam']:g}"
@@ -449,16 +499,18 @@ def _method_label(r: dict) -> tuple[str, str, str, str]:
 
 
 def markdown_table(agg: list[dict]) -> str:
-    lines = ["| kind | method | masks | noise | λ | test acc | worst-group acc | ERM→oracle gap closed | train s/run |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| kind | method | recipe | masks | fill | λ | test acc | worst-group acc | ERM→oracle gap closed "
+             "| mask IoU (propagated) | train s/run |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in agg:
         m, frac, noise, lam = _method_label(r)
+        iou = "–" if r.get("mask_iou") is None else f"{r['mask_iou']:.3f} ({r['propagated_used']:.0f} used)"
         gap = f"{100 * r['gap']:.0f}%" if r["gap"] is not None else "–"
         div = f" (diverged in {r['diverged']}/{r['n']} seeds)" if r.get("diverged") else ""
         acc = "–" if r["acc"] is None else f"{r['acc']:.3f} ± {r['acc_sd']:.3f}"
         worst = "–" if r["worst"] is None else f"{r['worst']:.3f} ± {r['worst_sd']:.3f}"
-        lines.append(f"| {r['kind']} | {m} | {frac} | {noise} | {lam} | {acc}{div} | {worst} | {gap} | "
-                     f"{r['train_s']:.1f} |")
+        lines.append(f"| {r['kind']} | {m} | {r.get('recipe') or '–'} | {frac} | {noise} | {lam} | {acc}{div} | {worst} "
+                     f"| {gap} | {iou} | {r['train_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -469,12 +521,12 @@ def gap_table(agg: list[dict], preset: Preset, lam: float, noise: str) -> str:
     fills = list(dict.fromkeys((noise, *preset.fills, *(m + NO_BANK for m in preset.no_bank), *preset.noises)))
     lines = ["| masks | fill | " + " | ".join(kinds) + " | smallest gap closed |",
              "|---:|---|" + "---:|" * (len(kinds) + 1)]
-    for f in sorted({r["fraction"] for r in agg if r["method"] == "paired"}):
+    for f in sorted({r["fraction"] for r in agg if r["method"] == "paired" and not r["recipe"]}):
         for mode in fills:
             cells, gaps = [], []
             for kind in kinds:
-                r = next((r for r in agg if (r["kind"], r["method"], r["fraction"], r["noise"], r["lam"])
-                          == (kind, "paired", f, mode, lam)), None)
+                r = next((r for r in agg if (r["kind"], r["method"], r["fraction"], r["noise"], r["lam"], r["recipe"])
+                          == (kind, "paired", f, mode, lam, "")), None)
                 if r is None or r["acc"] is None:
                     cells.append("–")
                     continue
@@ -488,20 +540,50 @@ def gap_table(agg: list[dict], preset: Preset, lam: float, noise: str) -> str:
     return "\n".join(lines)
 
 
-def ranking_table(agg: list[dict], preset: Preset, lam: float, noise: str) -> str:
-    """Which images to paint, at the same budget and fill: random vs the top of the suspicion ranking."""
+def _find(agg: list[dict], kind: str, method: str, fraction: float, recipe: str) -> dict | None:
+    return next((r for r in agg if (r["kind"], r["method"], r["fraction"], r["recipe"]) == (kind, method, fraction, recipe)
+                 and r["acc"] is not None), None)
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    gap = "–" if r["gap"] is None else f"{100 * r['gap']:.0f}%"
+    return f"{r['acc']:.3f} ± {r['acc_sd']:.3f} ({gap})"
+
+
+def recipe_table(agg: list[dict], preset: Preset) -> str:
+    """The job's recipe per mask fraction, then each ablation at the sweep fraction: test accuracy (gap
+    closed) per kind and the smallest gap over the kinds (a recipe is only as good as its worst kind)."""
+    kinds = list(dict.fromkeys(r["kind"] for r in agg))
+    lines = ["| masks | recipe | " + " | ".join(kinds) + " | smallest gap closed | mask IoU |",
+             "|---:|---|" + "---:|" * (len(kinds) + 2)]
+    rows = [(f, JOB) for f in preset.job_fractions] + [(preset.sweep_fraction, name) for name in preset.ablations]
+    for f, name in rows:
+        found = [_find(agg, kind, "paired", f, name) for kind in kinds]
+        if not any(found):
+            continue
+        gaps = [r["gap"] for r in found if r is not None and r["gap"] is not None]
+        ious = [r["mask_iou"] for r in found if r is not None and r.get("mask_iou") is not None]
+        worst = f"{100 * min(gaps):.0f}%" if len(gaps) == len(kinds) else "–"
+        iou = " / ".join(f"{v:.2f}" for v in ious) if ious else "–"
+        lines.append(f"| {100 * f:g}% | {name} | " + " | ".join(_cell(r) for r in found) + f" | {worst} | {iou} |")
+    return "\n".join(lines)
+
+
+def ranking_table(agg: list[dict], preset: Preset) -> str:
+    """Which images to paint, at the same budget and recipe: random vs the top of the suspicion ranking."""
     if not preset.ranked:
         return ""
-    f = preset.sweep_fraction
-    lines = ["| kind | random painting | suspicion-ranked painting | ranked − random |", "|---|---:|---:|---:|"]
+    lines = ["| kind | masks | random painting | suspicion-ranked painting | ranked − random |", "|---|---:|---:|---:|---:|"]
     for kind in dict.fromkeys(r["kind"] for r in agg):
-        pair = [next((r for r in agg if (r["kind"], r["method"], r["fraction"], r["noise"], r["lam"])
-                      == (kind, method, f, noise, lam)), None) for method in ("paired", RANKED)]
-        if None in pair or any(r["acc"] is None for r in pair):
-            continue
-        cells = [f"{r['acc']:.3f} ± {r['acc_sd']:.3f}" for r in pair]
-        lines.append(f"| {kind} | {cells[0]} | {cells[1]} | {pair[1]['acc'] - pair[0]['acc']:+.3f} |")
-    return f"Which images to paint ({100 * f:g}% of training images, fill {noise}, λ = {lam:g}):\n\n" + "\n".join(lines)
+        for f in preset.ranked:
+            pair = [_find(agg, kind, method, f, JOB) for method in ("paired", RANKED)]
+            if None in pair:
+                continue
+            lines.append(f"| {kind} | {100 * f:g}% | {_cell(pair[0])} | {_cell(pair[1])} | "
+                         f"{pair[1]['acc'] - pair[0]['acc']:+.3f} |")
+    return f"Which images to paint (recipe: {JOB}):\n\n" + "\n".join(lines)
 
 
 def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) -> Path | None:
@@ -520,17 +602,21 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
     for row, kind in zip(axes, kinds):
         rs = [r for r in agg if r["kind"] == kind]
         ax = row[0]
-        xs = list(range(len(preset.fractions)))
-        lines = [("paired", lam, mode) for mode in dict.fromkeys((noise, *preset.fills))] + [("aug only", 0.0, noise)]
-        colours = ["tab:blue", "tab:cyan", "tab:brown", "tab:pink", "tab:gray", "tab:orange"]
-        for i, (method, l, mode) in enumerate(lines):
-            pts = {r["fraction"]: r for r in rs if r["method"] == method and r["lam"] == l and r["noise"] == mode}
+        fracs = sorted(set(preset.fractions) | set(preset.job_fractions))
+        xs = list(range(len(fracs)))
+        lines = [("paired", lam, RECIPES[JOB]["noise_mode"], JOB), (RANKED, lam, RECIPES[JOB]["noise_mode"], JOB)]
+        lines += [("paired", lam, mode, "") for mode in dict.fromkeys((noise, *preset.fills))]
+        lines += [("aug only", 0.0, noise, "")]
+        colours = ["tab:blue", "tab:purple", "tab:cyan", "tab:brown", "tab:pink", "tab:gray", "tab:orange"]
+        for i, (method, l, mode, recipe) in enumerate(lines):
+            pts = {r["fraction"]: r for r in rs
+                   if (r["method"], r["lam"], r["noise"], r["recipe"]) == (method, l, mode, recipe)}
             if not pts:
                 continue
-            ys = [pts[f]["acc"] if f in pts else np.nan for f in preset.fractions]
-            es = [pts[f]["acc_sd"] if f in pts else 0 for f in preset.fractions]
+            ys = [pts[f]["acc"] if f in pts else np.nan for f in fracs]
+            es = [pts[f]["acc_sd"] if f in pts else 0 for f in fracs]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colours[i % len(colours)],
-                        label=f"{method} (λ={l:g}, {mode})")
+                        label=f"{method} ({recipe})" if recipe else f"{method} (λ={l:g}, {mode})")
         for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green"), ("no feature", "tab:olive"),
                                ("groups", "tab:purple")):
             r = next((r for r in rs if r["method"] == method), None)
@@ -538,7 +624,7 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
                 ax.axhline(r["acc"], color=colour, ls="--", lw=1, label=f"{method} {r['acc']:.2f}")
                 ax.axhspan(r["acc"] - r["acc_sd"], r["acc"] + r["acc_sd"], color=colour, alpha=0.08)
         ax.axhline(1 / preset.n_classes, color="grey", ls=":", lw=1, label="chance")
-        ax.set_xticks(xs, [f"{100 * f:g}%" for f in preset.fractions])
+        ax.set_xticks(xs, [f"{100 * f:g}%" for f in fracs])
         ax.set_xlabel("training images with a painted mask")
         ax.set_ylabel("test accuracy (spurious feature random)")
         ax.set_ylim(0, 1.02)
@@ -547,7 +633,7 @@ def plot(agg: list[dict], path: Path, preset: Preset, lam: float, noise: str) ->
         ax = row[1]
         sweep = [r for r in rs if r["method"] in ("paired", "aug only") and r["fraction"] == preset.sweep_fraction]
         sweep.sort(key=lambda r: (r["noise"] != noise, r["noise"], r["lam"]))
-        labels = [f"{r['noise']}\nλ={r['lam']:g}" for r in sweep]
+        labels = [r["recipe"].replace(", ", "\n") if r["recipe"] else f"{r['noise']}\nλ={r['lam']:g}" for r in sweep]
         ax.bar(range(len(sweep)), [r["acc"] for r in sweep], yerr=[r["acc_sd"] for r in sweep], capsize=3,
                color=["tab:orange" if r["lam"] == 0 else "tab:blue" for r in sweep])
         for method, colour in (("ERM", "tab:red"), ("oracle", "tab:green")):
@@ -640,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                     m, frac, noise, lam = _method_label(r)
                     res = (f"diverged: {r['diverged']}" if r["diverged"] else
                            f"test acc {r['test_acc']:.3f}  worst group {r['worst_group_acc']:.3f}")
-                    print(f"  {w.kind} seed {w.seed}: {m:<20} masks {frac:>6} {noise:<12} λ {lam:<5} {res}  "
+                    print(f"  {w.kind} seed {w.seed}: {m:<20} {c.recipe or '–':<26} masks {frac:>6} {noise:<12} "
+                          f"λ {lam:<5} {res}  "
                           f"({r['train_s']:.1f}s)", flush=True)
     wall = time.perf_counter() - t_start
     agg = aggregate(rows)
@@ -651,20 +738,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} cosine; "
               f"mean ± sd over {preset.seeds} seeds. Machine: {machine()}. Wall time {wall:.0f} s.")
     fills = gap_table(agg, preset, args.lam, args.noise)
+    recipes = recipe_table(agg, preset)
     print()
     print(header)
     print()
     print(table)
     print()
-    print("Fills side by side (paired, λ = %g): test accuracy, mean ± sd (gap closed)" % args.lam)
+    print("Recipes side by side: test accuracy, mean ± sd (gap closed)")
     print()
-    print(fills)
-    ranking = ranking_table(agg, preset, args.lam, args.noise)
+    print(recipes)
+    if fills.count("\n") > 1:
+        print()
+        print("Fills side by side (paired, Robustar's loss, λ = %g): test accuracy, mean ± sd (gap closed)" % args.lam)
+        print()
+        print(fills)
+    ranking = ranking_table(agg, preset)
     if ranking:
         print()
         print(ranking)
-    (out / "efficacy.md").write_text(header + "\n\n" + table + "\n\nFills side by side (test accuracy, mean ± sd "
-                                     "(gap closed)):\n\n" + fills + "\n\n" + ranking + "\n")
+    (out / "efficacy.md").write_text(header + "\n\n" + table + "\n\nRecipes side by side (test accuracy, mean ± sd "
+                                     "(gap closed)):\n\n" + recipes
+                                     + ("\n\nFills side by side:\n\n" + fills if fills.count("\n") > 1 else "")
+                                     + "\n\n" + ranking + "\n")
     (out / "efficacy.json").write_text(json.dumps({"preset": asdict(preset), "lam": args.lam, "noise": args.noise,
                                                    "device": device, "machine": machine(), "wall_s": wall,
                                                    "runs": rows, "summary": agg}, indent=1))

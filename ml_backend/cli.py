@@ -29,22 +29,45 @@ def _worker(args: argparse.Namespace) -> int:
     redis = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=redis) for name in (args.queues or [settings.queue_name])]
     worker_cls = SimpleWorker if args.simple else Worker
+    if not args.cold:  # import the job's libraries once, before RQ forks a work-horse per job
+        from ml_backend.warm_worker import preload
+
+        preload()
     worker = worker_cls(queues, connection=redis, name=args.name)
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 
 
+def _import_source(args: argparse.Namespace, settings: Settings):
+    """The folder to upload, or the Local files / S3 storage to register (``ml_backend.storage``)."""
+    from ml_backend.storage import ImportErrorWithHint, LocalFilesSource, S3Source
+
+    storage = args.storage or ("s3" if args.dataset.startswith("s3://") else "upload")
+    if storage == "upload":
+        return args.dataset
+    if storage == "local-files":
+        return LocalFilesSource.create(args.dataset, args.document_root or settings.local_files_document_root,
+                                       args.ls_path)
+    if not args.dataset.startswith("s3://"):
+        raise ImportErrorWithHint(f"--storage s3 takes an s3://bucket/prefix dataset, not {args.dataset!r}")
+    return S3Source.parse(args.dataset, endpoint=args.s3_endpoint or settings.s3_endpoint,
+                          region=settings.aws_default_region, access_key_id=settings.aws_access_key_id,
+                          secret_access_key=settings.aws_secret_access_key, session_token=settings.aws_session_token,
+                          presign=not args.no_presign)
+
+
 def _import(args: argparse.Namespace) -> int:
     from ml_backend.importer import ImportErrorWithHint, import_dataset
 
-    api_key = args.api_key or Settings.from_env().label_studio_api_key
+    settings = Settings.from_env()
+    api_key = args.api_key or settings.label_studio_api_key
     if not api_key:
         print("error: give --api-key or set LABEL_STUDIO_API_KEY", file=sys.stderr)
         return 2
     try:
         report = import_dataset(
-            args.dataset, args.url, api_key, title=args.title, backend_url=args.backend_url,
-            progress=not args.quiet, predict=not args.no_predict,
+            _import_source(args, settings), args.url, api_key, title=args.title, backend_url=args.backend_url,
+            progress=not args.quiet, predict=not args.no_predict, task_batch=max(1, args.batch),
         )
     except ImportErrorWithHint as e:
         print(f"error: {e}", file=sys.stderr)
@@ -52,6 +75,7 @@ def _import(args: argparse.Namespace) -> int:
     print(
         f"project {report.project_id} ({len(report.classes)} classes): {report.imported} imported, "
         f"{report.skipped_existing} already there, {len(report.unreadable)} unreadable"
+        + (f"; images in place ({report.storage} storage {report.storage_id})" if report.storage_id else "")
         + (f"; ML backend {report.ml_backend_id} connected, model version {report.model_version}" if report.ml_backend_id else "")
     )
     print(f"open {args.url.rstrip('/')}/projects/{report.project_id}/data")
@@ -80,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--simple", action="store_true", help="run jobs in the worker process (no fork)")
     p.add_argument("--name", default=None)
+    p.add_argument("--cold", action="store_true",
+                   help="do not preload the job's libraries (each job's work-horse imports them: ~5-10 s more per job)")
     p.set_defaults(func=_worker)
 
     from ml_backend.train_cli import add_parser as add_train_parser
@@ -87,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     add_train_parser(sub)
 
     p = sub.add_parser("import", help="import an ImageFolder dataset into a Label Studio project")
-    p.add_argument("dataset", help="folder with train/<class>/* and test/<class>/*")
+    p.add_argument("dataset", help="folder with train/<class>/* and test/<class>/*, or s3://bucket/prefix with the same layout")
+    p.add_argument("--storage", choices=("upload", "local-files", "s3"), default=None,
+                   help="upload the images (default for a folder), or register the folder as Local files storage / the "
+                        "bucket as S3 storage and reference the images in place (docs/storage.md)")
+    p.add_argument("--document-root", default=None,
+                   help="local-files: Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default: that variable)")
+    p.add_argument("--ls-path", default=None,
+                   help="local-files: the dataset folder as Label Studio sees it, when mounted elsewhere there")
+    p.add_argument("--s3-endpoint", default=None, help="s3: an S3-compatible endpoint URL (default: S3_ENDPOINT; unset: AWS)")
+    p.add_argument("--no-presign", action="store_true",
+                   help="s3: Label Studio streams the images itself instead of redirecting to presigned URLs")
+    p.add_argument("--batch", type=int, default=500, help="tasks per import call (each batch is committed; a re-run resumes)")
     p.add_argument("--url", default=settings.label_studio_url or "http://localhost:8080")
     p.add_argument("--api-key", default=None, help="Label Studio legacy API token (or LABEL_STUDIO_API_KEY)")
     p.add_argument("--title", default="Robustar")

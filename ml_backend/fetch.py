@@ -11,6 +11,12 @@ Where an image may come from (no SSRF, no path traversal):
   or other non-global address) unless ``ALLOW_PRIVATE_IMAGE_HOSTS``, and the connection goes to the
   address checked (``_pinned_adapter``: no DNS rebinding between check and connect);
 - ``data:`` URIs (decoded inline);
+- Label Studio storage URLs (``s3://``, ``gs://``, ``azure-blob://``): resolved the way Label Studio
+  resolves them for its own pages, through ``<LABEL_STUDIO_URL>/projects/<project>/resolve/?fileuri=…``
+  with the token; Label Studio redirects to a presigned URL on the storage's endpoint (a host that must
+  be in ``ALLOWED_IMAGE_HOSTS``, checked like any redirect) or streams the bytes itself (presign off).
+  Local files storage URLs (``/data/local-files/?d=…``) are Label Studio URLs like uploads. A storage URL
+  that cannot be resolved raises an ``ImageError`` that says why (no storage, no access, a host not allowed);
 - ``file://`` URLs only under ``IMAGE_ROOT`` (the real path, symlinks resolved, must stay inside it).
 
 Anything else (other hosts, other schemes, ``file://`` without ``IMAGE_ROOT`` or outside it, user
@@ -31,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import hashlib
 import ipaddress
 import os
 import re
@@ -40,7 +47,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_to_bytes, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -54,10 +61,11 @@ from urllib3.util import connection as urllib3_connection
 from ml_backend.settings import Settings
 from training.images import ImageError, decode_image
 
-__all__ = ["DecodeMemory", "FetchPolicy", "ImageBudgetError", "ImageError", "ImageFetcher", "RequestBudget",
-           "describe_url", "decode_memory"]
+__all__ = ["DecodeMemory", "FetchPolicy", "HTTPStatusImageError", "HostNotAllowed", "ImageBudgetError", "ImageError",
+           "ImageFetcher", "RequestBudget", "STORAGE_SCHEMES", "describe_url", "decode_memory", "storage_uri"]
 
 MAX_REDIRECTS = 5
+STORAGE_SCHEMES = ("s3", "gs", "azure-blob")  # Label Studio's cloud storages: resolved through Label Studio
 _CHUNK = 1 << 16
 _BAD_URL_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -136,6 +144,72 @@ def _pinned_adapter(resolve) -> HTTPAdapter:
             self.poolmanager.pool_classes_by_scheme = {"http": PinnedHTTPPool, "https": PinnedHTTPSPool}
 
     return PinnedAdapter()
+
+
+class HostNotAllowed(ImageError):
+    """An image URL (or a redirect) points at a host the fetch policy does not allow."""
+
+    def __init__(self, message: str, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class HTTPStatusImageError(ImageError):
+    """The image server answered with an HTTP status other than 200 (``http_status``; not ``status``, which
+    callers read as the status of their own answer, as ``ImageBudgetError.status``)."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+def storage_resolve_path(project_id: int, uri: str) -> str:
+    """Label Studio's resolver of a storage URI (as its frontend uses it), relative to its URL."""
+    return f"projects/{int(project_id)}/resolve/?fileuri={base64.urlsafe_b64encode(uri.encode()).decode()}"
+
+
+def storage_uri(url: str) -> str | None:
+    """The storage URI (``s3://…``) behind a storage URL or a Label Studio resolver URL, else None."""
+    if urlsplit(url).scheme.lower() in STORAGE_SCHEMES:
+        return url
+    parts = urlsplit(url)
+    if not re.search(r"/(tasks|projects)/\d+/(resolve|presign)/?$", parts.path):
+        return None
+    fileuri = parse_qs(parts.query).get("fileuri", [""])[0]
+    try:
+        return base64.urlsafe_b64decode(fileuri.encode()).decode() or None
+    except (binascii.Error, ValueError, UnicodeError):
+        return unquote(fileuri) or None
+
+
+def storage_hint(uri: str, error: ImageError, project_id: int | None) -> str:
+    """What to do when Label Studio could not give the bytes of storage URI ``uri``."""
+    project = f"project {project_id}" if project_id is not None else "the task's project"
+    if isinstance(error, HostNotAllowed):
+        return (f"Label Studio resolved {uri} to a presigned URL on {error.host}, which the backend may not fetch "
+                f"from: add {error.host} to ALLOWED_IMAGE_HOSTS (and ALLOW_PRIVATE_IMAGE_HOSTS=true for a private "
+                "network), or turn the storage's presign off so that Label Studio streams the bytes")
+    status = getattr(error, "http_status", None)
+    if status == 404:
+        return (f"Label Studio cannot resolve {uri}: no import storage of {project} covers it, or the object is "
+                "missing (register the bucket: robustar import --storage s3, or Cloud Storage in the project settings)")
+    if status in (401, 403):
+        return f"Label Studio refused to resolve {uri} (HTTP {status}): the API key has no access to {project}"
+    return f"cannot fetch {uri} through Label Studio: {error}"
+
+
+def local_files_hint(url: str, error: ImageError) -> str | None:
+    """What to do when Label Studio would not serve a Local files URL (``/data/local-files/?d=…``)."""
+    if "/data/local-files" not in urlsplit(url).path:
+        return None
+    status = getattr(error, "http_status", None)
+    if status == 404:
+        return (f"Label Studio does not serve {describe_url(url)}: no Local files storage (of a project the API key "
+                "can read) holds that folder, or the file is missing under its LOCAL_FILES_DOCUMENT_ROOT")
+    if status == 403:
+        return (f"Label Studio refused {describe_url(url)} (HTTP 403): it serves local files only with "
+                "LOCAL_FILES_SERVING_ENABLED=true")
+    return None
 
 
 class ImageBudgetError(ImageError):
@@ -239,9 +313,13 @@ def _origin(url: str) -> tuple[str, str, int] | None:
 
 
 class ImageFetcher:
-    """Download task images from Label Studio with its API key (``Authorization: Token``), under ``policy``."""
+    """Download task images from Label Studio with its API key (``Authorization: Token``), under ``policy``.
 
-    def __init__(self, base_url: str | None, api_key: str | None, policy: FetchPolicy) -> None:
+    ``project_id``: the Label Studio project the tasks belong to, which resolves storage URLs (``s3://…``)."""
+
+    def __init__(self, base_url: str | None, api_key: str | None, policy: FetchPolicy,
+                 project_id: int | None = None) -> None:
+        self.project_id = project_id
         self.base_url = base_url.rstrip("/") + "/" if base_url else None
         self.api_key = api_key
         self.policy = policy
@@ -264,8 +342,14 @@ class ImageFetcher:
         scheme = urlsplit(url).scheme.lower()
         if scheme in ("http", "https", "data", "file"):
             return url
+        if scheme in STORAGE_SCHEMES:
+            if not self.base_url or self.project_id is None:
+                raise ImageError(f"{describe_url(url)} is a Label Studio storage URL: it is resolved through Label "
+                                 "Studio's project, so LABEL_STUDIO_URL and the project must be known")
+            return urljoin(self.base_url, storage_resolve_path(self.project_id, url))
         if scheme:
-            raise ImageError(f"image URL scheme {scheme!r} is not allowed (http(s) from Label Studio, data:, file:)")
+            raise ImageError(f"image URL scheme {scheme!r} is not allowed (http(s) from Label Studio, data:, file:, "
+                             f"{', '.join(s + '://' for s in STORAGE_SCHEMES)} through Label Studio)")
         if not self.base_url:
             raise ImageError(f"relative image URL {describe_url(url)!r} but the Label Studio URL is unknown (set LABEL_STUDIO_URL)")
         return urljoin(self.base_url, url.lstrip("/"))
@@ -330,10 +414,10 @@ class ImageFetcher:
         if origin is None:
             raise ImageError(f"image URL {describe_url(url)!r} is not a valid http(s) URL")
         if not self._host_allowed(origin):
-            raise ImageError(
+            raise HostNotAllowed(
                 f"image host {origin[1]}:{origin[2]} is not allowed: images come from Label Studio"
-                f"{' (' + self.base_url.rstrip('/') + ')' if self.base_url else ''} or a host in ALLOWED_IMAGE_HOSTS"
-            )
+                f"{' (' + self.base_url.rstrip('/') + ')' if self.base_url else ''} or a host in ALLOWED_IMAGE_HOSTS",
+                f"{origin[1]}:{origin[2]}")
         return url
 
     def _auth_for(self, url: str) -> dict[str, str]:
@@ -411,6 +495,18 @@ class ImageFetcher:
                 raise ImageError(f"{describe_url(url)} is more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
 
     def _download(self, url: str) -> bytes:
+        """The body behind an http(s) URL; a storage or Local files URL that Label Studio would not resolve
+        or serve raises with what to do (``storage_hint``, ``local_files_hint``)."""
+        try:
+            return self._follow(url)
+        except (HostNotAllowed, HTTPStatusImageError) as e:
+            uri = storage_uri(url)
+            hint = storage_hint(uri, e, self.project_id) if uri else local_files_hint(url, e)
+            if hint is None:
+                raise
+            raise type(e)(hint, e.host if isinstance(e, HostNotAllowed) else e.http_status) from e
+
+    def _follow(self, url: str) -> bytes:
         deadline = time.monotonic() + self.timeout  # one deadline for the whole image, redirects included
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -429,7 +525,8 @@ class ImageFetcher:
                         raise ImageError(f"redirect to {describe_url(url)!r} is not allowed")
                     continue
                 if response.status_code != 200:
-                    raise ImageError(f"downloading {describe_url(url)} answered HTTP {response.status_code}")
+                    raise HTTPStatusImageError(f"downloading {describe_url(url)} answered HTTP {response.status_code}",
+                                               response.status_code)
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise ImageError(f"{describe_url(url)} is {declared} bytes, more than {self.max_bytes} (MAX_IMAGE_BYTES)")
@@ -480,3 +577,70 @@ class ImageFetcher:
                 raise
 
         return decode_image(self.fetch_bytes(url), describe_url(url), self.policy.max_pixels, max_side, admit)
+
+    # ------------------------------------------------------------------------------------------
+    # versions, for the training image cache (training.image_cache)
+
+    def fetch_versioned(self, url: str, known: str | None = None) -> tuple[Image.Image | None, str]:
+        """The image behind ``url`` and its version key, or ``(None, known)`` when it has not changed since
+        version ``known`` (a ``training.image_cache.VersionedSource``). Version keys: ``upload`` for Label
+        Studio's own uploads (``/data/upload/``: each file is named with a unique prefix and never rewritten,
+        so a cached one is not asked for again), ``file:<mtime_ns>:<size>`` for IMAGE_ROOT files (a stat, no
+        read), ``etag:`` / ``modified:`` from an HTTP server's validators (asked with a conditional GET: a
+        304 transfers nothing), else ``sha256:`` of the bytes (data URIs, servers without validators)."""
+        try:
+            checked = self.check_url(url)
+            scheme = urlsplit(checked).scheme.lower()
+            if scheme == "file":
+                st = os.stat(os.path.realpath(unquote(urlsplit(checked).path)))
+                version = f"file:{st.st_mtime_ns}:{st.st_size}"
+                data = None if version == known else self._local_file(checked)
+            elif scheme in ("http", "https") and _origin(checked) == self._ls_origin \
+                    and urlsplit(checked).path.startswith("/data/upload/"):
+                version = "upload"
+                data = None if known == version else self._download(checked)
+            elif scheme in ("http", "https"):
+                data, version = self._conditional_get(checked, known)
+            else:
+                data = self.fetch_bytes(url)
+                version = "sha256:" + hashlib.sha256(data).hexdigest()
+        except ImageError:
+            raise
+        except (ValueError, UnicodeError, OSError) as e:
+            raise ImageError(f"cannot fetch {describe_url(url)}: {type(e).__name__}: {e}") from e
+        if data is None or version == known:
+            return None, version
+        memory = decode_memory(self.policy.max_decode_bytes)
+        admit = (lambda source, nbytes, _size: memory.hold(source, nbytes, self.timeout)) if memory else None
+        return decode_image(data, describe_url(url), self.policy.max_pixels, None, admit), version
+
+    def _conditional_get(self, url: str, known: str | None) -> tuple[bytes | None, str]:
+        """GET with ``If-None-Match`` / ``If-Modified-Since`` from ``known``: ``(None, known)`` on 304, else the
+        body and its version. A redirect takes the plain path (``_download``: every hop checked)."""
+        headers = dict(self._auth_for(url))
+        if known and known.startswith("etag:"):
+            headers["If-None-Match"] = known[len("etag:"):]
+        elif known and known.startswith("modified:"):
+            headers["If-Modified-Since"] = known[len("modified:"):]
+        deadline = time.monotonic() + self.timeout
+        try:
+            response = self.session.get(url, headers=headers, timeout=self._left(deadline, url), stream=True,
+                                        allow_redirects=False)
+        except requests.RequestException as e:
+            raise ImageError(f"cannot download {describe_url(url)}: {type(e).__name__}") from e
+        with response:
+            if response.status_code == 304 and known:
+                return None, known
+            if not response.is_redirect and response.status_code != 200:
+                raise ImageError(f"downloading {describe_url(url)} answered HTTP {response.status_code}")
+            if response.status_code == 200:
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise ImageError(f"{describe_url(url)} is {declared} bytes, more than {self.max_bytes} (MAX_IMAGE_BYTES)")
+                data = self._read_body(response, url, deadline)
+                etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+                version = f"etag:{etag}" if etag else f"modified:{modified}" if modified else \
+                    "sha256:" + hashlib.sha256(data).hexdigest()
+                return data, version
+        data = self._download(url)
+        return data, "sha256:" + hashlib.sha256(data).hexdigest()

@@ -1,16 +1,20 @@
 """Import an ImageFolder dataset (``train/<class>/*``, ``test/<class>/*``) into a Label Studio project.
 
-The images are uploaded to Label Studio (so it serves them), one task per image with ``split``,
-ground-truth ``label`` and a stable ``key`` (the path inside the dataset) in its data; re-running
-skips images whose key is already a task. Then the ML backend is connected and the project's model
-version set to the one the backend reports, so the Data Manager's prediction-score column fills.
+One task per image with ``split``, ground-truth ``label`` and a stable ``key`` (the path inside the
+dataset) in its data. The images are uploaded to Label Studio (so it serves them), or left where they
+are and registered as the project's Local files or S3 storage (``ml_backend.storage``). Tasks are
+created in batches (``task_batch`` per import call), a progress line after each; an interrupted import
+is resumed by running it again: images whose key is already a task are skipped, so nothing is
+imported twice. Then the ML backend is connected and the project's model version set to the one the
+backend reports, so the Data Manager's prediction-score column fills.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from tqdm import tqdm
 from label_config.render import parse_config, render_config
 from ml_backend.security import SECRET_HEADER, basic_auth_header, signed_page_url
 from ml_backend.settings import Settings
+from ml_backend.storage import ImportErrorWithHint, LocalFilesSource, S3Source, StorageSource, register_storage, split_key
 
 NO_BACKEND_PAGE = "data:text/html,<i>no ML backend connected: no influence page</i>"
 
@@ -31,14 +36,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 SPLITS = ("train", "test")
 
 
-class ImportErrorWithHint(RuntimeError):
-    """The dataset or the server is not usable; the message says what to fix."""
-
-
 @dataclass
 class DatasetItem:
     key: str  # "train/cat/001.png"
-    path: Path
+    path: Path | None  # None: the image is not on this machine (S3)
     split: str
     label: str
 
@@ -52,6 +53,9 @@ class ImportReport:
     unreadable: list[str] = field(default_factory=list)
     ml_backend_id: int | None = None
     model_version: str | None = None
+    storage: str = "upload"  # upload | localfiles | s3
+    storage_id: int | None = None
+    seconds: float = 0.0  # creating the tasks (and uploading the files)
 
 
 def scan_dataset(root: str | Path) -> tuple[list[str], list[DatasetItem], list[str]]:
@@ -82,6 +86,19 @@ def scan_dataset(root: str | Path) -> tuple[list[str], list[DatasetItem], list[s
     if not items:
         raise ImportErrorWithHint(f"{root}: no readable images found" + (f" ({len(bad)} unreadable)" if bad else ""))
     return classes, items, bad
+
+
+def scan_keys(where: str, keys: list[str]) -> tuple[list[str], list[DatasetItem]]:
+    """(classes, items) of the ImageFolder keys (``<split>/<class>/<file>``) of a bucket listing; the images
+    are not read here (the backend and the worker name a task whose image does not decode)."""
+    items = []
+    for key in sorted(keys):
+        shape = split_key(key)
+        if shape and shape[0] in SPLITS and Path(key).suffix.lower() in IMAGE_SUFFIXES:
+            items.append(DatasetItem(key, None, *shape))
+    if not items:
+        raise ImportErrorWithHint(f"{where}: no images under train/<class>/ or test/<class>/ ({len(keys)} objects listed)")
+    return sorted({it.label for it in items}), items
 
 
 class LabelStudioImporter:
@@ -122,7 +139,9 @@ class LabelStudioImporter:
         while True:
             r = self.http.get(
                 f"{self.url}/api/tasks",
-                params={"project": project_id, "page": page, "page_size": 1000, "fields": "all"},
+                # only id and data, unresolved: ~10x faster than whole tasks (0.5 s per 1000 on LS 1.23)
+                params={"project": project_id, "page": page, "page_size": 1000, "fields": "all", "include": "id,data",
+                        "resolve_uri": "false"},
                 timeout=self.timeout,
             )
             if r.status_code == 404:
@@ -144,6 +163,11 @@ class LabelStudioImporter:
         try:
             yield
         finally:
+            self.client.projects.update(id=project_id, label_config=render_config(classes))
+
+    def restore_config(self, project_id: int, classes: list[str]) -> None:
+        """Put the full config back if an import was killed inside ``uploads_allowed`` (no ``finally`` ran)."""
+        if self.client.projects.get(id=project_id).label_config != render_config(classes):
             self.client.projects.update(id=project_id, label_config=render_config(classes))
 
     def upload(self, project_id: int, items: list[DatasetItem]) -> list[str]:
@@ -257,7 +281,7 @@ def _basic_auth() -> tuple[str | None, str | None]:
 
 
 def import_dataset(
-    dataset: str | Path,
+    dataset: str | Path | StorageSource,
     url: str,
     api_key: str,
     title: str = "Robustar",
@@ -265,31 +289,59 @@ def import_dataset(
     batch_size: int = 50,
     progress: bool = True,
     predict: bool = True,
+    task_batch: int = 500,
 ) -> ImportReport:
-    """Import a dataset into Label Studio (idempotent) and connect the backend when given."""
-    classes, items, bad = scan_dataset(dataset)
+    """Import a dataset into Label Studio (idempotent, resumable) and connect the backend when given.
+
+    ``dataset``: a folder (its images are uploaded, ``batch_size`` files per request), or a
+    ``LocalFilesSource``/``S3Source`` (registered as the project's storage; the tasks reference the images
+    in place). Tasks are created ``task_batch`` per import call, each batch as soon as its files are
+    uploaded, so an interrupted import loses at most one batch of uploads and a re-run goes on from there.
+    """
+    classes, items, bad = _scan(dataset)
     for message in bad:
         log.error(message)
     importer = LabelStudioImporter(url, api_key)
     project_id = importer.find_or_create_project(title, classes)
     report = ImportReport(project_id, classes, unreadable=bad)
+    if not isinstance(dataset, (str, Path)):
+        report.storage = dataset.kind
+        report.storage_id = register_storage(importer.http, importer.url, project_id, dataset, importer.timeout)
     known = importer.existing_keys(project_id)
     todo = [it for it in items if it.key not in known]
     report.skipped_existing = len(items) - len(todo)
     if todo:
-        urls: list[str] = []
-        with tqdm(total=len(todo), desc="uploading", unit="img", disable=not progress, file=sys.stderr) as bar:
-            with importer.uploads_allowed(project_id, classes):
-                for start in range(0, len(todo), batch_size):
-                    chunk = todo[start : start + batch_size]
-                    urls += importer.upload(project_id, chunk)
-                    bar.update(len(chunk))
-        for start in range(0, len(todo), 1000):
-            importer.create_tasks(project_id, todo[start : start + 1000], urls[start : start + 1000], backend_url)
-            report.imported += len(todo[start : start + 1000])
+        t0 = time.perf_counter()
+        uploading = isinstance(dataset, (str, Path))
+        with importer.uploads_allowed(project_id, classes) if uploading else nullcontext():
+            for start in range(0, len(todo), task_batch):
+                chunk = todo[start : start + task_batch]
+                if uploading:
+                    urls = [u for i in range(0, len(chunk), batch_size)
+                            for u in importer.upload(project_id, chunk[i : i + batch_size])]
+                else:
+                    urls = [dataset.image_url(it.key) for it in chunk]
+                importer.create_tasks(project_id, chunk, urls, backend_url)
+                report.imported += len(chunk)
+                if progress:
+                    took = time.perf_counter() - t0
+                    print(f"import: {report.imported}/{len(todo)} tasks created in project {project_id} "
+                          f"({report.imported / took:.0f} tasks/s, {report.skipped_existing} already there)",
+                          file=sys.stderr, flush=True)
+        report.seconds = time.perf_counter() - t0
+    elif isinstance(dataset, (str, Path)):
+        importer.restore_config(project_id, classes)
     if backend_url:
         report.ml_backend_id, report.model_version = importer.connect_backend(project_id, backend_url)
         if predict and report.model_version:
             importer.retrieve_predictions(project_id, importer.task_ids(project_id), progress=progress)
             importer.set_model_version(project_id, report.model_version)
     return report
+
+
+def _scan(dataset: str | Path | StorageSource) -> tuple[list[str], list[DatasetItem], list[str]]:
+    """(classes, items, unreadable-file messages) of a folder, a Local files folder or an S3 prefix."""
+    if isinstance(dataset, S3Source):
+        classes, items = scan_keys(dataset.describe(), dataset.list_keys())
+        return classes, items, []
+    return scan_dataset(dataset.folder if isinstance(dataset, LocalFilesSource) else dataset)

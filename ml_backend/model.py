@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher, RequestBudge
 from ml_backend.influence import InfluencePart
 from ml_backend.ls_client import label_studio_origin
 from ml_backend.parts import PartOutput, PredictContext, PredictionPart
+from ml_backend.propagation_part import PropagationPart
 from ml_backend.saliency import SaliencyPart
 from ml_backend.segmentation import SegmentationPart
 from ml_backend.serving import ModelRegistry
@@ -24,7 +26,7 @@ from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KNOWN_PARTS = ("saliency", "segmentation", "influence")
+KNOWN_PARTS = ("saliency", "segmentation", "influence", "propagation")
 
 
 def configured_parts(settings: Settings) -> list[PredictionPart]:
@@ -55,6 +57,8 @@ def configured_parts(settings: Settings) -> list[PredictionPart]:
             parts.append(SegmentationPart.from_settings(settings))
     if "influence" in wanted:
         parts.append(InfluencePart.from_settings(settings))
+    if "propagation" in wanted:
+        parts.append(PropagationPart.from_settings(settings))
     for name, why in disabled.items():
         log.info("prediction part %s: %s", name, why)
     return parts
@@ -94,7 +98,7 @@ class RobustarModel:
         self.parts = parts or []
         self.config: ParsedConfig = parse_config(label_config)
         self.label_studio = label_studio_origin(settings, hostname, access_token)
-        self.fetcher = ImageFetcher(*self.label_studio, FetchPolicy.from_settings(settings))
+        self.fetcher = ImageFetcher(*self.label_studio, FetchPolicy.from_settings(settings), project_id=project_id)
 
     @property
     def model_version(self) -> str:
@@ -131,12 +135,30 @@ class RobustarModel:
         with ThreadPoolExecutor(max_workers=min(self.settings.fetch_workers, len(tasks))) as pool:
             return list(pool.map(one, tasks))
 
+    def view_only(self, part: PredictionPart) -> bool:
+        """The part's output is only a view the browser loads by URL (``$saliency``, ``$influence``), which
+        ``ml_backend.lazy_views`` can make on the first GET: the saliency heatmap when the config has no
+        attention brush; the influence/suspicion page (its score is not a view) when it has the HyperText."""
+        if part.name == "saliency":
+            return self.config.has_saliency_view and not self.config.attention_control
+        return False
+
     def predict(
-        self, tasks: list[dict], context: dict | None = None, errors: list[tuple] | None = None, **kwargs: Any
+        self, tasks: list[dict], context: dict | None = None, errors: list[tuple] | None = None,
+        only: tuple[str, ...] | None = None, lazy_views: bool = False, **kwargs: Any
     ) -> list[dict]:
         """One prediction per task, in order; a task whose image fails gets an empty result (logged,
         and appended to ``errors`` as ``(task index, message, status)`` when a list is given: 413 over a
-        memory budget, 503 busy, else 422)."""
+        memory budget, 503 busy, else 422).
+
+        ``only``: run just these parts (by name). ``lazy_views``: leave out what only a view shows (see
+        ``view_only``; the influence part then gives scores without writing pages) — what the worker pushes
+        after training (``PUSH_DETAIL=light``)."""
+        parts = [p for p in self.parts if only is None or p.name in only]
+        config = self.config
+        if lazy_views:
+            parts = [p for p in parts if not self.view_only(p)]
+            config = replace(config, has_influence_view=False)  # influence: the suspicion score, no page
         served = self.registry.get(self.project_id, self.config.classes)
         fetched = self._fetch_all(tasks, self.max_side(served.meta.image_size))
         ok = [i for i, f in enumerate(fetched) if not isinstance(f, ImageError)]
@@ -160,16 +182,17 @@ class RobustarModel:
         ctx = PredictContext(
             project_id=self.project_id,
             settings=self.settings,
-            config=self.config,
+            config=config,
             served=served,
             tasks=[tasks[i] for i in ok],
             images=images,
             probs=probs,
             fetcher=self.fetcher,
             label_studio=self.label_studio,
+            context=context or None,
         )
         scored: set[int] = set()
-        for part in self.parts:
+        for part in parts:
             try:
                 out: PartOutput = part(ctx)
             except Exception:  # one part failing degrades only that part
@@ -181,7 +204,7 @@ class RobustarModel:
                 if out.scores is not None and out.scores[j] is not None:
                     results[i]["score"] = float(out.scores[j])
                     scored.add(i)
-        if any(p.name == "influence" for p in self.parts):  # one meaning per score: a training task's is its suspicion
+        if any(p.name == "influence" for p in parts):  # one meaning per score: a training task's is its suspicion
             for i in ok:
                 if i not in scored and (tasks[i].get("data") or {}).get("split") == TRAIN_SPLIT:
                     results[i]["score"] = None  # no suspicion (index unavailable): no score rather than a confidence

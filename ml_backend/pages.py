@@ -119,7 +119,9 @@ def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> s
             f"<table><tr><th>split</th><th>{escape(str(parent))}</th><th>{escape(v)}</th><th>Δ accuracy</th>"
             f"<th>images</th><th>painted</th></tr>{rows}</table>"
             f"<p>Training images used: <b>{counts.get('train_images', '–')}</b>, painted: "
-            f"<b>{counts.get('train_painted', '–')}</b>; class corrections: {counts.get('corrected', 0)}.</p>")
+            f"<b>{counts.get('train_painted', '–')}</b>, with a propagated mask: "
+            f"<b>{counts.get('propagated_used', 0)}</b> of {counts.get('propagated', 0)} proposed; "
+            f"class corrections: {counts.get('corrected', 0)}.</p>")
     if skip_rows:
         body += f"<table><tr><th>tasks skipped: why</th><th>n</th><th>tasks</th></tr>{skip_rows}</table>"
     if ignored_rows:

@@ -30,6 +30,7 @@ class PredictContext:
     probs: torch.Tensor  # N×C class probabilities from the classifier
     fetcher: Any = None  # the project's ImageFetcher (a part that needs other tasks' images uses it)
     label_studio: tuple[str | None, str | None] = (None, None)  # the project's Label Studio origin and credential
+    context: dict | None = None  # interactive pre-annotation: Label Studio's params.context (the expert's marks)
 
 
 @dataclass

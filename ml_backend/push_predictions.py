@@ -5,7 +5,10 @@ Label Studio's Data Manager column "Prediction score" averages the scores of the
 .json), and once that is no longer the backend title the label stream shows the stored predictions
 instead of calling ``/predict``. So the worker predicts every task with the new version (the same
 ``RobustarModel.predict`` the backend serves, with every configured prediction part), stores the
-predictions with ``model_version=vN`` and then sets ``project.model_version = vN``.
+predictions with ``model_version=vN`` and then sets ``project.model_version = vN``. With
+``PUSH_DETAIL=light`` (the default) a pushed prediction holds what the Data Manager needs — the class and
+the score (a training task's suspicion) — and the views the labeling page loads by URL (heatmap,
+influence page) are made when a task is opened (``ml_backend.lazy_views``).
 
 Everything here is best effort: the caller logs a failure and the job still succeeds.
 """
@@ -17,6 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
+from ml_backend.lazy_views import TaskRecords
 from ml_backend.model import RobustarModel, configured_parts
 from ml_backend.serving import ModelRegistry
 from ml_backend.settings import Settings
@@ -26,8 +30,17 @@ log = logging.getLogger(__name__)
 PredictFn = Callable[[list[dict]], list[dict]]
 
 
+DETAILS = ("light", "full")
+
+
 def backend_predictor(settings: Settings, project_id: int, label_config: str, version: str) -> PredictFn:
-    """``RobustarModel(...).predict`` pinned to ``version``, with the backend's configured parts."""
+    """``RobustarModel(...).predict`` pinned to ``version``, with the backend's configured parts.
+
+    ``PUSH_DETAIL=light`` (default): views the browser loads by URL (saliency heatmap, influence/suspicion
+    page) are left out and each batch's tasks are recorded (``lazy_views.TaskRecords``), so the backend
+    makes those views on a task's first GET; ``full``: every part, every task, now."""
+    if settings.push_detail not in DETAILS:
+        raise ValueError(f"PUSH_DETAIL={settings.push_detail!r}: choose one of {', '.join(DETAILS)}")
     pinned = replace(settings, pinned_version=version)
     try:
         parts = configured_parts(pinned)
@@ -35,7 +48,15 @@ def backend_predictor(settings: Settings, project_id: int, label_config: str, ve
         log.warning("project %s: prediction parts unavailable for pushed predictions: %s", project_id, e)
         parts = []
     model = RobustarModel(project_id, label_config, pinned, ModelRegistry(pinned), parts)
-    return lambda tasks: model.predict(tasks)
+    if settings.push_detail == "full":
+        return lambda tasks: model.predict(tasks)
+    records = TaskRecords(settings.model_dir, project_id)
+
+    def predict_light(tasks: list[dict]) -> list[dict]:
+        records.write(tasks, label_config)
+        return model.predict(tasks, lazy_views=True)
+
+    return predict_light
 
 
 MAX_CONSECUTIVE_FAILURES = 3

@@ -71,7 +71,7 @@ class Settings:
     seed: int = 0
     public_url: str | None = None
     # prediction parts (docs/predictions.md)
-    predict_parts: tuple[str, ...] = ("saliency", "influence", "segmentation")
+    predict_parts: tuple[str, ...] = ("saliency", "influence", "segmentation", "propagation")
     saliency_method: str = "grad"  # grad | max_grad | ig | gradcam
     saliency_top_q: float = 5.0  # percent of pixels in the "Model attention" brush region
     saliency_ig_steps: int = 16
@@ -89,6 +89,7 @@ class Settings:
     influence_build: str = "background"  # background | sync | off (index built lazily by the backend or not)
     influence_batch_size: int = 64
     suspicion_ranking: str = "class_balanced"  # class_balanced (score = rank of the suspicion in its class) | raw
+    push_detail: str = "light"  # after training: light (class + score; heatmaps/pages made on first view) | full
     # reliability and security (docs/reliability.md)
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
@@ -110,6 +111,9 @@ class Settings:
     train_every_n_annotations: int = 0
     train_retries: int = 1
     train_job_timeout: int = 6 * 3600
+    train_cache_dir: Path | None = None  # decoded, resized training images (training.image_cache); unset: MODEL_DIR/cache
+    train_cache_max_bytes: int = 32 << 30  # the cache is pruned to this after every job (least recently used; 0: never)
+    train_gpus: int = 0  # > 1: the worker's job runs under torchrun, one process per GPU (gloo without CUDA)
     redis_key_prefix: str = "robustar:"
     # torch.distributed, as torchrun sets them for `robustar train` (docs/training.md#several-gpus-and-a-cluster)
     world_size: int = 1
@@ -124,6 +128,13 @@ class Settings:
     http_max_header_bytes: int = 16 * 1024  # request line + headers (h11; larger: 400)
     log_level: str = "info"
     ls_venv: Path | None = None  # the Label Studio venv used by `robustar demo` and the tests
+    # `robustar import --storage local-files|s3` (docs/storage.md): what Label Studio's storage is registered with
+    local_files_document_root: Path | None = None  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT
+    s3_endpoint: str | None = None  # an S3-compatible endpoint URL (MinIO, Ceph ...); unset: AWS
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    aws_default_region: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod

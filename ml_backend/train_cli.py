@@ -38,7 +38,34 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="OPTION=VALUE",
                    help="a job option, as the webhook's (epochs=5, noise_mode=noise, ...); TRAIN_* set defaults")
     p.add_argument("--output", type=Path, default=None, help="also write the summary (JSON) to this file")
+    p.add_argument("--progress-file", type=Path, default=None,
+                   help="append rank 0's progress states (and any rank's failure) as JSON lines (TRAIN_GPUS jobs)")
+    p.add_argument("--job-id", default=None, help="the RQ job this run belongs to (named in the summary)")
     p.set_defaults(func=run)
+
+
+def progress_file_sink(path: Path):
+    """A ``Progress`` sink appending each state as one JSON line to ``path`` (read by ``ml_backend.launch``)."""
+
+    def write(state: dict) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps(state, default=str) + "\n")
+
+    return write
+
+
+def record_failure(path: Path | None, exc: BaseException) -> None:
+    """Append ``{"phase": "failed", ...}`` with this rank's reason to the progress file (best effort)."""
+    if path is None:
+        return
+    from training import distributed as dist
+
+    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    try:
+        progress_file_sink(path)({"phase": "failed", "rank": dist.rank(), "world_size": dist.world_size(),
+                                  "error": f"{type(exc).__name__}: {reason}", "value_error": isinstance(exc, ValueError)})
+    except OSError:
+        pass
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -101,8 +128,13 @@ def train(args: argparse.Namespace, settings: Settings) -> dict:
         project_id = args.project_id if args.project_id is not None else 0
         store = CheckpointStore(settings.model_dir, project_id)
         label_config, tasks = dist.broadcast(_read_export(args, settings, client) if dist.is_main() else None)
-        return train_tasks(settings, store, project_id, label_config, tasks, opts, Progress(project_id=project_id),
-                           client=client)
+        progress_path = getattr(args, "progress_file", None)
+        sink = progress_file_sink(progress_path) if progress_path is not None and dist.is_main() else None
+        progress = Progress(sink, project_id=project_id, job_id=getattr(args, "job_id", None))
+        return train_tasks(settings, store, project_id, label_config, tasks, opts, progress, client=client)
+    except Exception as e:
+        record_failure(getattr(args, "progress_file", None), e)
+        raise
     finally:
         dist.shutdown()
 

@@ -6,6 +6,8 @@ Project ids outside the range ``/setup`` accepts are 404 (never a file name from
 task keys are hashed into file names (``ml_backend.task_files``); versions must be ``v<N>``. A heatmap
 of an older version is served (named in ``X-Robustar-Model-Version``) until the served one computed
 its own; a page not computed yet is a short note, not an error, so Label Studio shows no error box.
+A heatmap or page the served version has not made yet is made on this GET when the worker recorded the
+task while pushing vN's predictions (``ml_backend.lazy_views``), then cached.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from ml_backend.heatmaps import HeatmapCache
+from ml_backend.lazy_views import make_views
 from ml_backend.pages import pending_page, report_page
 from ml_backend.task_files import InfluencePages
 from ml_backend.validation import MAX_PROJECT_ID
@@ -48,7 +51,16 @@ def _task_file(request: Request, project_id: str, key: str, cache_class) -> tupl
         version = request.app.state.backend.registry.current_version(pid)
     except (FileNotFoundError, ValueError):
         version = None
-    return pid, version, cache_class(request.app.state.settings.model_dir, pid).find(key, version)
+    cache = cache_class(request.app.state.settings.model_dir, pid)
+    found = cache.find(key, version)
+    if version is not None and (found is None or found[1] != version):  # not made by the served version yet
+        def made() -> bool:
+            again = cache.find(key, version)
+            return again is not None and again[1] == version
+
+        if make_views(request.app.state.backend, pid, key, made):
+            found = cache.find(key, version)
+    return pid, version, found
 
 
 def saliency_png(request: Request, project_id: str, key: str):

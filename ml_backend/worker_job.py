@@ -37,6 +37,7 @@ from ml_backend.settings import Settings
 from ml_backend.versions import remember_selection
 from training import distributed as dist
 from training.checkpoints import CheckpointStore
+from training.image_cache import ImageCache
 from training.options import TrainOptions
 from training.pipeline import PipelineResult, run_pipeline
 from training.progress import Progress
@@ -49,6 +50,13 @@ def job_options(settings: Settings, overrides: dict | None) -> TrainOptions:
     """``TRAIN_*`` defaults (falling back to the backend's SEED/DEVICE/FETCH_WORKERS) <- job options."""
     base = {"seed": settings.seed, "device": settings.device, "num_workers": settings.fetch_workers}
     return TrainOptions.resolve(settings.train_env, overrides, base)
+
+
+def image_cache(settings: Settings) -> ImageCache:
+    """The machine's training image cache: ``TRAIN_CACHE_DIR`` (default ``MODEL_DIR/cache``), pruned to
+    ``TRAIN_CACHE_MAX_BYTES`` after each job, sparing entries used within ``TRAIN_JOB_TIMEOUT``."""
+    root = settings.train_cache_dir or Path(settings.model_dir) / "cache"
+    return ImageCache(root, settings.train_cache_max_bytes, grace_s=settings.train_job_timeout)
 
 
 def build_index(settings: Settings, store: CheckpointStore, result: PipelineResult) -> str | None:
@@ -119,8 +127,12 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     if not label_config:
         raise ValueError(f"project {project_id} has no label config")
     tasks = fetch_export(client, project_id)
-    summary = train_tasks(settings, store, project_id, label_config, tasks, opts, progress, client=client,
-                          timings={"export": time.perf_counter() - t}, t_start=t_start)
+    if settings.train_gpus > 1:  # TRAIN_GPUS=N: the same job under torchrun, N processes (ml_backend.launch)
+        summary = train_under_torchrun(settings, project_id, label_config, tasks, options, progress,
+                                       export_s=time.perf_counter() - t, t_start=t_start)
+    else:
+        summary = train_tasks(settings, store, project_id, label_config, tasks, opts, progress, client=client,
+                              timings={"export": time.perf_counter() - t}, t_start=t_start)
     version = summary["version"]
     if summary["published"]:
         card.show(f"serving {version}", force=True,
@@ -128,6 +140,25 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     else:
         card.show(f"serving {summary['parent']} · {version} kept, not published: {summary['not_published']}",
                   force=True)
+    return summary
+
+
+def train_under_torchrun(settings: Settings, project_id: int, label_config: str, tasks: list[dict],
+                         options: dict | None, progress: Progress, *, export_s: float, t_start: float) -> dict[str, Any]:
+    """``train_tasks`` in ``TRAIN_GPUS`` processes (``robustar train`` under torchrun); rank 0's summary, with
+    the export's and the whole job's seconds. Rank 0's progress reaches this job's sinks."""
+    from ml_backend.launch import train_distributed
+
+    t = time.perf_counter()
+    summary = train_distributed(settings.train_gpus, project_id, label_config, tasks, options or {}, progress.sink,
+                                job_id=progress.job_id)
+    # torchrun: the processes' whole life (start-up, imports, rendezvous, the job); total: the whole RQ job
+    summary.setdefault("timings", {}).update(export=round(export_s, 3), torchrun=round(time.perf_counter() - t, 3),
+                                             total=round(time.perf_counter() - t_start, 3))
+    try:
+        write_summary(Path(summary["run_dir"]), summary)
+    except (OSError, KeyError) as e:
+        log.warning("could not update the run summary of %s: %s", summary.get("version"), e)
     return summary
 
 
@@ -149,12 +180,14 @@ def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, lab
     export = parse_export(tasks, config, label_source=opts.label_source)
     timings["decode"] = time.perf_counter() - t
 
-    fetcher = ImageFetcher(settings.label_studio_url, settings.label_studio_api_key, FetchPolicy.from_settings(settings))
+    fetcher = ImageFetcher(settings.label_studio_url, settings.label_studio_api_key, FetchPolicy.from_settings(settings),
+                           project_id=project_id)
     if settings.pinned_version and dist.is_main():
         log.warning("MODEL_VERSION=%s pins the served version; the new version is published but not served "
                     "until the pin is removed", settings.pinned_version)
     result = run_pipeline(store, config.classes, export, opts, fetcher.fetch, model_defaults(settings), progress,
-                          extra_config={"project_id": project_id, "job_id": progress.job_id})
+                          extra_config={"project_id": project_id, "job_id": progress.job_id},
+                          cache=image_cache(settings), source=fetcher.fetch_versioned)
     summary = result.summary
     if summary.get("rank", 0):  # a rank other than 0 under torchrun: rank 0 does the rest
         return summary

@@ -43,12 +43,13 @@ def _result(smoke_runs, name: str) -> tuple[str, Path]:
 
 def test_efficacy_smoke(smoke_runs):
     out, tmp_path = _result(smoke_runs, "efficacy")
-    header = "| kind | method | masks | noise | λ | test acc | worst-group acc |"
+    header = "| kind | method | recipe | masks | fill | λ | test acc | worst-group acc |"
     assert header in out
     for method in ("| ERM |", "| oracle |", "| no feature |", "| groups (worst-group) |", "| paired |", "| aug only |"):
         assert method in out, method
     md = (tmp_path / "efficacy.md").read_text()
     assert header in md and "seeds" in md
+    assert "| job default |" in out and "Which images to paint" in out
     assert (tmp_path / "efficacy.png").stat().st_size > 1000
 
     data = json.loads((tmp_path / "efficacy.json").read_text())
@@ -57,6 +58,9 @@ def test_efficacy_smoke(smoke_runs):
     painted = [r for r in data["runs"] if r["method"] in ("paired", "aug only")]
     assert painted and all(r["n_painted"] >= 1 for r in painted)
     assert all(r["n_painted"] == 0 for r in data["runs"] if r["method"] in ("ERM", "oracle", "no feature", "groups"))
+    # the job's recipe propagated the painted masks to the other training images, with their IoU measured
+    job = [r for r in data["runs"] if r.get("recipe") == "job default"]
+    assert job and all(r["propagated_used"] >= 1 and 0.0 <= r["mask_iou"] <= 1.0 for r in job)
 
 
 def test_speed_smoke(smoke_runs):

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from training.augment import augment_batch, crop_box
 from training.checkpoints import CheckpointMeta, ModelDefaults
 from training.dataset import PairedDataset
 from training.engine import fit, make_optimizer, make_scheduler
-from training.models import build_model, classifier_head
+from training.models import SmallCNN, build_model, classifier_head
 from training.options import AUTO, OptionsError, TrainOptions
 from training.pipeline import start_model
 from training.recipe import EPOCH_BOUNDS, choose_arch, resolve_recipe
@@ -85,11 +88,14 @@ def test_pretrained_weights_get_a_slower_backbone():
 
 
 def test_arch_for_the_image_size():
-    assert choose_arch(None, "resnet-18", 64)[0] == "resnet-18-32x32"
-    assert "small-image stem" in choose_arch(None, "resnet-18", 96)[1]
+    assert choose_arch(None, "resnet-18", 64)[0] == "small-cnn"
+    assert "no weights to keep" in choose_arch(None, "resnet-18", 96)[1]
     assert choose_arch(None, "resnet-18", 128)[0] == "resnet-18"
     assert choose_arch("resnet-18", "resnet-18", 64)[0] == "resnet-18"  # TRAIN_ARCH set: kept
-    assert choose_arch(None, "tiny-cnn", 32)[0] == "tiny-cnn"
+    assert choose_arch("resnet-18-32x32", "resnet-18", 64)[0] == "resnet-18-32x32"
+    assert choose_arch(None, "resnet-18", 64, fresh=False)[0] == "resnet-18"  # given weights: their arch
+    assert choose_arch(None, "tiny-cnn", 32)[0] == "tiny-cnn"  # any other MODEL_ARCH: as set
+    assert choose_arch(None, "resnet-50", 32)[0] == "resnet-50"
 
 
 def _v0(arch: str, source: str) -> tuple[torch.nn.Module, CheckpointMeta]:
@@ -97,21 +103,42 @@ def _v0(arch: str, source: str) -> tuple[torch.nn.Module, CheckpointMeta]:
                                                 config={"source": source})
 
 
-def test_start_model_picks_the_small_stem():
+def test_start_model_picks_the_small_image_model():
     d = ModelDefaults(arch="resnet-18", image_size=64)
     scratch = start_model(job(overrides={"mode": "scratch"}), d, ["a", "b"], None)
-    assert scratch.arch == "resnet-18-32x32" and "small-image stem" in scratch.arch_reason and not scratch.pretrained
+    assert scratch.arch == "small-cnn" and "no weights to keep" in scratch.arch_reason and not scratch.pretrained
+    assert isinstance(scratch.model, SmallCNN) and scratch.model.fc.out_features == 2
     pinned = start_model(job(overrides={"mode": "scratch", "arch": "resnet-18"}), d, ["a", "b"], None)
     assert pinned.arch == "resnet-18"
-    # the default mode finetunes v0; a random-init v0 has nothing to keep: the small stem too
+    # the default mode finetunes v0; a random-init v0 has nothing to keep: the compact CNN too
     fresh = start_model(job(), d, ["a", "b"], _v0("resnet-18", "random init (seed 0)"))
-    assert fresh.arch == "resnet-18-32x32" and "untrained" in fresh.arch_reason
+    assert fresh.arch == "small-cnn" and "untrained" in fresh.arch_reason
     # v0 from MODEL_CHECKPOINT: weights trained elsewhere are kept, fine-tuned with a slower backbone
     given = start_model(job(), d, ["a", "b"], _v0("resnet-18", "/weights/r18.pth (not loaded: none)"))
     assert given.arch == "resnet-18" and given.pretrained
     # a v0 trained here (the demo's plain run) is fine-tuned at one lr, like any product version
     demo = start_model(job(), d, ["a", "b"], _v0("resnet-18", "demo: plain training on the shortcut set, 3 epochs"))
     assert demo.arch == "resnet-18" and not demo.pretrained
+
+
+def test_pretrained_weights_keep_their_arch_new_head_slow_backbone(tmp_path):
+    """TRAIN_MODE=pretrained:<path> on small images: the weights' architecture (not the compact CNN),
+    every backbone tensor loaded, the head re-initialised for other classes, the backbone at 0.1 x lr."""
+    torch.manual_seed(1)
+    elsewhere = build_model("resnet-18", 5)  # trained elsewhere on 5 classes
+    path = tmp_path / "r18.pth"
+    torch.save(elsewhere.state_dict(), path)
+    start = start_model(job(overrides={"mode": f"pretrained:{path}"}), ModelDefaults(arch="resnet-18", image_size=64),
+                        ["a", "b"], None)
+    assert start.arch == "resnet-18" and start.pretrained and "fc.weight" in start.init
+    own, given = start.model.state_dict(), elsewhere.state_dict()
+    assert all(torch.equal(own[k], given[k]) for k in given if not k.startswith("fc."))
+    assert start.model.fc.out_features == 2
+    opts = resolve_recipe(job(), 200, pretrained=start.pretrained).opts
+    groups = {g["name"]: g for g in make_optimizer(start.model, opts).param_groups}
+    assert opts.backbone_lr_scale == 0.1
+    assert groups["backbone"]["lr"] == pytest.approx(0.1 * groups["head"]["lr"])
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in start.model.fc.parameters()}
 
 
 def test_optimizer_param_groups_and_warmup():
@@ -185,6 +212,26 @@ def test_crop_flip_keeps_the_mask_on_the_painted_pixels(seed):
     reddish = ax[:, 0] - ax[:, 1] > 0.05
     assert bool((mask & ~reddish).sum() == 0)
     assert (red.sum((1, 2)) > 0).all() and (mask.sum((1, 2)) > 0).all()
+
+
+@pytest.mark.parametrize("size", [16, 33, 64])
+def test_batched_crop_flip_equals_torchvision_per_sample(size):
+    """One grid_sample + one gather == v2 resized_crop (bilinear, antialiased) / crop + NEAREST_EXACT
+    resize of the mask, then horizontal_flip, sample by sample with the same draws."""
+    g = torch.Generator().manual_seed(size)
+    x, m = torch.rand(12, 3, size, size, generator=g), torch.rand(12, 1, size, size, generator=g) > 0.6
+    ax, am = augment_batch(x, m, "crop_flip", torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)  # the same draws, in augment_batch's order
+    flip = torch.rand(12, generator=draws) < 0.5
+    for i in range(12):
+        top, left, ch, cw = crop_box(size, size, draws)
+        img = TF.resized_crop(tv_tensors.Image(x[i]), top, left, ch, cw, [size, size], antialias=True)
+        msk = TF.resize(TF.crop(tv_tensors.Mask(m[i].to(torch.uint8)), top, left, ch, cw), [size, size],
+                        interpolation=InterpolationMode.NEAREST_EXACT)
+        if flip[i]:
+            img, msk = TF.horizontal_flip(img), TF.horizontal_flip(msk)
+        assert torch.allclose(ax[i], img.as_subclass(torch.Tensor).clamp(0, 1), atol=1e-5)
+        assert torch.equal(am[i], msk.as_subclass(torch.Tensor).bool())
 
 
 def test_crop_box_is_mild_and_seeded():

@@ -146,7 +146,7 @@ def test_detector_weights_that_do_not_fit_the_arch_are_refused(detector_weights,
 def test_without_weights_health_says_so_and_part_is_skipped(tmp_path):
     settings = Settings(model_dir=tmp_path / "m", model_arch="tiny-cnn", image_size=32, redis_url="redis://127.0.0.1:1/0")
     names = [p.name for p in configured_parts(settings)]
-    assert names == ["saliency", "influence"]
+    assert names == ["saliency", "influence", "propagation"]
     settings = Settings(model_dir=tmp_path / "m", model_arch="tiny-cnn", image_size=32, redis_url="redis://127.0.0.1:1/0",
                         predict_parts=("segmentation",))
     with TestClient(build_app(settings)) as client:

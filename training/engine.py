@@ -22,6 +22,7 @@ from training.models import classifier_head
 from training.options import TrainOptions
 from training.paired import paired_step
 from training.progress import Progress
+from training.sampling import epoch_order
 
 GPU_RESIDENT_BYTES = 4 << 30  # a training split up to this size (uint8 images + masks) is kept on the GPU
 STEP_SCALARS = ("loss", "ce", "ce_tilde", "align", "acc")
@@ -90,7 +91,8 @@ def train_one_epoch(
     ``shard``: this rank's indices of ``train`` for the epoch (``training.distributed.shard_indices``,
     already shuffled), trained in that order with the per-rank batch of
     ``distributed.local_batch_size``; the means are then over all ranks' samples. None: all of
-    ``train``, shuffled with ``state["shuffle_gen"]`` (the single-process job).
+    ``train``, shuffled with ``state["shuffle_gen"]`` (the single-process job), painted images taking at least
+    ``opts.painted_share`` of every batch (``training.sampling.epoch_order``).
 
     ``state`` carries what lives across epochs: ``step``, ``total``, ``t0``, the two generators
     (``shuffle_gen`` on the CPU, ``noise_gen`` on the device) and the list of per-step rows ``steps``.
@@ -100,16 +102,17 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     seen = 0
     if shard is None:
-        batches = train.batches(opts.batch_size, device, shuffle=True, generator=state["shuffle_gen"])
+        order = epoch_order(train.painted.cpu(), opts.batch_size, state["shuffle_gen"], opts.painted_share)
+        batch_size = opts.batch_size
     else:
-        idx = shard.to(train.images.device)
-        part = PairedDataset(train.images[idx], train.masks[idx], train.targets[idx], [train.task_ids[i] for i in shard.tolist()])
-        batches = part.batches(dist.local_batch_size(opts.batch_size), device)
-    for x, m, y in batches:
+        order, batch_size = shard, dist.local_batch_size(opts.batch_size)
+    batches = train.batches(batch_size, device, order=order, weights=True, workers=opts.loader_workers)
+    for x, m, y, w in batches:  # w: each sample's mask weight (PairedDataset.mask_weight)
         if opts.augment != "none":  # before the twin is built: the noise fills the augmented mask
             x, m = augment_batch(x, m, opts.augment, state.setdefault("aug_gen", torch.Generator().manual_seed(opts.seed + 2)))
         with amp_ctx():
-            stats = paired_step(model, optimizer, norm, x, m, y, opts.lam, opts.noise_mode, state["noise_gen"])
+            stats = paired_step(model, optimizer, norm, x, m, y, opts.lam, opts.noise_mode, state["noise_gen"],
+                                align=opts.align, weights=w)
         if scheduler is not None:
             scheduler.step()
         if not math.isfinite(stats["loss"]):

@@ -1,4 +1,4 @@
-"""Model zoo: torchvision architectures (no hub downloads) plus small models for tests and 32x32 data."""
+"""Model zoo: torchvision architectures (no hub downloads) plus small models for tests and small images."""
 
 from __future__ import annotations
 
@@ -27,6 +27,27 @@ class TinyCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class SmallCNN(nn.Module):
+    """A compact CNN for small images (the recipe's choice at <= 96 px): four 3x3 conv-BN-ReLU blocks of
+    32, 64, 128, 256 channels with a 2x2 max-pool after the first three, global pooling, a linear head."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 3
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 def _resnet18_32x32(num_classes: int) -> nn.Module:
     """ResNet-18 with a 3x3 stride-1 stem and no max-pool, as Robustar uses for 32x32 images."""
     model = tvm.resnet18(weights=None, num_classes=num_classes)
@@ -42,6 +63,7 @@ ARCHS: dict[str, Callable[[int], nn.Module]] = {
     "resnet-50": lambda n: tvm.resnet50(weights=None, num_classes=n),
     "mobilenet-v2": lambda n: tvm.mobilenet_v2(weights=None, num_classes=n),
     "resnet-18-32x32": _resnet18_32x32,
+    "small-cnn": lambda n: SmallCNN(n),
 }
 
 

@@ -9,7 +9,7 @@ variable              default        meaning
 TRAIN_MODE            finetune       ``finetune`` (the published version), ``scratch``, or
                                      ``pretrained:<path>`` (a torchvision state_dict file)
 TRAIN_ARCH            (MODEL_ARCH)   architecture for scratch/pretrained (finetune keeps the
-                                     parent's); unset: resnet-18 at <= 96 px becomes resnet-18-32x32
+                                     parent's); unset: a fresh resnet-18 at <= 96 px becomes small-cnn
 TRAIN_EPOCHS          auto           epochs over the training split; ``auto``: enough for ~600 optimizer
                                      steps, 10..30 epochs (training.recipe)
 TRAIN_BATCH_SIZE      32
@@ -31,12 +31,27 @@ TRAIN_NOISE_MODE      counterfactual how painted pixels are replaced (training.c
                                      counterfactual_mix, counterfactual_mixture: another painted
                                      image's painted pixels); the default measured best on every
                                      kind of the efficacy benchmark (docs/benchmarks.md)
+TRAIN_ALIGN           kl             the alignment term: ``kl`` (symmetric KL of the two predictions; stable
+                                     on a converged model's large logits) or ``l2`` (Robustar's ||z - z~||^2)
+TRAIN_PAINTED_SHARE   0.5            the least share of every batch taken by painted images (drawn again
+                                     when there are few): a few painted images count in every step; 0: none
+TRAIN_PROPAGATED_MASKS confident     mask propagation (training.propagation): a small segmentation net fitted
+                                     to the painted masks proposes the spurious region of every unpainted
+                                     training image; ``confident``: train with the proposals whose
+                                     confidence >= TRAIN_PROPAGATION_CONFIDENCE, ``all``: every proposal
+                                     (weighted by confidence), ``off``: painted masks only
+TRAIN_PROPAGATION_CONFIDENCE 0.5     the confidence ``confident`` needs (mean |2p - 1| over the pixels)
 TRAIN_IMAGE_SIZE      (parent/       model input size; finetune defaults to the parent's
                       IMAGE_SIZE)
 TRAIN_SEED            (SEED) 0       seeds init, shuffling and noise
 TRAIN_DEVICE          (DEVICE) auto  ``auto`` = cuda when available, else cpu
 TRAIN_NUM_WORKERS     (FETCH_        threads that download/decode task images
                       WORKERS) 8
+TRAIN_MEMORY_BUDGET   2147483648     bytes of decoded images (+ masks) a job keeps in memory; with the
+                                     worker's image cache, splits beyond it stream from disk
+                                     (training.loader); 0: always stream
+TRAIN_LOADER_WORKERS  4              DataLoader worker processes of a streamed split (0: in the job's
+                                     process)
 TRAIN_LABEL_SOURCE    annotation     ``annotation``: train on the annotation's class choice when
                                      there is one; ``data``: always the task-data label
 TRAIN_EVAL_EVERY_EPOCH true          evaluate the test split after every epoch (curves)
@@ -75,6 +90,10 @@ JOB_NOISE_MODE = "counterfactual_mixture"
 # below its parent's is kept but not published; TrainOptions() built in code publishes always
 JOB_MAX_REGRESSION = 0.02
 LABEL_SOURCES = ("annotation", "data")
+PROPAGATED_MASKS = ("off", "confident", "all")
+# a job's paired-training defaults (benchmarks/efficacy.py); TrainOptions() built in code keep Robustar's
+# loss (l2, no painted share, painted masks only)
+JOB_PAIRED = {"align": "kl", "painted_share": 0.5, "propagated_masks": "confident"}
 
 
 class OptionsError(ValueError):
@@ -109,6 +128,10 @@ class TrainOptions:
     backbone_lr_scale: float | str = 1.0
     lam: float = 1.0
     noise_mode: str = "noise"
+    align: str = "l2"
+    painted_share: float = 0.0
+    propagated_masks: str = "off"
+    propagation_confidence: float = 0.5
     image_size: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -118,6 +141,8 @@ class TrainOptions:
     push_predictions: bool = True
     amp: bool = True
     max_regression: float = math.inf  # a version this much worse on the held-out split is kept, not published
+    memory_budget: int = 2 << 30  # bytes of images a job keeps in memory (with an image cache: more streams)
+    loader_workers: int = 4  # DataLoader processes of a streamed split
 
     ENV = {
         "mode": "TRAIN_MODE",
@@ -133,6 +158,10 @@ class TrainOptions:
         "backbone_lr_scale": "TRAIN_BACKBONE_LR_SCALE",
         "lam": "TRAIN_LAMBDA",
         "noise_mode": "TRAIN_NOISE_MODE",
+        "align": "TRAIN_ALIGN",
+        "painted_share": "TRAIN_PAINTED_SHARE",
+        "propagated_masks": "TRAIN_PROPAGATED_MASKS",
+        "propagation_confidence": "TRAIN_PROPAGATION_CONFIDENCE",
         "image_size": "TRAIN_IMAGE_SIZE",
         "seed": "TRAIN_SEED",
         "device": "TRAIN_DEVICE",
@@ -142,6 +171,8 @@ class TrainOptions:
         "push_predictions": "TRAIN_PUSH_PREDICTIONS",
         "amp": "TRAIN_AMP",
         "max_regression": "TRAIN_MAX_REGRESSION",
+        "memory_budget": "TRAIN_MEMORY_BUDGET",
+        "loader_workers": "TRAIN_LOADER_WORKERS",
     }
     # accepted spellings of option keys in job/webhook options
     _ALIASES = {"lambda": "lam", "reg_coeff": "lam", "noise": "noise_mode", "batchsize": "batch_size",
@@ -154,7 +185,7 @@ class TrainOptions:
         as read by the settings module) <- ``overrides`` (job options). Raises OptionsError naming any
         bad or unknown option."""
         raw: dict[str, Any] = {**JOB_DEFAULTS, "noise_mode": JOB_NOISE_MODE, "max_regression": JOB_MAX_REGRESSION,
-                               **(base or {})}
+                               **JOB_PAIRED, **(base or {})}
         for name, var in cls.ENV.items():
             v = (env or {}).get(var)
             if v not in (None, ""):
@@ -179,16 +210,19 @@ class TrainOptions:
             try:
                 if f.name in AUTO_FIELDS and isinstance(v, str) and v.strip().lower() == AUTO:
                     v = AUTO
-                elif f.name in ("epochs", "batch_size", "seed", "num_workers", "image_size"):
+                elif f.name in ("epochs", "batch_size", "seed", "num_workers", "image_size", "memory_budget",
+                                "loader_workers"):
                     if isinstance(v, float) and not v.is_integer():
                         raise ValueError
                     v = int(v)
-                elif f.name in ("lr", "momentum", "weight_decay", "lam", "backbone_lr_scale", "max_regression"):
+                elif f.name in ("lr", "momentum", "weight_decay", "lam", "backbone_lr_scale", "max_regression",
+                                "painted_share", "propagation_confidence"):
                     v = float(v)
                 elif f.name in ("eval_every_epoch", "push_predictions", "amp"):
                     v = _bool(v, f.name)
                 else:
-                    v = str(v).strip().lower() if f.name in ("optimizer", "lr_schedule", "augment") else str(v).strip()
+                    v = str(v).strip().lower() if f.name in ("optimizer", "lr_schedule", "augment", "align",
+                                                             "propagated_masks") else str(v).strip()
             except (TypeError, ValueError):
                 raise OptionsError(f"training option {f.name}={v!r} has the wrong type") from None
             kw[f.name] = v
@@ -214,6 +248,14 @@ class TrainOptions:
             raise OptionsError(f"augment must be one of {AUGMENTS} or auto, got {self.augment!r}")
         if self.lr_schedule not in (*LR_SCHEDULES, AUTO):
             raise OptionsError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.align not in ("l2", "kl"):
+            raise OptionsError(f"align must be l2 or kl, got {self.align!r}")
+        if not 0.0 <= self.painted_share <= 1.0:
+            raise OptionsError(f"painted_share must be in [0, 1], got {self.painted_share}")
+        if self.propagated_masks not in PROPAGATED_MASKS:
+            raise OptionsError(f"propagated_masks must be one of {PROPAGATED_MASKS}, got {self.propagated_masks!r}")
+        if not 0.0 <= self.propagation_confidence <= 1.0:
+            raise OptionsError(f"propagation_confidence must be in [0, 1], got {self.propagation_confidence}")
         if self.label_source not in LABEL_SOURCES:
             raise OptionsError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1)):
@@ -229,6 +271,9 @@ class TrainOptions:
             raise OptionsError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         if self.lam < 0:
             raise OptionsError(f"lam (λ) must be >= 0, got {self.lam}")
+        if self.memory_budget < 0 or self.loader_workers < 0:
+            raise OptionsError(f"memory_budget and loader_workers must be >= 0, got {self.memory_budget}, "
+                               f"{self.loader_workers}")
         if not self.max_regression >= 0:
             raise OptionsError(f"max_regression must be >= 0 (inf: always publish), got {self.max_regression}")
 

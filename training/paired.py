@@ -8,7 +8,9 @@ painted image's painted pixels (``training.counterfactual``).  The loss is
       + 1/B * sum_{i in P} CE(z~_i, y_i)                          (painted samples only)
       + lam * 1/B * sum_{i in P} || z_i - z~_i ||_2^2              (painted samples only)
 
-with z = f(x), z~ = f(x~) the logits.  That is the per-sample loss of the design doc
+with z = f(x), z~ = f(x~) the logits (``align="kl"`` replaces ``||z - z~||^2`` by the symmetric KL
+divergence of the two softmax outputs, which stays bounded when fine-tuning a model with large logits;
+``weights`` scale each painted sample's two twin terms, e.g. by a propagated mask's confidence).  That is the per-sample loss of the design doc
 (``CE(f(x), y) + CE(f(x~), y) + lam * ||f(x) - f(x~)||^2``) averaged over the whole batch, where an
 unpainted sample contributes plain ``CE(f(x), y)`` (its x~ would equal x: the alignment is 0 and we
 do not count its CE twice).  Dividing by B rather than |P| keeps the weight of one painted sample
@@ -46,11 +48,14 @@ from training.counterfactual import (
 )
 from training.noise import apply_noise
 
-__all__ = ["paired_loss", "paired_step", "plain_step"]
+__all__ = ["ALIGNS", "alignment", "paired_loss", "paired_step", "plain_step"]
+
+ALIGNS = ("l2", "kl")  # the alignment term: Robustar's squared logit distance, or a symmetric KL
 
 
 def paired_loss(
-    logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: float, paired: Tensor
+    logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: float, paired: Tensor, align: str = "l2",
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Robustar's paired loss (see the module docstring for the exact normalization).
 
@@ -61,6 +66,9 @@ def paired_loss(
         targets: [B] class indices.
         lam: weight of the alignment term (squared L2 distance between logit vectors).
         paired: [B] bool, True where the sample has a mask (its x~ differs from x).
+        align: the alignment term, ``l2`` (Robustar's) or ``kl`` (``alignment``).
+        weights: optional [B] float, the weight of each painted sample's twin terms (unpainted rows
+            are ignored); None: 1.
 
     Returns:
         ``(loss, stats)``: the scalar loss (differentiable w.r.t. both logits) and floats
@@ -74,12 +82,33 @@ def paired_loss(
     if paired.numel() != b or targets.shape[0] != b:
         raise ValueError("logits, targets and paired must have the same batch size")
     idx = paired.nonzero().squeeze(1)
-    loss, terms = _loss_terms(logits, logits_tilde, targets, lam, idx)
+    w = weights.to(logits.device).reshape(-1).index_select(0, idx) if weights is not None else None
+    loss, terms = _loss_terms(logits, logits_tilde, targets, lam, idx, align, w)
     return loss, _stats(terms, idx.numel())
 
 
-def _loss_terms(logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: float, idx: Tensor):
-    """The paired loss given the painted indices; returns (loss, detached [loss, ce, ce~, align])."""
+def alignment(z: Tensor, zt: Tensor, align: str) -> Tensor:
+    """Per-sample distance between the logits of x and of x~ (both differentiable), [P].
+
+    ``l2``: Robustar's ``||z - z~||^2``; it grows with the logits' scale, so when fine-tuning a
+    converged model (logits ~10-30) it dominates the first steps.  ``kl``: the symmetric KL divergence
+    of the two predicted distributions, ``KL(p || p~) + KL(p~ || p)``: zero exactly when the
+    predictions agree, bounded by the confidence rather than the logits' scale, and unaffected by a
+    shift of all logits; the benchmark's default (docs/benchmarks.md)."""
+    if align == "l2":
+        return (z - zt).pow(2).sum(1)
+    if align == "kl":
+        lp, lpt = F.log_softmax(z.float(), 1), F.log_softmax(zt.float(), 1)
+        return ((lp.exp() - lpt.exp()) * (lp - lpt)).sum(1)
+    raise ValueError(f"unknown alignment {align!r}; choose one of {', '.join(ALIGNS)}")
+
+
+def _loss_terms(logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: float, idx: Tensor,
+                align: str = "l2", weights: Tensor | None = None):
+    """The paired loss given the painted indices; returns (loss, detached [loss, ce, ce~, align]).
+
+    ``weights`` ([P], in [0, 1]): how much each painted sample's twin counts (a propagated mask's
+    confidence; 1 for the expert's own painting); None: 1 for all."""
     b, n_p = logits.shape[0], idx.numel()
     if logits_tilde.shape[0] == b and n_p != b:
         zt = logits_tilde.index_select(0, idx)
@@ -93,14 +122,19 @@ def _loss_terms(logits: Tensor, logits_tilde: Tensor, targets: Tensor, lam: floa
     if n_p:
         z = logits.index_select(0, idx)
         y = targets.index_select(0, idx)
-        ce_t_sum = F.cross_entropy(zt, y, reduction="sum")
-        align_sum = (z - zt).pow(2).sum()  # no detach: the gradient reaches both z and z~
+        ce_t = F.cross_entropy(zt, y, reduction="none")
+        al = alignment(z, zt, align)  # no detach: the gradient reaches both z and z~
+        if weights is not None:
+            w = weights.to(ce_t.dtype)
+            ce_t_sum, align_sum = (ce_t * w).sum(), (al * w).sum()
+        else:
+            ce_t_sum, align_sum = ce_t.sum(), al.sum()
         loss = ce + (ce_t_sum + lam * align_sum) / b
-        ce_t, align = ce_t_sum.detach() / n_p, align_sum.detach() / n_p
+        ce_t, align_v = ce_t_sum.detach() / n_p, align_sum.detach() / n_p
     else:
         loss = ce
-        ce_t = align = torch.zeros((), device=logits.device)
-    return loss, torch.stack([loss.detach(), ce.detach(), ce_t.to(ce.dtype), align.to(ce.dtype)]).float()
+        ce_t = align_v = torch.zeros((), device=logits.device)
+    return loss, torch.stack([loss.detach(), ce.detach(), ce_t.to(ce.dtype), align_v.to(ce.dtype)]).float()
 
 
 def _stats(terms: Tensor, n_paired: int, *extra: Tensor) -> dict[str, float]:
@@ -129,6 +163,8 @@ def paired_step(
     *,
     fused: bool = True,
     donor_bank: DonorBank | None = None,
+    align: str = "l2",
+    weights: Tensor | None = None,
 ) -> dict[str, float]:
     """One paired training step: noise the painted images, one forward on [x; x~_P], backward, step.
 
@@ -153,6 +189,9 @@ def paired_step(
             from besides this batch's; None: the job's bank, keyed on ``generator``
             (``training.counterfactual.bank_for``; no bank without a generator); ``DonorBank(0)``:
             this batch's painted samples only.
+        align: the alignment term (``alignment``): ``l2`` (Robustar's) or ``kl``.
+        weights: optional [B] float in [0, 1], the weight of each painted sample's twin (a propagated
+            mask's confidence); None: every painted sample counts 1.
 
     Returns:
         floats ``loss``, ``ce``, ``ce_tilde``, ``align``, ``n_paired``, ``acc`` (clean-branch
@@ -181,7 +220,8 @@ def paired_step(
     else:
         logits = model(x_norm_fn(images))
         logits_tilde = logits[:0]
-    loss, terms = _loss_terms(logits, logits_tilde, targets, lam, idx)
+    w = weights.to(images.device).reshape(-1).index_select(0, idx) if weights is not None and idx.numel() else None
+    loss, terms = _loss_terms(logits, logits_tilde, targets, lam, idx, align, w)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

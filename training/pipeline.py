@@ -27,7 +27,7 @@ from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult
 from training import distributed as dist
-from training import report
+from training import propagation, report
 from training.checkpoints import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,6 +38,7 @@ from training.checkpoints import (
 )
 from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate_splits, fit
+from training.image_cache import ImageCache, VersionedSource
 from training.images import ImageSource
 from training.models import build_model, classifier_head, load_pretrained_backbone
 from training.options import OptionsError, TrainOptions
@@ -132,7 +133,7 @@ def start_model(opts: TrainOptions, defaults: ModelDefaults, classes: list[str],
         return _finetune_parent(opts, classes, parent)
     torch.manual_seed(opts.seed)
     size = opts.image_size or defaults.image_size
-    arch, arch_reason = choose_arch(opts.arch, defaults.arch, size)
+    arch, arch_reason = choose_arch(opts.arch, defaults.arch, size, fresh=not opts.pretrained_path)
     model = build_model(arch, len(classes))
     if opts.pretrained_path:
         path = Path(opts.pretrained_path)
@@ -230,11 +231,18 @@ def run_pipeline(
     defaults: ModelDefaults,
     progress: Progress | None = None,
     extra_config: dict | None = None,
+    cache: ImageCache | None = None,
+    source: VersionedSource | None = None,
 ) -> PipelineResult:
     """Records -> new published version. ``summary`` keys: version, parent, published, arch,
     image_size, classes, init, device, metrics (parent/new/delta_accuracy), counts, history,
     timings, options (as used: no ``auto`` left), recipe (per chosen option ``[value, reason]``),
-    checkpoint, run_dir, curves."""
+    checkpoint, run_dir, curves, data (per split ``memory`` or ``stream``; ``cache``: its counts).
+
+    ``cache``: images go through this on-disk cache, fetched with ``source`` (the worker's
+    ``ImageFetcher.fetch_versioned``; default ``load_image``, always fetched), and a split larger than
+    ``opts.memory_budget`` streams from it (``training.dataset.load_splits``); the cache is pruned to its
+    bound after training."""
     progress = progress or Progress()
     device = opts.torch_device()
     timings: dict[str, float] = {}
@@ -255,7 +263,9 @@ def run_pipeline(
 
     progress.phase("images", records=len(export.records))
     t = time.perf_counter()
-    splits = load_splits(export, load_image, start.image_size, classes, opts.num_workers)
+    data: dict[str, Any] = {}
+    splits = load_splits(export, load_image, start.image_size, classes, opts.num_workers, cache=cache, source=source,
+                         memory_budget=opts.memory_budget, progress=progress, stats=data)
     timings["images"] = time.perf_counter() - t
     train = splits.get(TRAIN_SPLIT)
     if train is None or len(train) == 0:
@@ -267,6 +277,11 @@ def run_pipeline(
     recipe = resolve_recipe(opts, len(train), pretrained=start.pretrained)
     recipe.reasons = {"arch": [start.arch, start.arch_reason], **recipe.reasons}
     opts = recipe.opts
+    t = time.perf_counter()
+    # trained with the propagated masks; evaluated, indexed and counted as the expert painted it
+    train_fit, mask_net, propagated = propagation.propagation_step(
+        train, opts.propagated_masks, opts.propagation_confidence, seed=opts.seed, device=device)
+    timings["propagate"] = time.perf_counter() - t
     log.info("recipe: %s", "; ".join(f"{k}={v[0]} ({v[1]})" for k, v in recipe.reasons.items()))
 
     progress.phase("eval", which="parent")
@@ -285,7 +300,7 @@ def run_pipeline(
     eval_sets = {k: v for k, v in splits.items() if k != TRAIN_SPLIT}
     t = time.perf_counter()
     try:
-        history = fit(start.model, train, opts, start.mean, start.std, device, eval_sets, progress, writer)
+        history = fit(start.model, train_fit, opts, start.mean, start.std, device, eval_sets, progress, writer)
     finally:
         if writer is not None:
             writer.close()
@@ -305,7 +320,7 @@ def run_pipeline(
     progress.phase("save")
     t = time.perf_counter()
     counts = export.counts()
-    counts.update(train_images=len(train), train_painted=train.n_painted)
+    counts.update(train_images=len(train), train_painted=train.n_painted, **propagated)
     delta = _delta(new_metrics, parent_metrics)
     config = {"options": opts.to_dict(), "recipe": recipe.reasons, "init": start.init, "device": device,
               "counts": {k: v for k, v in counts.items() if k != "skipped_ids"}, **(extra_config or {})}
@@ -319,7 +334,11 @@ def run_pipeline(
     held_back = regression(new_metrics, parent_metrics, opts.max_regression)
     path, meta, run_dir = save_version(store, start.model, meta, run_dir, publish=held_back is None)
     version = meta.version
+    if mask_net is not None:
+        propagation.save(mask_net, propagation.net_path(store.root, version), {"version": version, **propagated})
     timings["save"] = time.perf_counter() - t
+    if cache is not None:  # keep the cache within its bound (entries of running jobs are spared)
+        data["cache"]["pruned"] = cache.prune()[0]
     if held_back:
         log.warning("project store %s: %s kept but NOT published (%s serves on): %s", store.root, version,
                     parent_version, held_back)
@@ -337,6 +356,7 @@ def run_pipeline(
         "counts": counts, "history": history["epochs"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
+        "data": data,
     }
     t = time.perf_counter()
     title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"

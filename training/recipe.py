@@ -3,10 +3,12 @@ reason for each choice (recorded as ``summary["recipe"]`` and in the checkpoint'
 
 A user does not tune optimizers, so a job's defaults are chosen from what it trains on:
 
-- **architecture** (``choose_arch``): ``resnet-18`` on images of at most ``SMALL_IMAGE_MAX`` px gets
-  the small-image stem (``resnet-18-32x32``: 3x3 stride-1 conv, no max-pool). The ImageNet stem (7x7
-  stride 2 + max-pool) shrinks a 64 px image to 2x2 before the last block. Only when TRAIN_ARCH is
-  unset; finetune of an untrained (random-init) v0 counts as a fresh start;
+- **architecture** (``choose_arch``), only when TRAIN_ARCH is unset and MODEL_ARCH is ``resnet-18``
+  (the default): a fresh start (random init; finetune of an untrained v0 counts) on images of at most
+  ``SMALL_IMAGE_MAX`` px trains ``small-cnn`` (four 3x3 conv blocks, 32..256 channels). ResNet-18's
+  ImageNet stem (7x7 stride 2 + max-pool) shrinks a 64 px image to 2x2 before the last block, and
+  its small-image stem (``resnet-18-32x32``) costs ~37x small-cnn's compute (minutes per epoch on a
+  CPU). Weights trained elsewhere keep the architecture they were trained for;
 - **optimizer** ``adamw`` (decoupled weight decay 0.05), learning rate 1e-3 x sqrt(batch/32), which
   trains from scratch and fine-tunes without tuning across data sizes; SGD (momentum) when TRAIN_LR is
   set without TRAIN_OPTIMIZER (an explicit lr has always meant SGD here), lr 0.1 x batch/256;
@@ -30,7 +32,7 @@ from typing import Any
 from training.options import AUTO, TrainOptions
 
 SMALL_IMAGE_MAX = 96
-SMALL_STEM = {"resnet-18": "resnet-18-32x32"}
+SMALL_IMAGE_ARCH = {"resnet-18": "small-cnn"}  # MODEL_ARCH -> what a fresh start trains at <= SMALL_IMAGE_MAX px
 TARGET_STEPS = 600
 EPOCH_BOUNDS = (10, 30)
 ADAMW_LR, ADAMW_WD = 1e-3, 0.05
@@ -49,16 +51,22 @@ class Recipe:
     reasons: dict[str, list[Any]] = field(default_factory=dict)
 
 
-def choose_arch(requested: str | None, default: str, image_size: int) -> tuple[str, str]:
-    """``(arch, reason)``: the explicit TRAIN_ARCH as given, else ``default`` (MODEL_ARCH) with the
-    small-image stem for images of at most ``SMALL_IMAGE_MAX`` px."""
+def choose_arch(requested: str | None, default: str, image_size: int, *, fresh: bool = True) -> tuple[str, str]:
+    """``(arch, reason)``: the explicit TRAIN_ARCH as given; else ``default`` (MODEL_ARCH), except that a
+    ``fresh`` start (random init) on images of at most ``SMALL_IMAGE_MAX`` px trains the compact CNN of
+    ``SMALL_IMAGE_ARCH``. Not ``fresh`` (weights trained elsewhere): the weights' architecture, kept."""
     if requested:
         return requested, "TRAIN_ARCH / job option"
-    small = SMALL_STEM.get(default)
-    if small and image_size <= SMALL_IMAGE_MAX:
-        return small, (f"image_size {image_size} <= {SMALL_IMAGE_MAX}: small-image stem (3x3 stride 1, no max-pool) "
-                       f"instead of {default}'s ImageNet stem")
-    return default, "MODEL_ARCH"
+    small = SMALL_IMAGE_ARCH.get(default)
+    if not small:
+        return default, "MODEL_ARCH"
+    if not fresh:
+        return default, "MODEL_ARCH: the given weights are for it"
+    if image_size <= SMALL_IMAGE_MAX:
+        return small, (f"image_size {image_size} <= {SMALL_IMAGE_MAX} and no weights to keep: {small} (4 conv blocks, "
+                       f"32..256 channels) instead of {default}, whose ImageNet stem leaves 2x2 px before its last "
+                       f"block and whose small-image stem costs ~37x the compute; TRAIN_ARCH={default} keeps it")
+    return default, f"MODEL_ARCH (image_size {image_size} > {SMALL_IMAGE_MAX}: the ImageNet stem fits)"
 
 
 def warmup_steps(total: int) -> int:

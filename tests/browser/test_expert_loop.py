@@ -285,6 +285,30 @@ def test_the_new_versions_report_is_one_click_from_a_task(logged_in, stack, loop
     report.close()
 
 
+# ------------------------------------------------------------------ 5c. after training, a task's heatmap is vN's
+
+
+def test_the_new_versions_heatmap_shows_when_a_task_is_opened(logged_in, stack, loop):
+    """The worker pushed only vN's class and score (PUSH_DETAIL=light); opening a task makes its heatmap with
+    vN on the first GET of ``$saliency`` (ml_backend.lazy_views), and it displays."""
+    import requests
+
+    page = logged_in
+    new = needs(loop, "new_version", "test_start_training_shows_progress_then_the_new_version")
+    seen = {}
+    for split in ("train", "test"):
+        task_id = stack.task_ids(split)[-1]
+        view = LabelingView(page, stack.ls_url, stack.project_id, task_id).open()
+        state = view.wait_saliency_loaded(timeout=30)
+        shot(page, f"{split}-task-{task_id}-heatmap-of-{new}")
+        url = stack.task(task_id)["data"]["saliency"]  # what the pane loaded (the page shows it as a blob: URL)
+        served = requests.get(url, timeout=30).headers.get("X-Robustar-Model-Version")
+        seen[split] = {"task": task_id, "naturalWidth": state.get("naturalWidth", 0), "url": url,
+                       "version": served, "error": state.get("error", "")[:160]}
+    assert all(v["naturalWidth"] > 0 and v["version"] == new for v in seen.values()), (
+        f"the heatmap of {new} did not display on opening a task: {seen}\n{stack.logs(20)}")
+
+
 # ------------------------------------------------------------------ 6. roll back from the UI
 
 

@@ -121,7 +121,7 @@ def running_stack(
         "MODEL_ARCH": "tiny-cnn",
         "IMAGE_SIZE": str(IMAGE_SIZE),
         "BACKEND_PUBLIC_URL": backend_url,
-        "PREDICT_PARTS": "saliency,influence",  # no Mask R-CNN weights here
+        "PREDICT_PARTS": "saliency,influence,propagation",  # no Mask R-CNN weights here
         "TRAIN_EPOCHS": "2",
         "TRAIN_BATCH_SIZE": "8",
         **(env or {}),

@@ -199,6 +199,34 @@ def test_magic_wand_pixels_are_in_the_training_mask(stack, loop):
         f"counts: {export.counts()['painted']} painted)")
 
 
+def test_paint_two_more_tasks_with_the_magic_wand(logged_in, stack, loop):
+    """Two more training tasks of other classes, each painted with one magic-wand click on its patch: with
+    three painted images the job can fit its mask net (mask propagation needs two)."""
+    page = logged_in
+    first = needs(loop, "task_id", "test_paint_with_brush_eraser_and_magic_wand_then_submit")
+    labels = {stack.task(first)["data"]["label"]}
+    painted = [first]
+    for task_id in stack.task_ids("train"):
+        data = stack.task(task_id)["data"]
+        if len(painted) == 3:
+            break
+        if task_id in painted or data["label"] in labels:
+            continue
+        patch = np.asarray(Image.open(stack.dataset / "masks" / data["key"]).convert("L")) > 127
+        ys, xs = np.nonzero(patch)
+        view = LabelingView(page, stack.ls_url, stack.project_id, task_id).open()
+        view.select_label(SPURIOUS)
+        view.choose_tool("magicwand")
+        cy, cx = int(ys.mean()), int(xs.mean())
+        view.drag([(cx, cy), (cx + 1, cy + 1)])
+        shot(page, f"wand-task-{task_id}")
+        view.submit()
+        painted.append(task_id)
+        labels.add(data["label"])
+    loop["painted"] = painted
+    assert len(painted) == 3, f"painted only {painted}"
+
+
 # ------------------------------------------------------------------ 5. Start Training; progress, then vN
 
 
@@ -307,6 +335,36 @@ def test_the_new_versions_heatmap_shows_when_a_task_is_opened(logged_in, stack, 
                        "version": served, "error": state.get("error", "")[:160]}
     assert all(v["naturalWidth"] > 0 and v["version"] == new for v in seen.values()), (
         f"the heatmap of {new} did not display on opening a task: {seen}\n{stack.logs(20)}")
+
+
+def test_the_new_version_proposes_the_spurious_region(logged_in, stack, loop):
+    """The job fitted a mask net to the three painted tasks; vN's predictions of the other training tasks
+    carry its proposal as a ``Spurious`` region (scored), on the task's patch, and the labeling view holds
+    it, ready to accept or edit."""
+    page = logged_in
+    new = needs(loop, "new_version", "test_start_training_shows_progress_then_the_new_version")
+    painted = set(loop.get("painted", []))
+    found, checked = None, []
+    for task_id in [t for t in stack.task_ids("train") if t not in painted][:8]:
+        preds = [p for p in stack.predictions(task_id) if p.get("model_version") == new]
+        regions = [r for p in preds for r in p["result"] if r.get("id") == "propagated"]
+        if not regions:
+            checked.append((task_id, "no proposal"))
+            continue
+        r = regions[0]
+        mask = decode_rle(r["value"]["rle"], r["original_height"], r["original_width"])
+        patch = np.asarray(Image.open(stack.dataset / "masks" / stack.task(task_id)["data"]["key"]).convert("L")) > 127
+        iou = float((mask & patch).sum() / max((mask | patch).sum(), 1))
+        checked.append((task_id, round(iou, 3), r.get("score")))
+        if r["value"]["brushlabels"] == [SPURIOUS] and 0 < r.get("score", 0) <= 1 and iou > 0.3:
+            found = task_id
+            break
+    ui.write_artifact("propagated-proposals.txt", repr(checked))
+    assert found is not None, f"no training task of {new} has a propagated Spurious proposal on its patch: {checked}"
+    view = LabelingView(page, stack.ls_url, stack.project_id, found).open()
+    shot(page, f"train-task-{found}-propagated-proposal")
+    shown = [r for r in view.regions() if r.get("type") == "brushlabels" and SPURIOUS in r["value"].get("brushlabels", [])]
+    assert shown, f"the labeling view of task {found} holds no Spurious region: {short(view.regions())}"
 
 
 # ------------------------------------------------------------------ 6. roll back from the UI

@@ -15,29 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 
-from ml_backend.task_files import key_hash, task_key
+from ml_backend.task_files import key_hash, task_key, write_atomic
 
 log = logging.getLogger(__name__)
 
 RECORDS_DIR = "task-records"
 CONFIG_FILE = "label_config.xml"
 VIEW_PARTS = ("saliency", "influence")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".record.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class TaskRecords:
@@ -51,10 +38,10 @@ class TaskRecords:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / CONFIG_FILE
         if not config.is_file() or config.read_text() != label_config:
-            _atomic_write(config, label_config.encode())
+            write_atomic(config, label_config.encode())
         for task in tasks:
             record = {"id": task.get("id"), "data": task.get("data") or {}}
-            _atomic_write(self.root / f"{key_hash(task_key(task))}.json", json.dumps(record).encode())
+            write_atomic(self.root / f"{key_hash(task_key(task))}.json", json.dumps(record).encode())
 
     def task(self, key: str) -> dict | None:
         try:

@@ -105,7 +105,7 @@ class PropagationPart:
     def net(self, project_id: int, version: str) -> propagation.MaskNet | None:
         key = (project_id, version)
         with self._lock:
-            if key not in self._nets:
+            if self._nets.get(key) is None:  # not cached while missing: the job saves it right after publishing
                 root = CheckpointStore(self.model_dir, project_id).root
                 self._nets[key] = propagation.load(propagation.net_path(root, version))
             return self._nets[key]

@@ -17,6 +17,19 @@ from pathlib import Path
 from training.checkpoints import version_number
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` through a temp file in the same folder and a rename: readers never see half a file
+    (no fsync: these files can always be made again)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".task-file.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def task_key(task: dict) -> str:
     """The stable key of a task's files: ``data.key`` when the task has one, else its id."""
     data = task.get("data") or {}
@@ -45,14 +58,7 @@ class TaskFileCache:
         """Store a file atomically (replacing an older one of the same task and version)."""
         path = self.path(version, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".task-file.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, data)
         return path
 
     def find(self, key: str, version: str | None) -> tuple[Path, str] | None:

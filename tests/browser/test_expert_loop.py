@@ -366,6 +366,31 @@ def test_the_new_version_proposes_the_spurious_region(logged_in, stack, loop):
     shown = [r for r in view.regions() if r.get("type") == "brushlabels" and SPURIOUS in r["value"].get("brushlabels", [])]
     assert shown, f"the labeling view of task {found} holds no Spurious region: {short(view.regions())}"
 
+    # interactive: a keypoint on the patch, sent the way Label Studio's Auto-Annotation sends it, comes back
+    # as the whole proposed region at that point
+    data = stack.task(found)["data"]
+    patch = np.asarray(Image.open(stack.dataset / "masks" / data["key"]).convert("L")) > 127
+    ys, xs = np.nonzero(patch)
+    h, w = patch.shape
+    mark = {"type": "keypointlabels", "from_name": "spurious", "to_name": "image", "original_width": w,
+            "original_height": h, "value": {"x": 100 * (xs.mean() + 0.5) / w, "y": 100 * (ys.mean() + 0.5) / h,
+                                            "width": 1, "keypointlabels": [SPURIOUS]}}
+    ml = stack.api("/api/ml", project=stack.project_id)[0]
+    t0 = time.monotonic()
+    answer = stack.http().post(f"{stack.ls_url}/api/ml/{ml['id']}/interactive-annotating",
+                               json={"task": found, "context": {"result": [mark]}}, timeout=60)
+    seconds = time.monotonic() - t0
+    assert answer.ok, f"interactive-annotating: HTTP {answer.status_code} {answer.text[:300]}"
+    result = answer.json().get("data", {}).get("result", [])
+    region = next((r for r in result if r.get("id") == "propagated"), None)
+    assert region is not None, f"no propagated region in the interactive answer: {short(result)}"
+    got = decode_rle(region["value"]["rle"], region["original_height"], region["original_width"])
+    cy, cx = int(ys.mean()), int(xs.mean())
+    inside = float((got & patch).sum() / max(got.sum(), 1))
+    ui.write_artifact("interactive.txt", f"answer in {seconds:.2f}s through Label Studio; region {int(got.sum())} px, "
+                                         f"{inside:.0%} on the patch")
+    assert got[cy, cx] and inside > 0.5, f"the interactive region misses the mark ({inside:.0%} on the patch)"
+
 
 # ------------------------------------------------------------------ 6. roll back from the UI
 

@@ -1,6 +1,6 @@
 """Recipe: the product's default training job against a plain reference loop, on the same data.
 
-    python -m benchmarks.recipe              # CPU default (~10 min on a shared 2-core machine): 32/64 px, 300/1000 images
+    python -m benchmarks.recipe              # CPU default (~15 CPU min): 32/64 px, 300/1000 images, 1 seed
     python -m benchmarks.recipe --smoke      # seconds: CI's smoke size
     python -m benchmarks.recipe --full       # a GPU: 32-224 px, 300-10 000 images, all three kinds, with old defaults
     python -m benchmarks.recipe --out DIR    # also write recipe.md / recipe.json there
@@ -85,7 +85,8 @@ class Preset:
 PRESETS = {
     "smoke": Preset(rows=(("patch", 16, 8),), n_classes=3, n_test=4, arch="resnet-18", plain_epochs=(1, 2), seeds=1,
                     old_defaults=True, product_overrides=(("epochs", 2),)),
-    "default": Preset(rows=(("patch", 32, 75), ("background", 32, 75), ("background", 64, 75), ("background", 32, 250)),
+    "default": Preset(rows=(("patch", 32, 75), ("background", 32, 75), ("background", 64, 75), ("texture", 64, 75),
+                            ("background", 32, 250)),
                       n_classes=4, n_test=50, arch="resnet-18", plain_epochs=(20, 30), seeds=1, old_defaults=False),
     "full": Preset(rows=tuple((k, px, n) for k in KINDS for px, n in ((32, 60), (32, 2000), (64, 120), (64, 600),
                                                                      (128, 200), (224, 60))),
@@ -246,6 +247,8 @@ def table(rows: list[dict], preset: Preset, device: str) -> str:
     if preset.old_defaults:
         head += ["old defaults", "train s"]
     head += [f"plain {lo} ep", f"plain {hi} ep", "train s", "CPU s", "Δ accuracy", f"time × ({clock})", f"time × {lo}"]
+    if preset.seeds > 1:
+        head += ["product per seed", "plain per seed (better)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -264,6 +267,8 @@ def table(rows: list[dict], preset: Preset, device: str) -> str:
                   f"{mean(rs, 'plain_cpu_s'):.1f}", f"{mean(rs, 'product_acc') - mean(rs, 'plain_acc'):+.3f}",
                   f"{mean(rs, 'product_' + key) / max(mean(rs, 'plain_' + key), 1e-9):.2f}",
                   f"{mean(rs, 'product_' + key) / max(mean(rs, 'plain_lo_' + key), 1e-9):.2f}"]
+        if preset.seeds > 1:
+            cells += [" / ".join(f"{r['product_acc']:.2f}" for r in rs), " / ".join(f"{r['plain_acc']:.2f}" for r in rs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from training.augment import augment_batch, crop_box
 from training.checkpoints import CheckpointMeta, ModelDefaults
 from training.dataset import PairedDataset
 from training.engine import fit, make_optimizer, make_scheduler
-from training.models import SmallCNN, build_model, classifier_head
+from training.models import SMALL_CNN_ARCHS, SmallCNN, build_model, classifier_head, small_cnn_for, small_cnn_receptive_field
 from training.options import AUTO, OptionsError, TrainOptions
 from training.pipeline import start_model
 from training.recipe import EPOCH_BOUNDS, choose_arch, resolve_recipe
@@ -88,7 +88,9 @@ def test_pretrained_weights_get_a_slower_backbone():
 
 
 def test_arch_for_the_image_size():
-    assert choose_arch(None, "resnet-18", 64)[0] == "small-cnn"
+    assert choose_arch(None, "resnet-18", 32)[0] == "small-cnn"
+    assert choose_arch(None, "resnet-18", 64)[0] == "small-cnn-5"
+    assert choose_arch(None, "resnet-18", 96)[0] == "small-cnn-6"
     assert "no weights to keep" in choose_arch(None, "resnet-18", 96)[1]
     assert choose_arch(None, "resnet-18", 128)[0] == "resnet-18"
     assert choose_arch("resnet-18", "resnet-18", 64)[0] == "resnet-18"  # TRAIN_ARCH set: kept
@@ -96,6 +98,27 @@ def test_arch_for_the_image_size():
     assert choose_arch(None, "resnet-18", 64, fresh=False)[0] == "resnet-18"  # given weights: their arch
     assert choose_arch(None, "tiny-cnn", 32)[0] == "tiny-cnn"  # any other MODEL_ARCH: as set
     assert choose_arch(None, "resnet-50", 32)[0] == "resnet-50"
+
+
+@pytest.mark.parametrize("blocks", [4, 5, 6])
+def test_small_cnn_receptive_field(blocks):
+    """The receptive field the recipe counts on is the real one: one feature of the last block depends
+    on exactly ``small_cnn_receptive_field(blocks)`` input pixels per side, and the recipe's rule takes
+    the fewest blocks that span the image."""
+    model = SmallCNN(2, blocks).eval()
+    for i, m in enumerate(model.features):  # same connectivity, linear: every path carries a gradient
+        if isinstance(m, torch.nn.MaxPool2d):
+            model.features[i] = torch.nn.AvgPool2d(2)
+        elif isinstance(m, torch.nn.ReLU):
+            model.features[i] = torch.nn.Identity()
+    x = torch.zeros(1, 3, 192, 192, requires_grad=True)
+    f = model.features(x)
+    f[0, :, f.shape[2] // 2, f.shape[3] // 2].sum().backward()
+    rows = x.grad.abs().sum(dim=(0, 1, 3)).nonzero()
+    assert int(rows.max() - rows.min() + 1) == small_cnn_receptive_field(blocks)
+    rf = small_cnn_receptive_field(blocks)
+    assert small_cnn_for(rf) == SMALL_CNN_ARCHS[blocks]
+    assert small_cnn_for(rf + 1) == SMALL_CNN_ARCHS[min(blocks + 1, 6)]
 
 
 def _v0(arch: str, source: str) -> tuple[torch.nn.Module, CheckpointMeta]:
@@ -106,13 +129,13 @@ def _v0(arch: str, source: str) -> tuple[torch.nn.Module, CheckpointMeta]:
 def test_start_model_picks_the_small_image_model():
     d = ModelDefaults(arch="resnet-18", image_size=64)
     scratch = start_model(job(overrides={"mode": "scratch"}), d, ["a", "b"], None)
-    assert scratch.arch == "small-cnn" and "no weights to keep" in scratch.arch_reason and not scratch.pretrained
+    assert scratch.arch == "small-cnn-5" and "no weights to keep" in scratch.arch_reason and not scratch.pretrained
     assert isinstance(scratch.model, SmallCNN) and scratch.model.fc.out_features == 2
     pinned = start_model(job(overrides={"mode": "scratch", "arch": "resnet-18"}), d, ["a", "b"], None)
     assert pinned.arch == "resnet-18"
     # the default mode finetunes v0; a random-init v0 has nothing to keep: the compact CNN too
     fresh = start_model(job(), d, ["a", "b"], _v0("resnet-18", "random init (seed 0)"))
-    assert fresh.arch == "small-cnn" and "untrained" in fresh.arch_reason
+    assert fresh.arch == "small-cnn-5" and "untrained" in fresh.arch_reason
     # v0 from MODEL_CHECKPOINT: weights trained elsewhere are kept, fine-tuned with a slower backbone
     given = start_model(job(), d, ["a", "b"], _v0("resnet-18", "/weights/r18.pth (not loaded: none)"))
     assert given.arch == "resnet-18" and given.pretrained

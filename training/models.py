@@ -27,12 +27,19 @@ class TinyCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-class SmallCNN(nn.Module):
-    """A compact CNN for small images (the recipe's choice at <= 96 px): four 3x3 conv-BN-ReLU blocks of
-    32, 64, 128, 256 channels with a 2x2 max-pool after the first three, global pooling, a linear head."""
+SMALL_CNN_ARCHS = {4: "small-cnn", 5: "small-cnn-5", 6: "small-cnn-6"}  # blocks -> zoo name
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+
+class SmallCNN(nn.Module):
+    """A compact CNN for small images (the recipe's choice at <= 96 px): 3x3 conv-BN-ReLU blocks of
+    ``widths`` channels with a 2x2 max-pool between them, global pooling, a linear head.
+
+    ``blocks`` (4, 5 or 6; widths 32, 64, 128, 256, then 256): each block about doubles the receptive
+    field, 38, 78, 158 px, so the recipe picks the fewest that span the image (``small_cnn_for``)."""
+
+    def __init__(self, num_classes: int, blocks: int = 4) -> None:
         super().__init__()
+        widths = (32, 64, 128) + (256,) * (blocks - 3)
         layers: list[nn.Module] = []
         c = 3
         for i, w in enumerate(widths):
@@ -46,6 +53,21 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def small_cnn_receptive_field(blocks: int) -> int:
+    """Receptive field (px) of ``blocks`` 3x3 conv blocks with a 2x2 max-pool between them: each conv
+    adds 2 input strides, each pool 1 and doubles the stride."""
+    return 5 * 2 ** (blocks - 1) - 2
+
+
+def small_cnn_for(image_size: int) -> str:
+    """The zoo's small CNN with the fewest blocks whose receptive field spans ``image_size`` px, at most
+    6: ``small-cnn`` (4 blocks) to 38 px, ``small-cnn-5`` to 78 px, ``small-cnn-6`` above."""
+    for blocks, name in SMALL_CNN_ARCHS.items():
+        if small_cnn_receptive_field(blocks) >= image_size:
+            return name
+    return SMALL_CNN_ARCHS[max(SMALL_CNN_ARCHS)]
 
 
 def _resnet18_32x32(num_classes: int) -> nn.Module:
@@ -63,7 +85,9 @@ ARCHS: dict[str, Callable[[int], nn.Module]] = {
     "resnet-50": lambda n: tvm.resnet50(weights=None, num_classes=n),
     "mobilenet-v2": lambda n: tvm.mobilenet_v2(weights=None, num_classes=n),
     "resnet-18-32x32": _resnet18_32x32,
-    "small-cnn": lambda n: SmallCNN(n),
+    "small-cnn": lambda n: SmallCNN(n, 4),
+    "small-cnn-5": lambda n: SmallCNN(n, 5),
+    "small-cnn-6": lambda n: SmallCNN(n, 6),
 }
 
 

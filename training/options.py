@@ -9,7 +9,7 @@ variable              default        meaning
 TRAIN_MODE            finetune       ``finetune`` (the published version), ``scratch``, or
                                      ``pretrained:<path>`` (a torchvision state_dict file)
 TRAIN_ARCH            (MODEL_ARCH)   architecture for scratch/pretrained (finetune keeps the
-                                     parent's); unset: a fresh resnet-18 at <= 96 px becomes small-cnn
+                                     parent's); unset: a fresh resnet-18 at <= 96 px becomes small-cnn(-5/-6)
 TRAIN_EPOCHS          auto           epochs over the training split; ``auto``: enough for ~600 optimizer
                                      steps, 10..30 epochs (training.recipe)
 TRAIN_BATCH_SIZE      32

@@ -5,10 +5,13 @@ A user does not tune optimizers, so a job's defaults are chosen from what it tra
 
 - **architecture** (``choose_arch``), only when TRAIN_ARCH is unset and MODEL_ARCH is ``resnet-18``
   (the default): a fresh start (random init; finetune of an untrained v0 counts) on images of at most
-  ``SMALL_IMAGE_MAX`` px trains ``small-cnn`` (four 3x3 conv blocks, 32..256 channels). ResNet-18's
-  ImageNet stem (7x7 stride 2 + max-pool) shrinks a 64 px image to 2x2 before the last block, and
-  its small-image stem (``resnet-18-32x32``) costs ~37x small-cnn's compute (minutes per epoch on a
-  CPU). Weights trained elsewhere keep the architecture they were trained for;
+  ``SMALL_IMAGE_MAX`` px trains a small CNN (3x3 conv blocks, 32..256 channels) deep enough that its
+  receptive field spans the image (``models.small_cnn_for``: ``small-cnn`` to 38 px, ``small-cnn-5`` to
+  78 px, ``small-cnn-6`` above), so a shape can be told from the whole image and not only from a
+  background colour or texture that every pixel carries. ResNet-18's ImageNet stem (7x7 stride 2 +
+  max-pool) shrinks a 64 px image to 2x2 before the last block, and its small-image stem
+  (``resnet-18-32x32``) costs ~37x small-cnn's compute (minutes per epoch on a CPU). Weights trained
+  elsewhere keep the architecture they were trained for;
 - **optimizer** ``adamw`` (decoupled weight decay 0.05), learning rate 1e-3 x sqrt(batch/32), which
   trains from scratch and fine-tunes without tuning across data sizes; SGD (momentum) when TRAIN_LR is
   set without TRAIN_OPTIMIZER (an explicit lr has always meant SGD here), lr 0.1 x batch/256;
@@ -29,10 +32,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from training.models import SMALL_CNN_ARCHS, small_cnn_for, small_cnn_receptive_field
 from training.options import AUTO, TrainOptions
 
 SMALL_IMAGE_MAX = 96
-SMALL_IMAGE_ARCH = {"resnet-18": "small-cnn"}  # MODEL_ARCH -> what a fresh start trains at <= SMALL_IMAGE_MAX px
+SMALL_IMAGE_DEFAULTS = ("resnet-18",)  # MODEL_ARCH values a fresh start replaces by a small CNN at <= SMALL_IMAGE_MAX px
 TARGET_STEPS = 600
 EPOCH_BOUNDS = (10, 30)
 ADAMW_LR, ADAMW_WD = 1e-3, 0.05
@@ -53,19 +57,24 @@ class Recipe:
 
 def choose_arch(requested: str | None, default: str, image_size: int, *, fresh: bool = True) -> tuple[str, str]:
     """``(arch, reason)``: the explicit TRAIN_ARCH as given; else ``default`` (MODEL_ARCH), except that a
-    ``fresh`` start (random init) on images of at most ``SMALL_IMAGE_MAX`` px trains the compact CNN of
-    ``SMALL_IMAGE_ARCH``. Not ``fresh`` (weights trained elsewhere): the weights' architecture, kept."""
+    ``fresh`` start (random init) of a ``SMALL_IMAGE_DEFAULTS`` architecture on images of at most
+    ``SMALL_IMAGE_MAX`` px trains the small CNN whose receptive field spans the image. Not ``fresh``
+    (weights trained elsewhere): the weights' architecture, kept."""
     if requested:
         return requested, "TRAIN_ARCH / job option"
-    small = SMALL_IMAGE_ARCH.get(default)
-    if not small:
+    if default not in SMALL_IMAGE_DEFAULTS:
         return default, "MODEL_ARCH"
     if not fresh:
         return default, "MODEL_ARCH: the given weights are for it"
     if image_size <= SMALL_IMAGE_MAX:
-        return small, (f"image_size {image_size} <= {SMALL_IMAGE_MAX} and no weights to keep: {small} (4 conv blocks, "
-                       f"32..256 channels) instead of {default}, whose ImageNet stem leaves 2x2 px before its last "
-                       f"block and whose small-image stem costs ~37x the compute; TRAIN_ARCH={default} keeps it")
+        small = small_cnn_for(image_size)
+        blocks = next(b for b, name in SMALL_CNN_ARCHS.items() if name == small)
+        side = max(1, image_size // 32)
+        return small, (f"image_size {image_size} <= {SMALL_IMAGE_MAX} and no weights to keep: {small} ({blocks} conv "
+                       f"blocks, 32..256 channels; its {small_cnn_receptive_field(blocks)} px receptive field is the "
+                       f"smallest that spans the image) instead of {default}, whose ImageNet stem leaves {side}x{side} "
+                       f"px at its last block and whose small-image stem costs tens of times the compute; "
+                       f"TRAIN_ARCH={default} keeps it")
     return default, f"MODEL_ARCH (image_size {image_size} > {SMALL_IMAGE_MAX}: the ImageNet stem fits)"
 
 

@@ -113,3 +113,41 @@ def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
         setup = requests.post(backend.url + "/setup", json={"project": f"{pid}.1", "schema": client.projects.get(id=pid).label_config},
                               timeout=10).json()
         assert setup["model_version"] == "v0"
+
+
+def test_start_training_with_readme_defaults_trains_the_small_image_model(label_studio, redis_url, tmp_path):
+    """No MODEL_ARCH, no TRAIN_*: the README's defaults on 64 px images. Label Studio's "train" call
+    yields a v1 of the small CNN whose receptive field spans 64 px, the job result says why, and v1
+    is served: its predictions reach Label Studio."""
+    dataset = tmp_path / "dataset"
+    make_spurious_dataset(dataset, n_train=4, n_test=2, size=64, seed=5, kind="background")
+    port = free_port()
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+        "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}", "MODEL_DIR": str(tmp_path / "models"), "IMAGE_SIZE": "64",
+        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-defaults", "PREDICT_PARTS": "saliency",
+    }
+    with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:
+        report = import_dataset(dataset, label_studio.url, label_studio.token, title="e2e defaults",
+                                backend_url=backend.url, progress=False)
+        client = label_studio.client()
+        (ml,) = client.ml.list(project=report.project_id)
+        client.ml.train(id=ml.id)
+        worker = subprocess.run([str(BIN / "robustar"), "worker", "--burst"], env={**backend.env},
+                                capture_output=True, text=True, timeout=600)
+        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+        from rq import Queue
+        from rq.registry import FinishedJobRegistry
+
+        queue = Queue("e2e-defaults", connection=Redis.from_url(redis_url))
+        (job_id,) = FinishedJobRegistry(queue=queue).get_job_ids()
+        result = queue.fetch_job(job_id).return_value()
+        assert result["version"] == "v1" and result["arch"] == "small-cnn-5", worker.stderr[-3000:]
+        arch, why = result["recipe"]["arch"]
+        assert arch == "small-cnn-5" and "78 px receptive field" in why and "resnet-18" in why
+        assert result["recipe"]["optimizer"][0] == "adamw" and result["recipe"]["epochs"][0] == 30
+        http = requests.Session()
+        http.headers["Authorization"] = f"Token {label_studio.token}"
+        preds = http.get(f"{label_studio.url}/api/predictions", params={"project": report.project_id}).json()
+        assert len([p for p in preds if p["model_version"] == "v1"]) == report.imported

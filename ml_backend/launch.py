@@ -93,10 +93,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def failure(code: int, failed: list[dict], tail: list[str]) -> Exception:
-    """The job's exception: the first failing rank's reason (ValueError when its error was one), else the
-    last error line of the output."""
+    """The job's exception: the lowest failing rank's reason (ValueError when its error was one), else the
+    last error line of the output. (torchrun stops the other ranks when one fails, so which ranks got
+    to report is a race; every rank that did is in ``failed``.)"""
     if failed:
-        first = failed[0]
+        first = min(failed, key=lambda state: state.get("rank", 0))
         reason = f"rank {first.get('rank', '?')} of {first.get('world_size', '?')}: {first.get('error')}"
         return ValueError(reason) if first.get("value_error") else RankFailed(reason)
     errors = [ln.strip() for ln in tail if ln.strip().startswith("error:") or "Error: " in ln]

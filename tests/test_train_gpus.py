@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,7 +113,8 @@ def test_a_failing_rank_fails_the_job_with_its_reason(tmp_path, redis_url):
     job = Job.fetch(job_id, connection=redis)
     assert job.get_status() == JobStatus.FAILED, done.stderr[-3000:]
     exc = job.latest_result().exc_string
-    assert "ValueError: rank 0 of 2: TrainingDataError: no usable training tasks" in exc, exc[-2000:]
+    # every rank finds no data; torchrun stops the others when the first fails, so either may report
+    assert re.search(r"ValueError: rank [01] of 2: TrainingDataError: no usable training tasks", exc), exc[-2000:]
     assert job.retries_left == 0  # bad data: not retried
     assert CheckpointStore(model_dir, 1).published() == "v0"  # nothing new
 

@@ -61,13 +61,14 @@ def small_cnn_receptive_field(blocks: int) -> int:
     return 5 * 2 ** (blocks - 1) - 2
 
 
+def small_cnn_blocks(image_size: int) -> int:
+    """The fewest blocks (4..6) whose receptive field spans ``image_size`` px: 4 to 38 px, 5 to 78 px, else 6."""
+    return next((b for b in SMALL_CNN_ARCHS if small_cnn_receptive_field(b) >= image_size), max(SMALL_CNN_ARCHS))
+
+
 def small_cnn_for(image_size: int) -> str:
-    """The zoo's small CNN with the fewest blocks whose receptive field spans ``image_size`` px, at most
-    6: ``small-cnn`` (4 blocks) to 38 px, ``small-cnn-5`` to 78 px, ``small-cnn-6`` above."""
-    for blocks, name in SMALL_CNN_ARCHS.items():
-        if small_cnn_receptive_field(blocks) >= image_size:
-            return name
-    return SMALL_CNN_ARCHS[max(SMALL_CNN_ARCHS)]
+    """The zoo name of the small CNN for ``image_size`` px (``small_cnn_blocks``)."""
+    return SMALL_CNN_ARCHS[small_cnn_blocks(image_size)]
 
 
 def _resnet18_32x32(num_classes: int) -> nn.Module:

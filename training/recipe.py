@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from training.models import SMALL_CNN_ARCHS, small_cnn_for, small_cnn_receptive_field
+from training.models import SMALL_CNN_ARCHS, small_cnn_blocks, small_cnn_receptive_field
 from training.options import AUTO, TrainOptions
 
 SMALL_IMAGE_MAX = 96
@@ -67,8 +67,8 @@ def choose_arch(requested: str | None, default: str, image_size: int, *, fresh: 
     if not fresh:
         return default, "MODEL_ARCH: the given weights are for it"
     if image_size <= SMALL_IMAGE_MAX:
-        small = small_cnn_for(image_size)
-        blocks = next(b for b, name in SMALL_CNN_ARCHS.items() if name == small)
+        blocks = small_cnn_blocks(image_size)
+        small = SMALL_CNN_ARCHS[blocks]
         side = max(1, image_size // 32)
         return small, (f"image_size {image_size} <= {SMALL_IMAGE_MAX} and no weights to keep: {small} ({blocks} conv "
                        f"blocks, 32..256 channels; its {small_cnn_receptive_field(blocks)} px receptive field is the "

@@ -58,7 +58,7 @@ ENV PORT=9090 GUNICORN_WORKERS=1 GUNICORN_THREADS=8
 EXPOSE 9090
 HEALTHCHECK --interval=15s --timeout=6s --start-period=90s --retries=3 \
     CMD ["python", "/app/healthcheck.py", "backend"]
-CMD ["gunicorn", "-c", "/app/gunicorn.conf.py", "ml_backend.server:build_app()"]
+CMD ["gunicorn", "-c", "/app/gunicorn.conf.py", "ml_backend.api.server:build_app()"]
 
 # ---------------------------------------------------------------- the RQ training worker (GPU)
 FROM runtime AS worker

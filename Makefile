@@ -40,10 +40,10 @@ demo: setup
 	$(VENV)/bin/robustar demo
 
 test: setup browser
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .robustar

@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from label_config.export import parse_export
 from label_config.render import parse_config, render_config
-from ml_backend.fetch import FetchPolicy, ImageFetcher
-from ml_backend.serving import model_defaults
+from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
+from ml_backend.predict.registry import model_defaults
 from ml_backend.settings import Settings
-from tests.builders import synthetic_export
-from tests.fakes import LS_TOKEN, FileServer
+from devkit.builders import synthetic_export
+from devkit.servers import LS_TOKEN, FileServer
 from training.checkpoints import CheckpointStore
 from training.dataset import PairedDataset, load_splits
 from training.engine import fit

@@ -4,7 +4,7 @@ one process per GPU, nccl), side by side in one run.
     python -m benchmarks.bench_ddp [--per-class 40] [--size 32] [--arch resnet-18] [--epochs 3] [--nprocs 1,2]
 
 The same export (a generated spurious-feature set, ``file://`` URLs under ``IMAGE_ROOT``), seed and options
-through ``ml_backend.launch.train_distributed`` (what ``worker_job.train_project`` calls when ``TRAIN_GPUS`` >
+through ``ml_backend.jobs.launch.train_distributed`` (what ``worker_job.train_project`` calls when ``TRAIN_GPUS`` >
 1), each run in a fresh model folder. Per run: wall (torchrun start to exit: start-up, imports, rendezvous,
 the job), the job's training seconds, training images/s (images x epochs / training seconds, every
 process together) and the published test accuracy. Each process has one torch thread (OMP_NUM_THREADS=1),
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from label_config.render import render_config
-from ml_backend.launch import train_distributed
-from tests.builders import synthetic_export
+from ml_backend.jobs.launch import train_distributed
+from devkit.builders import synthetic_export
 from training.synthetic import make_spurious_dataset
 
 CLASSES = ["circle", "square", "triangle"]

@@ -28,10 +28,10 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ml_backend.importer import import_dataset
-from ml_backend.ls_server import LabelStudioServer, default_venv, ensure_label_studio
-from ml_backend.storage import LocalFilesSource, S3Source
-from tests.fakes import free_port
+from ml_backend.labelstudio.importer import import_dataset
+from ml_backend.local.label_studio_server import LabelStudioServer, default_venv, ensure_label_studio
+from ml_backend.labelstudio.storage import LocalFilesSource, S3Source
+from devkit.servers import free_port
 
 BIN = Path(sys.executable).parent
 CLASSES = ("a", "b", "c")

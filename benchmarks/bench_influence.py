@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ml_backend.influence import build_influence_index, delta_for, embed_batch, rank
-from ml_backend.suspicion import pair_scores
+from ml_backend.predict.influence import build_influence_index, delta_for, embed_batch, rank
+from ml_backend.predict.influence.suspicion import pair_scores
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta
 from training.models import build_model, classifier_head
 

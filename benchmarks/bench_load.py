@@ -8,7 +8,7 @@ All requests are fired at once from a thread pool (``--concurrency`` in flight).
 ``--tasks`` tasks with distinct images (data URIs, or URLs on a local file server). Prints a table:
 errors, wall time, throughput, latency p50 / p90 / p99 / max, backend RSS before/after/peak, how
 often the model was loaded ("serving vN" lines in the backend log) and the /metrics request count.
-``tests/test_load.py`` runs the default configuration and asserts on it.
+``tests/ml_backend/api/test_load.py`` runs the default configuration and asserts on it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import requests
 
 from label_config import render_config
-from tests.builders import data_uri, png_bytes
-from tests.fakes import FileServer
+from devkit.builders import data_uri, png_bytes
+from devkit.servers import FileServer
 
 CLASSES = ["a", "b", "c"]
 TOKEN = "load-token-0123456789abcdef"
@@ -142,7 +142,7 @@ def run_load(url: str, pid: int, log_path: Path, n_requests: int = 200, concurre
 
 
 def main() -> None:
-    from ml_backend.stack import backend_process, free_port
+    from ml_backend.local.stack import backend_process, free_port
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)

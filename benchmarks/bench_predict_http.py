@@ -17,9 +17,9 @@ from pathlib import Path
 import requests
 
 from label_config import render_config
-from ml_backend.stack import backend_process, free_port
-from tests.builders import png_bytes
-from tests.fakes import FileServer
+from ml_backend.local.stack import backend_process, free_port
+from devkit.builders import png_bytes
+from devkit.servers import FileServer
 
 TOKEN = "bench-token-0123456789"
 

@@ -30,12 +30,12 @@ from PIL import Image
 
 from label_config import render_config
 from label_config.render import parse_config
-from ml_backend.classifier import classify
-from ml_backend.influence import InfluencePart, build_influence_index
-from ml_backend.parts import PredictContext
-from ml_backend.saliency import SaliencyPart
-from ml_backend.segmentation import SegmentationPart
-from ml_backend.serving import ServedModel
+from ml_backend.predict.classifier import classify
+from ml_backend.predict.influence import InfluencePart, build_influence_index
+from ml_backend.predict.parts import PredictContext
+from ml_backend.predict.saliency import SaliencyPart
+from ml_backend.predict.segmentation import SegmentationPart
+from ml_backend.predict.registry import ServedModel
 from ml_backend.settings import Settings
 from training.checkpoints import CheckpointMeta, CheckpointStore
 from training.models import build_model

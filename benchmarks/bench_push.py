@@ -4,7 +4,7 @@ view), side by side in one run, plus what a first view then costs.
 
     python -m benchmarks.bench_push [--per-class 60] [--size 64] [--arch resnet-18]
 
-The real job (``worker_job.train_project`` in an RQ SimpleWorker, 1 epoch, private redis-server, a local
+The real job (``ml_backend.jobs.train_job.train_project`` in an RQ SimpleWorker, 1 epoch, private redis-server, a local
 Label Studio stand-in serving the images) once per mode, each in a fresh model folder; the push time is the
 job's own ``timings.predictions``. Then the real backend app answers ``GET /saliency`` for 10 tasks: the
 first GET makes the heatmap and the page (light), the second reads the cache. torch at 1 thread.
@@ -26,11 +26,11 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from label_config.render import render_config
-from ml_backend.app import create_app
-from ml_backend.model import configured_parts
+from ml_backend.api.app import create_app
+from ml_backend.predict.predictor import configured_parts
 from ml_backend.settings import Settings
-from tests.builders import synthetic_export
-from tests.fakes import LS_TOKEN, FakeLabelStudio, start_redis_server
+from devkit.builders import synthetic_export
+from devkit.servers import LS_TOKEN, FakeLabelStudio, start_redis_server
 from training.synthetic import make_spurious_dataset
 
 CLASSES = ["circle", "square", "triangle"]
@@ -48,7 +48,7 @@ def run_job(redis_url: str, env: dict[str, str]) -> dict:
     os.environ.update(env)  # the job reads its settings from the environment, as in the worker
     redis = Redis.from_url(redis_url)
     queue = Queue("bench-push", connection=redis)
-    job = queue.enqueue("ml_backend.worker_job.train_project", kwargs={"project_id": 1}, job_timeout=3600)
+    job = queue.enqueue("ml_backend.jobs.train_job.train_project", kwargs={"project_id": 1}, job_timeout=3600)
     SimpleWorker([queue], connection=redis).work(burst=True, with_scheduler=False)
     job.refresh()
     if job.get_status() != "finished":

@@ -3,7 +3,7 @@ job's forked work-horse imports torch & co.) vs the default warm worker (importe
 
     python -m benchmarks.bench_worker_start [--jobs 3]
 
-A private redis-server, a local Label Studio stand-in (tests.fakes.FakeLabelStudio, 24 tiny tasks), a
+A private redis-server, a local Label Studio stand-in (devkit.servers.FakeLabelStudio, 24 tiny tasks), a
 real ``robustar worker`` process per mode, the real job (1 epoch, no prediction parts). Measured per
 job: enqueue -> the first progress update in the RQ job meta (``progress_at`` of phase ``export``), and
 enqueue -> finished. Prints a Markdown table with the warm/cold ratios.
@@ -26,9 +26,9 @@ from rq import Worker
 from rq.job import Job
 
 from label_config.render import render_config
-from ml_backend.jobs import TrainingPolicy, TrainingQueue
-from tests.builders import synthetic_export
-from tests.fakes import LS_TOKEN, FakeLabelStudio, start_redis_server
+from ml_backend.jobs.queue import TrainingPolicy, TrainingQueue
+from devkit.builders import synthetic_export
+from devkit.servers import LS_TOKEN, FakeLabelStudio, start_redis_server
 from training.synthetic import make_spurious_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

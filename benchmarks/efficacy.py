@@ -64,10 +64,10 @@ from PIL import Image
 from benchmarks.groups import group_ids, train_group_balanced
 from label_config import parse_config, regions, render_config
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, parse_export
-from ml_backend.fetch import FetchPolicy, ImageFetcher
-from ml_backend.influence import build_influence_index
+from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
+from ml_backend.predict.influence import build_influence_index
 from ml_backend.settings import Settings
-from tests.fakes import FileServer
+from devkit.servers import FileServer
 from training import counterfactual, propagation
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta
 from training.counterfactual import COUNTERFACTUAL_MODES, FILL_MODES
@@ -190,7 +190,7 @@ def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Label Studio side: files served like uploads (tests.fakes.FileServer), and a JSON export with painted tasks
+# Label Studio side: files served like uploads (devkit.servers.FileServer), and a JSON export with painted tasks
 
 
 class CachingFetcher(ImageFetcher):
@@ -331,7 +331,7 @@ def painted_subset(world: World, fraction: float) -> list[int]:
 def ranked_subset(world: World, fraction: float, preset: Preset, fetcher: ImageFetcher, device: str,
                   cache: dict) -> list[int]:
     """Task ids of the ``round(fraction * N)`` training images the product ranks most suspicious: the
-    influence index (``ml_backend.influence``, as the worker builds it) of a model trained plainly on
+    influence index (``ml_backend.predict.influence``, as the worker builds it) of a model trained plainly on
     the unpainted project, in the order of the training tasks' prediction score (``SUSPICION_RANKING``),
     i.e. what the Data Manager's *Prediction score* sorts first."""
     key = ("ranking",)

@@ -49,7 +49,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, TaskRecord
 from training.checkpoints import (
@@ -61,6 +60,7 @@ from training.checkpoints import (
 from training.dataset import PairedDataset
 from training.engine import evaluate
 from training.images import make_normalizer
+from training.models import SmallCNN
 from training.options import TrainOptions
 from training.pipeline import run_pipeline
 from training.progress import Progress
@@ -94,24 +94,6 @@ PRESETS = {
 }
 
 
-class PlainCNN(nn.Module):
-    """The reference: four 3x3 conv-BN-ReLU blocks (max-pool between), global pooling, a linear head."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        layers, c = [], 3
-        for i, w in enumerate((32, 64, 128, 256)):
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            if i < 3:
-                layers.append(nn.MaxPool2d(2))
-            c = w
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
 class TrainClock(Progress):
     """The job's progress, also timing its ``train`` phase in CPU seconds of this thread (with one torch
     thread, the work itself; what other processes on a shared machine take is not counted)."""
@@ -142,7 +124,7 @@ def train_plain(train: PairedDataset, test: PairedDataset, n_classes: int, epoch
     Returns ``{epoch: (test accuracy, training seconds so far, training CPU seconds so far)}`` for each
     epoch in ``epochs``."""
     torch.manual_seed(seed)
-    model = PlainCNN(n_classes).to(device)
+    model = SmallCNN(n_classes, blocks=4).to(device)  # the plain reference: the 4-block CNN
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     norm = make_normalizer(IMAGENET_MEAN, IMAGENET_STD)
     gen = torch.Generator().manual_seed(seed)

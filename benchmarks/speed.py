@@ -20,7 +20,7 @@ Sections (each drives the product code; the per-stage modules can also be run al
    (JSON of the generated Label Studio export), decode (``parse_export``: records + RLE masks),
    images (``load_splits``: HTTP download with Token auth + decode + resize), eval of the parent,
    train, eval of the new version, save + publish, report (``training.pipeline.run_pipeline``), and
-   the influence index of the new version (``ml_backend.influence.build_influence_index``).
+   the influence index of the new version (``ml_backend.predict.influence.build_influence_index``).
 
 On CUDA every timed GPU stage ends with ``torch.cuda.synchronize``. On CPU torch runs with
 ``--threads`` (default 1: on a machine shared with other jobs, intra-op threads waiting for each other
@@ -55,7 +55,7 @@ from benchmarks.efficacy import (
     machine,
     painted_subset,
 )
-from tests.fakes import FileServer
+from devkit.servers import FileServer
 
 SECTIONS = ("paired", "rle", "predict", "influence", "job")
 # CPU-sized: one config per architecture (bench_paired_step.CONFIGS, the GPU set, adds batch 32 rows)
@@ -186,9 +186,9 @@ def section_influence(smoke: bool, device: str, tmp: Path) -> str:
 def section_job(smoke: bool, device: str, tmp: Path) -> str:
     from label_config import parse_config, render_config
     from label_config.export import TRAIN_SPLIT, parse_export
-    from ml_backend.fetch import FetchPolicy, ImageFetcher
-    from ml_backend.influence import build_influence_index
-    from ml_backend.serving import model_defaults
+    from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
+    from ml_backend.predict.influence import build_influence_index
+    from ml_backend.predict.registry import model_defaults
     from ml_backend.settings import Settings
     from training.checkpoints import CheckpointStore
     from training.options import TrainOptions

@@ -1,4 +1,4 @@
-"""Gunicorn settings for the ML backend image: ``gunicorn -c docker/gunicorn.conf.py 'ml_backend.server:build_app()'``.
+"""Gunicorn settings for the ML backend image: ``gunicorn -c docker/gunicorn.conf.py 'ml_backend.api.server:build_app()'``.
 
 Each of ``GUNICORN_WORKERS`` processes runs the FastAPI app on uvicorn's event loop and does the
 blocking work (image fetch, inference, saliency) in a pool of ``GUNICORN_THREADS`` threads. Every
@@ -10,7 +10,7 @@ import os
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9090')}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-worker_class = "ml_backend.gunicorn_worker.RobustarUvicornWorker"  # uvicorn with the request-head deadline
+worker_class = "ml_backend.api.gunicorn_worker.RobustarUvicornWorker"  # uvicorn with the request-head deadline
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))  # Label Studio waits up to 100 s for /predict
 graceful_timeout = 30
 keepalive = 5

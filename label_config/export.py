@@ -1,7 +1,7 @@
 """Label Studio JSON export -> training records (one per task): image URL, split, class, spurious mask.
 
 ``parse_export`` is a pure function over the export's task list (fetching it is the Label Studio
-client's job, ``ml_backend.ls_client``), so it is tested without a server.
+client's job, ``ml_backend.labelstudio.client``), so it is tested without a server.
 
 What a record says about a task:
 
@@ -109,17 +109,18 @@ def _annotations(task: dict) -> list[dict]:
     return [a for a in _list(task.get("annotations")) if isinstance(a, dict) and not a.get("was_cancelled")]
 
 
+def _annotation_order(a: dict) -> tuple[str, int]:
+    """Sort key of an annotation: last updated (or created), then id."""
+    aid = a.get("id")
+    return (str(a.get("updated_at") or a.get("created_at") or ""),
+            aid if isinstance(aid, int) and not isinstance(aid, bool) else 0)
+
+
 def _latest_annotation(task: dict) -> dict | None:
     anns = _annotations(task)
     if not anns:
         return None
-
-    def order(a: dict):
-        aid = a.get("id")
-        return (str(a.get("updated_at") or a.get("created_at") or ""),
-                aid if isinstance(aid, int) and not isinstance(aid, bool) else 0)
-
-    return max(anns, key=order)
+    return max(anns, key=_annotation_order)
 
 
 def _class_choice(annotation: dict, config: ParsedConfig) -> str | None:
@@ -205,6 +206,104 @@ def _union_mask(regions: Iterable[dict]) -> np.ndarray | None:
     return mask if mask is not None and mask.any() else None
 
 
+def _task_image(task: Any, config: ParsedConfig, out: ExportResult) -> tuple[Any, dict, str] | None:
+    """``(task_id, data, image_url)`` of a task; None after skipping a malformed task or one without an image."""
+    if not isinstance(task, dict):
+        out.skip("malformed", None, f"export entry is a {type(task).__name__}, not a task object")
+        return None
+    task_id = task.get("id")
+    data = task.get("data")
+    if not isinstance(data, dict):
+        out.skip("malformed", task_id, f"task data is a {type(data).__name__}, not an object")
+        return None
+    url = data.get(config.image_value)
+    if not isinstance(url, str) or not url:
+        out.skip("no_image", task_id, f"task data has no {config.image_value!r} image URL")
+        return None
+    return task_id, data, url
+
+
+def _choose_target(label: str | None, choice: str | None, label_source: str) -> str | None:
+    """The class to train on: the annotation's ``choice`` or the data ``label``, as ``label_source`` prefers."""
+    target = choice if (choice is not None and label_source == "annotation") else label
+    if label_source == "data" and target is None:
+        target = choice
+    return target
+
+
+def _known_target(target: str | None, choice: str | None, task_id: Any, config: ParsedConfig, classes: set[str],
+                  label_key: str, out: ExportResult) -> bool:
+    """Whether ``target`` is one of the project's classes; skips the task (unlabelled, unknown_label) if not."""
+    if target is None:
+        out.skip("unlabelled", task_id, "no class in the task data and no class choice in an annotation", logging.INFO)
+        return False
+    if target not in classes:
+        source = "annotation choice" if target == choice else f"task data {label_key!r}"
+        out.skip("unknown_label", task_id, f"{source} {target!r} is not one of the project's classes {config.classes}")
+        return False
+    return True
+
+
+def _note_ignored_regions(results: list[dict], config: ParsedConfig, task_id: Any, out: ExportResult) -> None:
+    """Log and count the regions that paint no spurious pixels (unknown brush labels, other region types)."""
+    for r in results:
+        why = _unknown_brush(r, config)
+        if why is not None and not _is_spurious_brush(r, config):
+            log.warning("task %s: %s; region ignored", task_id, why)
+            out.ignored_regions.setdefault("unknown_brush_label", []).append(task_id)
+        elif r.get("type") not in KNOWN_REGION_TYPES or (r.get("type") == "magicwand" and not _is_spurious_brush(r, config)):
+            log.warning("task %s: a %r region on %r does not paint spurious pixels; region ignored",
+                        task_id, r.get("type"), r.get("from_name"))
+            out.ignored_regions.setdefault("unsupported_region", []).append(task_id)
+
+
+def _annotation_mask(task: dict, annotation: dict, config: ParsedConfig, merge_annotations: bool,
+                     task_id: Any, out: ExportResult) -> np.ndarray | None:
+    """The union of the spurious regions of ``annotation`` (of every annotation with ``merge_annotations``);
+    raises RLEError for a region that cannot be decoded."""
+    anns = _annotations(task) if merge_annotations else [annotation]
+    results = [r for a in anns for r in _list(a.get("result")) if isinstance(r, dict)]
+    _note_ignored_regions(results, config, task_id, out)
+    regions = [r for r in results if _is_spurious_brush(r, config)]
+    return _union_mask(regions)
+
+
+def _task_record(task: Any, config: ParsedConfig, classes: set[str], out: ExportResult, *, label_key: str,
+                 split_key: str, default_split: str, label_source: str, merge_annotations: bool) -> TaskRecord | None:
+    """One task's record; None after skipping an unusable task (``out.skip`` says why)."""
+    checked = _task_image(task, config, out)
+    if checked is None:
+        return None
+    task_id, data, url = checked
+    split = data.get(split_key) or default_split
+    label = data.get(label_key)
+    label = str(label) if label not in (None, "") else None
+
+    annotation = _latest_annotation(task)
+    choice = _class_choice(annotation, config) if annotation else None
+    target = _choose_target(label, choice, label_source)
+    if not _known_target(target, choice, task_id, config, classes, label_key, out):
+        return None
+
+    mask = None
+    if annotation is not None:
+        try:
+            mask = _annotation_mask(task, annotation, config, merge_annotations, task_id, out)
+        except RLEError as e:
+            out.skip("bad_mask", task_id, f"annotation {annotation.get('id')}: {e}")
+            return None
+    return TaskRecord(
+        task_id=task_id,
+        image_url=url,
+        split=str(split),
+        target=target,
+        label=label,
+        mask=mask,
+        annotation_id=annotation.get("id") if annotation else None,
+        corrected=choice is not None and label is not None and choice != label,
+    )
+
+
 def parse_export(
     tasks: list[dict],
     config: ParsedConfig,
@@ -227,66 +326,11 @@ def parse_export(
     classes = set(config.classes)
     out = ExportResult(records=[], n_tasks=len(tasks))
     for task in tasks:
-        if not isinstance(task, dict):
-            out.skip("malformed", None, f"export entry is a {type(task).__name__}, not a task object")
-            continue
-        task_id = task.get("id")
-        data = task.get("data")
-        if not isinstance(data, dict):
-            out.skip("malformed", task_id, f"task data is a {type(data).__name__}, not an object")
-            continue
-        url = data.get(config.image_value)
-        if not isinstance(url, str) or not url:
-            out.skip("no_image", task_id, f"task data has no {config.image_value!r} image URL")
-            continue
-        split = data.get(split_key) or default_split
-        label = data.get(label_key)
-        label = str(label) if label not in (None, "") else None
-
-        annotation = _latest_annotation(task)
-        choice = _class_choice(annotation, config) if annotation else None
-        target = choice if (choice is not None and label_source == "annotation") else label
-        if label_source == "data" and target is None:
-            target = choice
-        if target is None:
-            out.skip("unlabelled", task_id, "no class in the task data and no class choice in an annotation", logging.INFO)
-            continue
-        if target not in classes:
-            source = "annotation choice" if target == choice else f"task data {label_key!r}"
-            out.skip("unknown_label", task_id, f"{source} {target!r} is not one of the project's classes {config.classes}")
-            continue
-
-        mask = None
-        if annotation is not None:
-            anns = _annotations(task) if merge_annotations else [annotation]
-            results = [r for a in anns for r in _list(a.get("result")) if isinstance(r, dict)]
-            for r in results:
-                why = _unknown_brush(r, config)
-                if why is not None and not _is_spurious_brush(r, config):
-                    log.warning("task %s: %s; region ignored", task_id, why)
-                    out.ignored_regions.setdefault("unknown_brush_label", []).append(task_id)
-                elif r.get("type") not in KNOWN_REGION_TYPES or (r.get("type") == "magicwand" and not _is_spurious_brush(r, config)):
-                    log.warning("task %s: a %r region on %r does not paint spurious pixels; region ignored",
-                                task_id, r.get("type"), r.get("from_name"))
-                    out.ignored_regions.setdefault("unsupported_region", []).append(task_id)
-            regions = [r for r in results if _is_spurious_brush(r, config)]
-            try:
-                mask = _union_mask(regions)
-            except RLEError as e:
-                out.skip("bad_mask", task_id, f"annotation {annotation.get('id')}: {e}")
-                continue
-        out.records.append(
-            TaskRecord(
-                task_id=task_id,
-                image_url=url,
-                split=str(split),
-                target=target,
-                label=label,
-                mask=mask,
-                annotation_id=annotation.get("id") if annotation else None,
-                corrected=choice is not None and label is not None and choice != label,
-            )
-        )
+        record = _task_record(task, config, classes, out, label_key=label_key, split_key=split_key,
+                              default_split=default_split, label_source=label_source,
+                              merge_annotations=merge_annotations)
+        if record is not None:
+            out.records.append(record)
     c = out.counts()
     log.info(
         "export: %d tasks -> %d records (%s), %d painted, skipped %s",

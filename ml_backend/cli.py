@@ -6,14 +6,14 @@ import argparse
 import logging
 import sys
 
-from ml_backend.http_limits import uvicorn_limits
+from ml_backend.api.http_limits import uvicorn_limits
 from ml_backend.settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ml_backend.server import build_app
+    from ml_backend.api.server import build_app
 
     settings = Settings.from_env()
     uvicorn.run(build_app(), host=args.host, port=args.port, log_level=args.log_level,
@@ -30,7 +30,7 @@ def _worker(args: argparse.Namespace) -> int:
     queues = [Queue(name, connection=redis) for name in (args.queues or [settings.queue_name])]
     worker_cls = SimpleWorker if args.simple else Worker
     if not args.cold:  # import the job's libraries once, before RQ forks a work-horse per job
-        from ml_backend.warm_worker import preload
+        from ml_backend.jobs.warm_worker import preload
 
         preload()
     worker = worker_cls(queues, connection=redis, name=args.name)
@@ -39,8 +39,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _import_source(args: argparse.Namespace, settings: Settings):
-    """The folder to upload, or the Local files / S3 storage to register (``ml_backend.storage``)."""
-    from ml_backend.storage import ImportErrorWithHint, LocalFilesSource, S3Source
+    """The folder to upload, or the Local files / S3 storage to register (``ml_backend.labelstudio.storage``)."""
+    from ml_backend.labelstudio.storage import ImportErrorWithHint, LocalFilesSource, S3Source
 
     storage = args.storage or ("s3" if args.dataset.startswith("s3://") else "upload")
     if storage == "upload":
@@ -57,7 +57,7 @@ def _import_source(args: argparse.Namespace, settings: Settings):
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ml_backend.importer import ImportErrorWithHint, import_dataset
+    from ml_backend.labelstudio.importer import ImportErrorWithHint, import_dataset
 
     settings = Settings.from_env()
     api_key = args.api_key or settings.label_studio_api_key
@@ -83,7 +83,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ml_backend.demo import run_demo
+    from ml_backend.local.demo import run_demo
 
     return run_demo(args)
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not preload the job's libraries (each job's work-horse imports them: ~5-10 s more per job)")
     p.set_defaults(func=_worker)
 
-    from ml_backend.train_cli import add_parser as add_train_parser
+    from ml_backend.jobs.train_cli import add_parser as add_train_parser
 
     add_train_parser(sub)
 

@@ -10,15 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-
-def _bool(name: str, value: str) -> bool:
-    """``true``/``1``/``yes``/``on`` (any case) -> True, ``false``/``0``/``no``/``off`` -> False, else ValueError."""
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={value!r}: expected true or false")
+from training.options import parse_bool
 
 
 def _parse(annotation: str, name: str, raw: str):
@@ -30,7 +22,7 @@ def _parse(annotation: str, name: str, raw: str):
         if kind == "float":
             return float(raw)
         if kind == "bool":
-            return _bool(name, raw)
+            return parse_bool(raw, name)
         if kind == "Path":
             return Path(raw)
         if kind.startswith("tuple"):  # set but empty -> empty

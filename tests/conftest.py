@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from ml_backend.ls_server import LabelStudioServer, default_venv, ensure_label_studio
-from tests.fakes import redis_answers, start_redis_server
+from ml_backend.local.label_studio_server import LabelStudioServer, default_venv, ensure_label_studio
+from devkit.servers import redis_answers, start_redis_server
 
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import free_port, start_redis_server
+from devkit.servers import free_port, start_redis_server
 
 
 class RedisServer:

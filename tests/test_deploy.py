@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from tests.fakes import free_port
+from devkit.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,7 +30,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 # read by the code but not deployment settings: the local Label Studio venv of `robustar demo`/tests
 NOT_DEPLOYMENT = {"ROBUSTAR_LS_VENV"}
-LOCAL_ONLY_FILES = {"ls_server.py", "demo.py", "stack.py"}  # the local stack, not in the images
+LOCAL_ONLY = "ml_backend/local"  # the local stack (demo, Label Studio launcher): not configured by the images
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_compose_has_the_stack(services):
     backend = services["backend"]
     assert backend["build"]["target"] == "backend"
     command = " ".join(backend["command"])
-    assert "gunicorn" in command and "ml_backend.server:build_app()" in command
+    assert "gunicorn" in command and "ml_backend.api.server:build_app()" in command
     benv = backend["environment"]
     assert "http://label-studio:8080" in benv["LABEL_STUDIO_URL"]
     assert "BACKEND_PUBLIC_URL" in benv and "GUNICORN_THREADS" in benv
@@ -179,8 +179,8 @@ def test_env_example_documents_every_variable_the_code_reads():
     pattern = re.compile(r"""(?:_env(?:_list)?|environ\.get|getenv)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
                          r"""|environ\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\]|["'](TRAIN_[A-Z0-9_]+)["']""")
     read: dict[str, str] = {}
-    for path in [*ROOT.glob("ml_backend/*.py"), *ROOT.glob("training/*.py")]:
-        if path.name in LOCAL_ONLY_FILES:
+    for path in [*ROOT.glob("ml_backend/**/*.py"), *ROOT.glob("training/*.py")]:
+        if path.relative_to(ROOT).as_posix().startswith(LOCAL_ONLY):
             continue
         for m in pattern.finditer(path.read_text()):
             read.setdefault(next(g for g in m.groups() if g), path.name)
@@ -239,7 +239,7 @@ def test_dockerfile_stages_non_root_with_healthchecks(services):
         assert checks and f'"/app/healthcheck.py", "{target}"' in checks[-1], target
         assert any(i == "CMD" for i, _ in stages[target])
     backend_cmd = [a for i, a in stages["backend"] if i == "CMD"][-1]
-    assert "gunicorn" in backend_cmd and "ml_backend.server:build_app()" in backend_cmd
+    assert "gunicorn" in backend_cmd and "ml_backend.api.server:build_app()" in backend_cmd
     assert "torch==" in " ".join(a for i, a in stages["builder"]) or "TORCH_VERSION" in DOCKERFILE.read_text()
 
 
@@ -289,7 +289,7 @@ def test_gunicorn_serves_the_backend_with_the_image_config(tmp_path, redis_url):
     assert _healthcheck("backend", {"PORT": str(port)}).returncode == 1  # nothing there yet
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", str(ROOT / "docker" / "gunicorn.conf.py"), "ml_backend.server:build_app()"],
+        proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", str(ROOT / "docker" / "gunicorn.conf.py"), "ml_backend.api.server:build_app()"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -375,8 +375,8 @@ def test_gunicorn_workers_get_the_same_server_limits_as_robustar_serve(monkeypat
     monkeypatch.setenv("HTTP_HEADER_TIMEOUT", "3.5")
     import importlib
 
-    import ml_backend.gunicorn_worker as worker
+    import ml_backend.api.gunicorn_worker as worker
 
     kwargs = importlib.reload(worker).RobustarUvicornWorker.CONFIG_KWARGS
     assert kwargs["http"].header_timeout == 3.5 and kwargs["h11_max_incomplete_event_size"] == 16 * 1024
-    assert "ml_backend.gunicorn_worker.RobustarUvicornWorker" in (ROOT / "docker" / "gunicorn.conf.py").read_text()
+    assert "ml_backend.api.gunicorn_worker.RobustarUvicornWorker" in (ROOT / "docker" / "gunicorn.conf.py").read_text()

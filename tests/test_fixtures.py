@@ -10,7 +10,7 @@ import requests
 from redis import Redis
 
 from tests.conftest import RedisDBs
-from tests.fakes import FileServer, redis_answers, start_redis_server
+from devkit.servers import FileServer, redis_answers, start_redis_server
 from tests.fixtures import fixture_path
 
 

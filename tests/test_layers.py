@@ -1,6 +1,7 @@
 """The layering of the product code, checked on its source (ast): imports only go downward
 (``ml_backend`` -> ``training`` -> ``label_config``), each layer keeps out what it must not use, and
-only the settings module reads the environment."""
+only the settings module reads the environment.  Inside ``ml_backend`` the subpackages are layered too
+(``ML_BACKEND_ORDER``, drawn in docs/architecture.md); benchmarks and the dev kit never import the tests."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ FORBIDDEN = {
     "label_config": {"torch", "torchvision", "requests", "redis", "rq", "fastapi", "starlette", "label_studio_sdk"},
     "training": {"requests", "httpx", "redis", "rq", "fastapi", "starlette", "uvicorn", "label_studio_sdk"},
     "ml_backend": set(),
+}
+
+
+# ml_backend's own layers, bottom to top: a unit imports units of its own rank or below, never above
+ML_BACKEND_ORDER = {
+    "settings": 0, "credentials": 0,
+    "labelstudio": 1,
+    "predict": 2,
+    "jobs": 3,
+    "api": 4,
+    "local": 5,
+    "cli": 6,
 }
 
 
@@ -46,6 +59,55 @@ def layering_violations(path: Path, tree: ast.AST) -> list[str]:
         elif top in FORBIDDEN[layer]:
             bad.append(f"{path.relative_to(ROOT)}:{line} imports {module} ({layer} must not use {top})")
     return bad
+
+
+def ml_backend_unit(parts: tuple[str, ...]) -> str | None:
+    """The ``ml_backend`` unit (subpackage or top-level module) a module path or dotted name belongs to."""
+    if len(parts) < 2 or parts[0] != "ml_backend":
+        return None
+    return parts[1].removesuffix(".py")
+
+
+def sibling_violations(path: Path, tree: ast.AST) -> list[str]:
+    """Imports between ``ml_backend`` subpackages against ``ML_BACKEND_ORDER`` (an unknown unit is an error)."""
+    unit = ml_backend_unit(path.relative_to(ROOT).parts)
+    if unit is None or unit == "__init__":
+        return []
+    if unit not in ML_BACKEND_ORDER:
+        return [f"{path.relative_to(ROOT)}: ml_backend/{unit} has no place in ML_BACKEND_ORDER (tests/test_layers.py)"]
+    bad = []
+    for line, module in imported_modules(tree):
+        target = ml_backend_unit(tuple(module.split(".")))
+        if target is not None and target != unit and ML_BACKEND_ORDER.get(target, 99) > ML_BACKEND_ORDER[unit]:
+            bad.append(f"{path.relative_to(ROOT)}:{line} imports {module} (ml_backend.{unit} sits below {target})")
+    return bad
+
+
+def test_ml_backend_subpackages_import_only_downward() -> None:
+    bad = []
+    for path in sorted((ROOT / "ml_backend").rglob("*.py")):
+        bad += sibling_violations(path, ast.parse(path.read_text(), str(path)))
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, where, expected", [
+    ("from ml_backend.api.app import create_app", "predict/x.py", "ml_backend.predict sits below api"),
+    ("def f():\n    from ml_backend.jobs.queue import TrainingQueue", "labelstudio/x.py", "sits below jobs"),
+    ("from ml_backend.labelstudio.fetch import ImageFetcher", "predict/x.py", None),
+    ("from ml_backend.predict.registry import ModelRegistry", "api/app.py", None),
+])
+def test_the_checker_catches_imports_up_the_subpackages(source: str, where: str, expected: str | None) -> None:
+    bad = sibling_violations(ROOT / "ml_backend" / where, ast.parse(source))
+    assert (expected in bad[0]) if expected else not bad
+
+
+def test_benchmarks_and_the_dev_kit_never_import_the_tests() -> None:
+    bad = []
+    for path in sorted([*(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "devkit").rglob("*.py")]):
+        for line, module in imported_modules(ast.parse(path.read_text(), str(path))):
+            if module.split(".")[0] == "tests":
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, "\n".join(bad)
 
 
 def environment_reads(path: Path, tree: ast.AST) -> list[str]:

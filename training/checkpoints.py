@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.files import atomic_write, host_tag
 from training.models import build_model, load_pretrained_backbone
 
 log = logging.getLogger(__name__)
@@ -72,44 +71,6 @@ def version_number(version: str) -> int:
     return int(m.group(1))
 
 
-def atomic_write(path: Path, write, overwrite: bool = True) -> None:
-    """Write via a temp file in the same folder, fsync, then rename (or hard-link when not overwriting)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails with FileExistsError instead of clobbering a finished version
-        _fsync_dir(path.parent)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (a negative pid: any process of that process group)."""
     try:
@@ -126,7 +87,7 @@ def remove_stale_temp_files(folder: Path, max_age: float = STALE_TMP_SECONDS) ->
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    host, now = _host(), time.time()
+    host, now = host_tag(), time.time()
     for p in folder.iterdir():
         if not (p.name.startswith(".") and p.name.endswith(".tmp")):
             continue

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from training.files import atomic_write
 from training.images import ImageError, ImageSource, resize_rgb
 from training.progress import Progress
 
@@ -100,15 +100,7 @@ class ImageCache:
         if len(head) > HEADER:  # an absurdly long version key: keep its hash
             return self.write(url, size, "sha256:" + hashlib.sha256(version.encode()).hexdigest(), img)
         path = self.path(url, size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(head.ljust(HEADER, b" "))
-                f.write(pixels.tobytes())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda f: f.write(head.ljust(HEADER, b" ") + pixels.tobytes()), durable=False)
         return path
 
     def get(self, url: str, size: int, source: VersionedSource) -> Entry:

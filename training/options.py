@@ -100,7 +100,10 @@ class OptionsError(ValueError):
     """A training option has an unusable value; the message names it."""
 
 
-def _bool(value: Any, name: str) -> bool:
+def parse_bool(value: Any, name: str) -> bool:
+    """``true``/``1``/``yes``/``on`` (any case) -> True, ``false``/``0``/``no``/``off`` -> False, a bool as
+    it is; anything else is an ``OptionsError`` (a ``ValueError``) naming ``name``. The one boolean parser
+    (job options here, environment variables in ``ml_backend.settings``)."""
     if isinstance(value, bool):
         return value
     s = str(value).strip().lower()
@@ -219,7 +222,7 @@ class TrainOptions:
                                 "painted_share", "propagation_confidence"):
                     v = float(v)
                 elif f.name in ("eval_every_epoch", "push_predictions", "amp"):
-                    v = _bool(v, f.name)
+                    v = parse_bool(v, f.name)
                 else:
                     v = str(v).strip().lower() if f.name in ("optimizer", "lr_schedule", "augment", "align",
                                                              "propagated_masks") else str(v).strip()

@@ -43,7 +43,7 @@ from training.images import ImageSource
 from training.models import build_model, classifier_head, load_pretrained_backbone
 from training.options import OptionsError, TrainOptions
 from training.progress import Progress
-from training.recipe import choose_arch, resolve_recipe
+from training.recipe import Recipe, choose_arch, resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,188 @@ def save_version(store: CheckpointStore, model: nn.Module, meta: CheckpointMeta,
     return path, meta, run_dir
 
 
+def _load_parent(store: CheckpointStore, defaults: ModelDefaults, classes: list[str],
+                 main: bool) -> tuple[str, tuple[nn.Module, CheckpointMeta] | None]:
+    """The published version to start from and its (model, meta) on the CPU; rank 0 creates v0 when there
+    is none, the other ranks wait for it."""
+    if main:
+        parent_version = store.published() or create_initial_version(store, defaults, classes)
+    dist.barrier()  # the other ranks read the v0 rank 0 created
+    if not main:
+        parent_version = store.published()
+    return parent_version, store.load(parent_version, "cpu")
+
+
+def _setup(store: CheckpointStore, opts: TrainOptions, defaults: ModelDefaults, classes: list[str], main: bool,
+           device: str, timings: dict[str, float]
+           ) -> tuple[str, tuple[nn.Module, CheckpointMeta] | None, StartModel, str]:
+    """``(parent_version, parent, start, version)``: the parent, the model to train and the new version's name."""
+    t = time.perf_counter()
+    parent_version, parent = _load_parent(store, defaults, classes, main)
+    start = start_model(opts, defaults, classes, parent)
+    version = store.next_version()
+    timings["setup"] = time.perf_counter() - t
+    log.info("project store %s: training %s from %s (%s, %s, %dpx) on %s", store.root, version, parent_version,
+             start.arch, start.init, start.image_size, device)
+    return parent_version, parent, start, version
+
+
+def _require_train(splits: dict[str, PairedDataset], export: ExportResult) -> PairedDataset:
+    """The training split; ``TrainingDataError`` when it is missing or empty."""
+    train = splits.get(TRAIN_SPLIT)
+    if train is None or len(train) == 0:
+        raise TrainingDataError(
+            f"no usable training tasks (data.split == {TRAIN_SPLIT!r} with a known class and a readable image); "
+            f"export counts: {export.counts()['by_split']}, skipped: {export.counts()['skipped'] or 'none'}"
+        )
+    return train
+
+
+def _load_images(export: ExportResult, load_image: ImageSource, image_size: int, classes: list[str],
+                 opts: TrainOptions, cache: ImageCache | None, source: VersionedSource | None,
+                 progress: Progress, timings: dict[str, float]) -> tuple[dict[str, PairedDataset], dict[str, Any]]:
+    """Every split's images (``load_splits``) and the data stats (per split ``memory`` or ``stream``)."""
+    progress.phase("images", records=len(export.records))
+    t = time.perf_counter()
+    data: dict[str, Any] = {}
+    splits = load_splits(export, load_image, image_size, classes, opts.num_workers, cache=cache, source=source,
+                         memory_budget=opts.memory_budget, progress=progress, stats=data)
+    timings["images"] = time.perf_counter() - t
+    return splits, data
+
+
+def _recipe(opts: TrainOptions, n_train: int, start: StartModel) -> Recipe:
+    """The concrete options (no ``auto``) for this run, the architecture's reason first."""
+    recipe = resolve_recipe(opts, n_train, pretrained=start.pretrained)
+    recipe.reasons = {"arch": [start.arch, start.arch_reason], **recipe.reasons}
+    return recipe
+
+
+def _propagate(train: PairedDataset, opts: TrainOptions, device: str,
+               timings: dict[str, float]) -> tuple[Any, Any, dict]:
+    """``(train_fit, mask_net, propagated)``: the training set with propagated masks (``propagation_step``)."""
+    t = time.perf_counter()
+    # trained with the propagated masks; evaluated, indexed and counted as the expert painted it
+    result = propagation.propagation_step(
+        train, opts.propagated_masks, opts.propagation_confidence, seed=opts.seed, device=device)
+    timings["propagate"] = time.perf_counter() - t
+    return result
+
+
+def _eval_parent(parent: tuple[nn.Module, CheckpointMeta] | None, classes: list[str],
+                 splits: dict[str, PairedDataset], device: str, main: bool, progress: Progress,
+                 timings: dict[str, float]) -> dict[str, Any]:
+    """The parent's metrics on every split (rank 0 only; ``{}`` elsewhere)."""
+    progress.phase("eval", which="parent")
+    t = time.perf_counter()
+    parent_metrics = _parent_metrics(parent, classes, splits, device) if main else {}
+    timings["eval_parent"] = time.perf_counter() - t
+    return parent_metrics
+
+
+def _log_config(writer: Any, opts: TrainOptions, start: StartModel, parent_version: str,
+                extra_config: dict | None) -> None:
+    """The run's configuration as a TensorBoard text entry."""
+    writer.add_text("config", "```\n" + json.dumps({"options": opts.to_dict(), "init": start.init,
+                                                     "parent": parent_version, **(extra_config or {})},
+                                                    indent=1, default=str) + "\n```")
+
+
+def _train(store: CheckpointStore, version: str, start: StartModel, train_fit: Any,
+           splits: dict[str, PairedDataset], opts: TrainOptions, device: str, progress: Progress,
+           parent_version: str, extra_config: dict | None, main: bool,
+           timings: dict[str, float]) -> tuple[dict[str, Any], Path]:
+    """Paired training (``engine.fit``), logged to TensorBoard under ``runs/<version>/`` on rank 0;
+    returns the history and the run folder."""
+    progress.phase("train", epochs=opts.epochs)
+    run_dir = _fresh_run_dir(store.root / "runs" / version, version) if main else store.root / "runs" / version
+    writer = _open_writer(run_dir) if main else None
+    if writer is not None:
+        _log_config(writer, opts, start, parent_version, extra_config)
+    eval_sets = {k: v for k, v in splits.items() if k != TRAIN_SPLIT}
+    t = time.perf_counter()
+    try:
+        history = fit(start.model, train_fit, opts, start.mean, start.std, device, eval_sets, progress, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    timings["train"] = time.perf_counter() - t
+    return history, run_dir
+
+
+def _follower_result(store: CheckpointStore, parent_version: str, start: StartModel,
+                     splits: dict[str, PairedDataset], device: str, timings: dict[str, float]) -> PipelineResult:
+    """A rank other than 0: wait until rank 0 has evaluated, saved, published and reported."""
+    dist.barrier()
+    summary = {"version": store.published(), "parent": parent_version, "published": False, "rank": dist.rank(),
+               "world_size": dist.world_size(), "timings": {k: round(v, 3) for k, v in timings.items()}}
+    return PipelineResult(summary, start.model, None, splits, device)  # type: ignore[arg-type]
+
+
+def _eval_new(start: StartModel, splits: dict[str, PairedDataset], device: str, progress: Progress,
+              timings: dict[str, float]) -> dict[str, Any]:
+    """The new model's metrics on every split."""
+    progress.phase("eval", which="new")
+    t = time.perf_counter()
+    new_metrics = evaluate_splits(start.model, splits, start.mean, start.std, device)
+    timings["eval_new"] = time.perf_counter() - t
+    timings["eval"] = timings["eval_parent"] + timings["eval_new"]
+    return new_metrics
+
+
+def _version_meta(version: str, parent_version: str, start: StartModel, classes: list[str], recipe: Recipe,
+                  device: str, counts: dict[str, Any], metrics: dict[str, Any],
+                  extra_config: dict | None) -> CheckpointMeta:
+    """The new version's checkpoint meta: what it is, how it was trained (``config``), its ``metrics``."""
+    config = {"options": recipe.opts.to_dict(), "recipe": recipe.reasons, "init": start.init, "device": device,
+              "counts": {k: v for k, v in counts.items() if k != "skipped_ids"}, **(extra_config or {})}
+    return CheckpointMeta(
+        version=version, arch=start.arch, classes=list(classes), image_size=start.image_size,
+        mean=tuple(start.mean), std=tuple(start.std), parent_version=parent_version,
+        config=report.jsonable(config), metrics=report.jsonable(metrics),
+    )
+
+
+def _publish(store: CheckpointStore, model: nn.Module, meta: CheckpointMeta, run_dir: Path, held_back: str | None,
+             mask_net: nn.Module | None, propagated: dict) -> tuple[Path, CheckpointMeta, Path]:
+    """Save the new version (published unless ``held_back`` says why not) and its mask-propagation net."""
+    model.cpu()
+    path, meta, run_dir = save_version(store, model, meta, run_dir, publish=held_back is None)
+    if mask_net is not None:
+        propagation.save(mask_net, propagation.net_path(store.root, meta.version),
+                         {"version": meta.version, **propagated})
+    return path, meta, run_dir
+
+
+def _log_outcome(store: CheckpointStore, version: str, parent_version: str, held_back: str | None,
+                 parent_metrics: dict[str, Any], new_metrics: dict[str, Any]) -> None:
+    """Log whether ``version`` was published and its accuracy per split against the parent's."""
+    if held_back:
+        log.warning("project store %s: %s kept but NOT published (%s serves on): %s", store.root, version,
+                    parent_version, held_back)
+    log.info("project store %s: %s %s (parent %s): %s", store.root, "kept" if held_back else "published", version,
+             parent_version,
+             ", ".join(f"{s} {parent_metrics.get(s, {}).get('accuracy') if isinstance(parent_metrics.get(s), dict) else None}"
+                       f" -> {m['accuracy']}" for s, m in new_metrics.items()))
+
+
+def _write_report(store: CheckpointStore, summary: dict[str, Any], start: StartModel, opts: TrainOptions,
+                  history: dict[str, Any], parent_metrics: dict[str, Any], run_dir: Path) -> None:
+    """``curves.png`` and ``summary.json`` under ``run_dir`` (a failure is logged, never raised); records
+    ``summary["curves"]`` and the time taken."""
+    t = time.perf_counter()
+    version, parent_version = summary["version"], summary["parent"]
+    title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"
+    try:
+        baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
+        png = report.save_curves(history, run_dir / "curves.png", title, baseline)
+        summary["curves"] = str(png) if png else None
+        report.write_summary(run_dir, summary)
+    except Exception as e:  # reporting must not fail a published version
+        log.warning("could not write curves/summary under %s: %s", run_dir, e)
+    summary["timings"]["report"] = round(time.perf_counter() - t, 3)
+
+
 def run_pipeline(
     store: CheckpointStore,
     classes: list[str],
@@ -247,105 +429,38 @@ def run_pipeline(
     device = opts.torch_device()
     timings: dict[str, float] = {}
 
-    t = time.perf_counter()
     main = dist.is_main()
-    if main:
-        parent_version = store.published() or create_initial_version(store, defaults, classes)
-    dist.barrier()  # the other ranks read the v0 rank 0 created
-    if not main:
-        parent_version = store.published()
-    parent = store.load(parent_version, "cpu")
-    start = start_model(opts, defaults, classes, parent)
-    version = store.next_version()
-    timings["setup"] = time.perf_counter() - t
-    log.info("project store %s: training %s from %s (%s, %s, %dpx) on %s", store.root, version, parent_version,
-             start.arch, start.init, start.image_size, device)
+    parent_version, parent, start, version = _setup(store, opts, defaults, classes, main, device, timings)
 
-    progress.phase("images", records=len(export.records))
-    t = time.perf_counter()
-    data: dict[str, Any] = {}
-    splits = load_splits(export, load_image, start.image_size, classes, opts.num_workers, cache=cache, source=source,
-                         memory_budget=opts.memory_budget, progress=progress, stats=data)
-    timings["images"] = time.perf_counter() - t
-    train = splits.get(TRAIN_SPLIT)
-    if train is None or len(train) == 0:
-        raise TrainingDataError(
-            f"no usable training tasks (data.split == {TRAIN_SPLIT!r} with a known class and a readable image); "
-            f"export counts: {export.counts()['by_split']}, skipped: {export.counts()['skipped'] or 'none'}"
-        )
-
-    recipe = resolve_recipe(opts, len(train), pretrained=start.pretrained)
-    recipe.reasons = {"arch": [start.arch, start.arch_reason], **recipe.reasons}
+    splits, data = _load_images(export, load_image, start.image_size, classes, opts, cache, source, progress, timings)
+    train = _require_train(splits, export)
+    recipe = _recipe(opts, len(train), start)
     opts = recipe.opts
-    t = time.perf_counter()
-    # trained with the propagated masks; evaluated, indexed and counted as the expert painted it
-    train_fit, mask_net, propagated = propagation.propagation_step(
-        train, opts.propagated_masks, opts.propagation_confidence, seed=opts.seed, device=device)
-    timings["propagate"] = time.perf_counter() - t
+    train_fit, mask_net, propagated = _propagate(train, opts, device, timings)
     log.info("recipe: %s", "; ".join(f"{k}={v[0]} ({v[1]})" for k, v in recipe.reasons.items()))
 
-    progress.phase("eval", which="parent")
-    t = time.perf_counter()
-    parent_metrics = _parent_metrics(parent, classes, splits, device) if main else {}
-    timings["eval_parent"] = time.perf_counter() - t
+    parent_metrics = _eval_parent(parent, classes, splits, device, main, progress, timings)
     parent = None  # release
-
-    progress.phase("train", epochs=opts.epochs)
-    run_dir = _fresh_run_dir(store.root / "runs" / version, version) if main else store.root / "runs" / version
-    writer = _open_writer(run_dir) if main else None
-    if writer is not None:
-        writer.add_text("config", "```\n" + json.dumps({"options": opts.to_dict(), "init": start.init,
-                                                         "parent": parent_version, **(extra_config or {})},
-                                                        indent=1, default=str) + "\n```")
-    eval_sets = {k: v for k, v in splits.items() if k != TRAIN_SPLIT}
-    t = time.perf_counter()
-    try:
-        history = fit(start.model, train_fit, opts, start.mean, start.std, device, eval_sets, progress, writer)
-    finally:
-        if writer is not None:
-            writer.close()
-    timings["train"] = time.perf_counter() - t
+    history, run_dir = _train(store, version, start, train_fit, splits, opts, device, progress, parent_version,
+                              extra_config, main, timings)
     if not main:  # rank 0 evaluates, saves, publishes and reports; wait until it has
-        dist.barrier()
-        summary = {"version": store.published(), "parent": parent_version, "published": False, "rank": dist.rank(),
-                   "world_size": dist.world_size(), "timings": {k: round(v, 3) for k, v in timings.items()}}
-        return PipelineResult(summary, start.model, None, splits, device)  # type: ignore[arg-type]
-
-    progress.phase("eval", which="new")
-    t = time.perf_counter()
-    new_metrics = evaluate_splits(start.model, splits, start.mean, start.std, device)
-    timings["eval_new"] = time.perf_counter() - t
-    timings["eval"] = timings["eval_parent"] + timings["eval_new"]
+        return _follower_result(store, parent_version, start, splits, device, timings)
+    new_metrics = _eval_new(start, splits, device, progress, timings)
 
     progress.phase("save")
     t = time.perf_counter()
     counts = export.counts()
     counts.update(train_images=len(train), train_painted=train.n_painted, **propagated)
     delta = _delta(new_metrics, parent_metrics)
-    config = {"options": opts.to_dict(), "recipe": recipe.reasons, "init": start.init, "device": device,
-              "counts": {k: v for k, v in counts.items() if k != "skipped_ids"}, **(extra_config or {})}
     metrics = {**new_metrics, "parent": parent_metrics, "delta_accuracy": delta, "epochs": history["epochs"]}
-    meta = CheckpointMeta(
-        version=version, arch=start.arch, classes=list(classes), image_size=start.image_size,
-        mean=tuple(start.mean), std=tuple(start.std), parent_version=parent_version,
-        config=report.jsonable(config), metrics=report.jsonable(metrics),
-    )
-    start.model.cpu()
+    meta = _version_meta(version, parent_version, start, classes, recipe, device, counts, metrics, extra_config)
     held_back = regression(new_metrics, parent_metrics, opts.max_regression)
-    path, meta, run_dir = save_version(store, start.model, meta, run_dir, publish=held_back is None)
+    path, meta, run_dir = _publish(store, start.model, meta, run_dir, held_back, mask_net, propagated)
     version = meta.version
-    if mask_net is not None:
-        propagation.save(mask_net, propagation.net_path(store.root, version), {"version": version, **propagated})
     timings["save"] = time.perf_counter() - t
     if cache is not None:  # keep the cache within its bound (entries of running jobs are spared)
         data["cache"]["pruned"] = cache.prune()[0]
-    if held_back:
-        log.warning("project store %s: %s kept but NOT published (%s serves on): %s", store.root, version,
-                    parent_version, held_back)
-    log.info("project store %s: %s %s (parent %s): %s", store.root, "kept" if held_back else "published", version,
-             parent_version,
-             ", ".join(f"{s} {parent_metrics.get(s, {}).get('accuracy') if isinstance(parent_metrics.get(s), dict) else None}"
-                       f" -> {m['accuracy']}" for s, m in new_metrics.items()))
+    _log_outcome(store, version, parent_version, held_back, parent_metrics, new_metrics)
 
     summary = {
         "version": version, "parent": parent_version, "published": held_back is None,
@@ -358,16 +473,7 @@ def run_pipeline(
         "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
         "data": data,
     }
-    t = time.perf_counter()
-    title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"
-    try:
-        baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
-        png = report.save_curves(history, run_dir / "curves.png", title, baseline)
-        summary["curves"] = str(png) if png else None
-        report.write_summary(run_dir, summary)
-    except Exception as e:  # reporting must not fail a published version
-        log.warning("could not write curves/summary under %s: %s", run_dir, e)
-    summary["timings"]["report"] = round(time.perf_counter() - t, 3)
+    _write_report(store, summary, start, opts, history, parent_metrics, run_dir)
     if dist.active():
         summary["world_size"] = dist.world_size()
         dist.barrier()  # the checkpoint and the report are there: the other ranks may return

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 WORK_SIZE = 48
@@ -150,10 +152,8 @@ def net_path(store_root: Path, version: str) -> Path:
 
 def save(net: MaskNet, path: Path, info: dict) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": net.state_dict(), "work_size": net.work_size, "info": info}, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda f: torch.save({"state_dict": net.state_dict(), "work_size": net.work_size, "info": info}, f),
+                 durable=False)
     return path
 
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import requests
 
-from ml_backend.importer import import_dataset
-from ml_backend.ls_server import LabelStudioServer
-from ml_backend.stack import ManagedProcess, worker_process
+from ml_backend.labelstudio.importer import import_dataset
+from ml_backend.local.label_studio_server import LabelStudioServer
+from ml_backend.local.stack import ManagedProcess, worker_process
 from tests.browser.ui import poll
 from tests.e2e.backend import BackendProcess
-from tests.fakes import free_port
+from devkit.servers import free_port
 from training.synthetic import make_spurious_dataset
 
 # ~12 training and 6 test images (3 classes), 64 px, the demo's tiny-cnn: fast enough for 2 CPU cores

@@ -24,7 +24,7 @@ from PIL import Image
 from label_config.export import parse_export
 from label_config.render import parse_config
 from label_config.rle import decode_rle
-from ml_backend.ls_client import fetch_export
+from ml_backend.labelstudio.client import fetch_export
 from tests.browser import ui
 from tests.browser.ui import AnnotationSettingsPage, LabelingView, ModelPage, shot
 from tests.e2e.test_local_stack import predict_new_task_through_label_studio
@@ -318,7 +318,7 @@ def test_the_new_versions_report_is_one_click_from_a_task(logged_in, stack, loop
 
 def test_the_new_versions_heatmap_shows_when_a_task_is_opened(logged_in, stack, loop):
     """The worker pushed only vN's class and score (PUSH_DETAIL=light); opening a task makes its heatmap with
-    vN on the first GET of ``$saliency`` (ml_backend.lazy_views), and it displays."""
+    vN on the first GET of ``$saliency`` (ml_backend.predict.lazy_views), and it displays."""
     import requests
 
     page = logged_in

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ml_backend.stack import BIN, ManagedProcess, backend_process
-from tests.fakes import free_port
+from ml_backend.local.stack import BIN, ManagedProcess, backend_process
+from devkit.servers import free_port
 
 __all__ = ["BIN", "BackendProcess"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from ml_backend.ls_server import (
+from ml_backend.local.label_studio_server import (
     LabelStudioError,
     LabelStudioServer,
     default_venv,

@@ -24,9 +24,9 @@ import pytest
 import requests
 from redis import Redis
 
-from ml_backend.demo import READY_LINE
-from ml_backend.stack import start_private_redis
-from tests.fakes import free_port
+from ml_backend.local.demo import READY_LINE
+from ml_backend.local.stack import start_private_redis
+from devkit.servers import free_port
 
 pytestmark = pytest.mark.slow
 

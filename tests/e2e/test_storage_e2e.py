@@ -17,11 +17,11 @@ import boto3
 import pytest
 import requests
 
-from ml_backend.ls_client import fetch_export, make_client
+from ml_backend.labelstudio.client import fetch_export, make_client
 from ml_backend.settings import Settings
-from ml_backend.worker_job import job_options, train_tasks
+from ml_backend.jobs.train_job import job_options, train_tasks
 from tests.e2e.backend import BIN, BackendProcess
-from tests.fakes import free_port
+from devkit.servers import free_port
 from training.checkpoints import CheckpointStore
 from training.progress import Progress
 from training.synthetic import make_spurious_dataset
@@ -185,7 +185,7 @@ def test_s3_storage(label_studio, backend, dataset, bucket, s3_endpoint, tmp_pat
     assert summary["published"] and summary["counts"]["records"] == n and not summary["counts"]["skipped"]
 
     # without the endpoint in ALLOWED_IMAGE_HOSTS the task's image is refused, and the error says what to do
-    from ml_backend.fetch import FetchPolicy, ImageError, ImageFetcher
+    from ml_backend.labelstudio.fetch import FetchPolicy, ImageError, ImageFetcher
 
     policy = FetchPolicy.from_settings(Settings())
     with pytest.raises(ImageError, match="ALLOWED_IMAGE_HOSTS"):

@@ -14,9 +14,9 @@ from PIL import Image
 from redis import Redis
 
 from label_config import regions
-from ml_backend.importer import import_dataset
+from ml_backend.labelstudio.importer import import_dataset
 from tests.e2e.backend import BIN, BackendProcess
-from tests.fakes import free_port
+from devkit.servers import free_port
 from training.synthetic import make_spurious_dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -1,0 +1,1 @@
+"""The HTTP service Label Studio talks to: routes, access control, CORS, request limits, metrics."""

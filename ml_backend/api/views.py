@@ -1,0 +1,123 @@
+"""What the browser loads from the backend, always for the served version: a task's saliency heatmap
+(``GET /saliency/{project}/{key}``), its influence or suspicion page (``GET /influence/{project}/{key}``)
+and a version's training report (``GET /report/{project}/{version}`` and its ``curves.png``).
+
+Project ids outside the range ``/setup`` accepts are 404 (never a file name from an arbitrary string);
+task keys are hashed into file names (``ml_backend.predict.task_files``); versions must be ``v<N>``. A heatmap
+of an older version is served (named in ``X-Robustar-Model-Version``) until the served one computed
+its own; a page not computed yet is a short note, not an error, so Label Studio shows no error box.
+A heatmap or page the served version has not made yet is made on this GET when the worker recorded the
+task while pushing vN's predictions (``ml_backend.predict.lazy_views``), then cached.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+from ml_backend.predict.heatmaps import HeatmapCache
+from ml_backend.predict.lazy_views import make_views
+from ml_backend.predict.pages import pending_page, report_page
+from ml_backend.predict.task_files import InfluencePages
+from ml_backend.api.validation import MAX_PROJECT_ID
+from training.checkpoints import CheckpointStore, version_number
+
+VERSION_HEADER = "X-Robustar-Model-Version"
+
+
+def parse_project_path(text: str) -> int | None:
+    """A project id from a URL path segment, in the range /setup accepts; None otherwise."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PROJECT_ID)):
+        return None
+    pid = int(text)
+    return pid if 1 <= pid < MAX_PROJECT_ID else None
+
+
+def _no_project(project_id: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "message": f"no project {project_id[:40]!r}: project ids are "
+                         f"1..{MAX_PROJECT_ID - 1}"}, status_code=404)
+
+
+def _task_file(request: Request, project_id: str, key: str, cache_class) -> tuple[int, str | None, tuple | None] | JSONResponse:
+    """(project id, served version, (path, version) of the task's cached file or None), or the 404 of a
+    project id /setup would refuse."""
+    pid = parse_project_path(project_id)
+    if pid is None:
+        return _no_project(project_id)
+    try:
+        version = request.app.state.backend.registry.current_version(pid)
+    except (FileNotFoundError, ValueError):
+        version = None
+    cache = cache_class(request.app.state.settings.model_dir, pid)
+    found = cache.find(key, version)
+    if version is not None and (found is None or found[1] != version):  # not made by the served version yet
+        def made() -> bool:
+            again = cache.find(key, version)
+            return again is not None and again[1] == version
+
+        if make_views(request.app.state.backend, pid, key, made):
+            found = cache.find(key, version)
+    return pid, version, found
+
+
+def saliency_png(request: Request, project_id: str, key: str):
+    looked = _task_file(request, project_id, key, HeatmapCache)
+    if isinstance(looked, JSONResponse):
+        return looked
+    pid, version, found = looked
+    if found is None:
+        return JSONResponse(
+            {"status": "error", "message": f"no saliency heatmap for {key!r} in project {pid} yet "
+             f"(it is computed when the task is predicted{f' by {version}' if version else ''})"},
+            status_code=404,
+        )
+    path, v = found
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache", VERSION_HEADER: v})
+
+
+def influence_html(request: Request, project_id: str, key: str):
+    looked = _task_file(request, project_id, key, InfluencePages)
+    if isinstance(looked, JSONResponse):
+        return looked
+    _, version, found = looked
+    if found is None or found[1] != version:
+        return HTMLResponse(pending_page(f"{version or 'The model'} has not predicted this task yet: its influence "
+                                         "or suspicion appears once it has (open the task again, or retrieve "
+                                         "predictions in the Data Manager)."),
+                            headers={"Cache-Control": "no-cache"})
+    path, v = found
+    return FileResponse(path, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", VERSION_HEADER: v})
+
+
+def _run_file(request: Request, project_id: str, version: str, name: str) -> Path | JSONResponse:
+    """A file of a version's run folder (``runs/vN/<name>``), or the 404 that says what is missing."""
+    pid = parse_project_path(project_id)
+    if pid is None:
+        return _no_project(project_id)
+    try:
+        version_number(version)
+    except ValueError:
+        version = version[:20]
+    else:
+        path = CheckpointStore(request.app.state.settings.model_dir, pid).root / "runs" / version / name
+        if path.is_file():
+            return path
+    return JSONResponse({"status": "error", "message": f"no {name} of {version!r} in project {pid}"}, status_code=404)
+
+
+def report_html(request: Request, project_id: str, version: str):
+    found = _run_file(request, project_id, version, "summary.json")
+    if isinstance(found, JSONResponse):
+        return found
+    versions = CheckpointStore(request.app.state.settings.model_dir, int(project_id)).versions()
+    summary = json.loads(found.read_text())
+    return HTMLResponse(report_page(summary, versions, (found.parent / "curves.png").is_file()))
+
+
+def report_curves(request: Request, project_id: str, version: str):
+    found = _run_file(request, project_id, version, "curves.png")
+    return found if isinstance(found, JSONResponse) else FileResponse(found, media_type="image/png")

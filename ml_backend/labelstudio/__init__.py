@@ -1,0 +1,1 @@
+"""Label Studio I/O: the SDK client, image fetching under a policy, storage URLs, ``robustar import``."""

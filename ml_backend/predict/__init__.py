@@ -1,0 +1,1 @@
+"""Predictions: the served version per project, the predictor and its parts (class, saliency, proposals, influence)."""

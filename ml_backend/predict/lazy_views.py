@@ -1,0 +1,99 @@
+"""Heavy prediction views made when a task is opened, not when vN's predictions are pushed.
+
+After training, the worker pushes only what Label Studio stores and the Data Manager sorts by (the class
+and the score: a training task's suspicion), ``PUSH_DETAIL=light``; the views the labeling page loads by
+URL — the saliency heatmap (``$saliency``) and the influence/suspicion page (``$influence``) — are made by
+the backend on their first GET (``ml_backend.api.views``) and cached on disk per version
+(``ml_backend.predict.task_files``), so every later GET is a file read.
+
+For that the push records, per task key, the task's id and data (its image URL, split, label) and the
+project's label config under ``<MODEL_DIR>/project-<id>/task-records/``; a view GET that finds no file of
+the served version predicts that one task with the view parts (saliency, influence) of the served version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from ml_backend.predict.task_files import key_hash, task_key
+from training.files import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "task-records"
+CONFIG_FILE = "label_config.xml"
+VIEW_PARTS = ("saliency", "influence")
+
+
+class TaskRecords:
+    """Task id + data by task key, and the label config, of one project (what a view needs to predict it)."""
+
+    def __init__(self, model_dir: str | Path, project_id: int | str) -> None:
+        self.root = Path(model_dir) / f"project-{project_id}" / RECORDS_DIR
+
+    def write(self, tasks: list[dict], label_config: str) -> None:
+        """Record ``tasks`` (replacing older records of the same keys) and the label config."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / CONFIG_FILE
+        if not config.is_file() or config.read_text() != label_config:
+            write_bytes_atomic(config, label_config.encode())
+        for task in tasks:
+            record = {"id": task.get("id"), "data": task.get("data") or {}}
+            write_bytes_atomic(self.root / f"{key_hash(task_key(task))}.json", json.dumps(record).encode())
+
+    def task(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.root / f"{key_hash(key)}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def label_config(self) -> str | None:
+        try:
+            return (self.root / CONFIG_FILE).read_text()
+        except OSError:
+            return None
+
+
+_guard = threading.Lock()
+_locks: dict[tuple[int, str], threading.Lock] = {}
+
+
+def _lock_for(project_id: int, key: str) -> threading.Lock:
+    """One computation per task at a time (the heatmap and the page of a task are often requested together)."""
+    with _guard:
+        if len(_locks) > 10_000:
+            _locks.clear()
+        return _locks.setdefault((project_id, key), threading.Lock())
+
+
+def make_views(backend, project_id: int, key: str, is_done) -> bool:
+    """Predict the recorded task ``key`` with the served version's view parts, unless ``is_done()`` (checked
+    again under the task's lock); True when the views were computed. False when the task was never
+    recorded (pushed) or the project's label config is unknown; errors are logged, never raised."""
+    records = TaskRecords(backend.settings.model_dir, project_id)
+    task = records.task(key)
+    if task is None:
+        return False
+    with _lock_for(project_id, key):
+        if is_done():
+            return False
+        try:
+            model = backend.models.get(project_id)
+            if model is None:
+                config = records.label_config()
+                if not config:
+                    return False
+                model = backend.model_for(project_id, config, "the recorded label config")
+            errors: list[tuple] = []
+            model.predict([task], errors=errors, only=VIEW_PARTS)
+            if errors:
+                log.warning("project %s task %s: views not made: %s", project_id, task.get("id"), errors[0][1])
+                return False
+            return True
+        except Exception:
+            log.exception("project %s task %s: making the heatmap / page on first view failed", project_id,
+                          task.get("id"))
+            return False

@@ -1,5 +1,8 @@
 """Label Studio brush RLE (the ``rle-pack`` bit format), vectorized with numpy.
 
+One module of a little over 400 lines on purpose: the decoder and the encoder are the two halves of one
+bit layout (described once, below) and are proved against each other and the SDK in one test file.
+
 Label Studio stores a brush mask as the RGBA pixels of an ``H x W`` canvas, flattened to ``H*W*4``
 bytes and packed with thi.ng's ``rle-pack``.  The same codec lives, bit by bit in Python strings, in
 ``label_studio_sdk.converter.brush`` (``decode_rle`` / ``encode_rle`` / ``mask2rle``); this module is

@@ -1,4 +1,4 @@
-"""Hardening (issue 14): each attack of the independent pass, reproduced, and the fix proved.
+"""The attack surface: each attack of an independent pass, reproduced, and the fix proved.
 
 1. the configured API key goes to the configured Label Studio origin only;
 3. strings that cannot be encoded (lone surrogates) are refused at validation, naming the field, and

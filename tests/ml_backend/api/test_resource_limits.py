@@ -1,4 +1,4 @@
-"""Hardening (issue 14), the rest of the findings: each attack reproduced, then the fix proved.
+"""Resource limits under attack: pixel bombs, slow clients, the schema, resolved-address checks, unknown projects.
 
 2. pixel bombs: images are downscaled once at decode (PREDICT_MAX_SIDE), a request holds at most
    PREDICT_MAX_PIXELS_PER_REQUEST decoded pixels (413 per task past it), full-size decodes share a

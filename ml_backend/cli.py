@@ -23,17 +23,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from redis import Redis
-    from rq import Queue, SimpleWorker, Worker
+    from rq import Queue
+
+    from ml_backend.jobs.warm_worker import preload, worker_class
 
     settings = Settings.from_env()
     redis = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=redis) for name in (args.queues or [settings.queue_name])]
-    worker_cls = SimpleWorker if args.simple else Worker
     if not args.cold:  # import the job's libraries once, before RQ forks a work-horse per job
-        from ml_backend.jobs.warm_worker import preload
-
         preload()
-    worker = worker_cls(queues, connection=redis, name=args.name)
+    worker = worker_class(args.simple)(queues, connection=redis, name=args.name)
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 

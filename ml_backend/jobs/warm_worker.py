@@ -50,3 +50,27 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> float:
     seconds = time.perf_counter() - t0
     log.info("worker preload: job libraries imported in %.1fs (each job's work-horse inherits them)", seconds)
     return seconds
+
+
+class PromptShutdownMixin:
+    """Stops RQ's pub/sub thread without waiting out its poll: redis-py 8's ``PubSubWorkerThread.stop()``
+    joins the thread, which may sit in a 60 s wait for a subscription RQ has just dropped, so a SIGTERM'ed
+    worker took up to a minute to exit (the thread is a daemon: leaving it is safe)."""
+
+    def unsubscribe(self) -> None:
+        thread = getattr(self, "pubsub_thread", None)
+        if thread is None:
+            return
+        self.pubsub.unsubscribe()
+        try:
+            thread.stop(timeout=1)
+        except TypeError:  # redis-py before 8: stop() takes no timeout and does not join
+            thread.stop()
+
+
+def worker_class(simple: bool) -> type:
+    """RQ's forking ``Worker`` (or ``SimpleWorker``: jobs in the worker process) with a prompt shutdown."""
+    from rq import SimpleWorker, Worker
+
+    base = SimpleWorker if simple else Worker
+    return type(f"Robustar{base.__name__}", (PromptShutdownMixin, base), {})

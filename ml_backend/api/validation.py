@@ -88,12 +88,13 @@ def _not_utf8(text: str) -> bool:
     return False
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def may_hold_lone_surrogates(raw: bytes) -> bool:
     """Cheap test on a raw JSON body: False when no parsed string can hold a lone surrogate (a UTF-8 body
-    can only get one from a ``\\uD800``-style escape; UTF-16/32 bodies are always checked)."""
+    can only get one from a ``\\uD800``-style escape, or from the raw bytes of one, ``ED A0 80``-``ED BF BF``,
+    which ``json.loads`` decodes with ``surrogatepass``; UTF-16/32 bodies are always checked)."""
     return json.detect_encoding(raw) not in ("utf-8", "utf-8-sig") or _SURROGATE_ESCAPE.search(raw) is not None
 
 

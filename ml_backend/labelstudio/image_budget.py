@@ -22,10 +22,12 @@ class ImageBudgetError(ImageError):
 
 class RequestBudget:
     """The decoded pixels one /predict request may hold (``PREDICT_MAX_PIXELS_PER_REQUEST``): every image is
-    charged its decoded (downscaled) size before it is decoded; one that does not fit is refused (413)."""
+    charged its decoded (downscaled) size before it is decoded; one that does not fit is refused (413). And
+    the request's one fetch deadline (``FETCH_TIMEOUT`` for all its images together)."""
 
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, deadline: float | None = None) -> None:
         self.max_pixels = int(max_pixels)
+        self.deadline = deadline  # time.monotonic() by which all the request's images are fetched (or given up)
         self.used = 0
         self._lock = threading.Lock()
 

@@ -97,7 +97,7 @@ class Settings:
     predict_concurrency: int = 4  # /predict requests computed at once (more wait): bounds memory under load
     max_image_pixels: int = 64_000_000
     predict_max_side: int = 1024  # /predict decodes images downscaled to this longer side (never below the model input)
-    predict_max_pixels_per_request: int = 64_000_000  # decoded (downscaled) pixels one /predict may hold
+    predict_max_pixels_per_request: int = 16_777_216  # decoded (downscaled) pixels one /predict may hold (16 x 1024²)
     predict_max_decode_bytes: int = 1 << 30  # process-wide bytes of full-size decodes at once
     max_mask_pixels: int = 16_777_216  # largest brush mask an interactive /predict may declare (original size)
     max_context_marks: int = 200  # marks (keypoints, rectangles, brush strokes) in one interactive /predict

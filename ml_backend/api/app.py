@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from label_config.render import LabelConfigError, parse_config
+from label_config.render import LabelConfigError
 from ml_backend.api import views
 from ml_backend.api.context_limits import validate_context
 from ml_backend.api.cors import AllowedOrigins, LabelStudioCORS
@@ -66,7 +66,9 @@ from ml_backend.settings import Settings
 from ml_backend.api.validation import (
     PayloadError,
     check_encodable,
+    is_json_media_type,
     may_hold_lone_surrogates,
+    setup_classes,
     task_label,
     validate_predict,
     validate_setup,
@@ -142,12 +144,6 @@ def _backend(request: Request) -> Backend:
     return request.app.state.backend
 
 
-def is_json_media_type(content_type: str | None) -> bool:
-    """``application/json`` or ``application/<x>+json``, parameters (``; charset=utf-8``) allowed."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
 async def json_body(request: Request) -> dict:
     """The request's JSON object; PayloadError 415 unless sent as ``application/json`` (a web page cannot send
     that to another origin without a CORS preflight, which it does not pass), 413 past ``MAX_REQUEST_BYTES``
@@ -203,7 +199,7 @@ async def setup(request: Request) -> dict:
     backend, settings = _backend(request), _backend(request).settings
     req = validate_setup(await json_body(request))
     vouched = setup_vouched(request, settings, req.access_token)
-    classes = _setup_classes(req.schema, req.project_id)
+    classes = setup_classes(req.schema, req.project_id)
     model = backend.models.get(req.project_id)
     if vouched:
         backend.creds[req.project_id] = (req.hostname, req.access_token)
@@ -220,16 +216,6 @@ async def setup(request: Request) -> dict:
         return {"model_version": reported_version(settings, backend.registry, req.project_id, [])}
     return {"model_version": await run_in_threadpool(reported_version, settings, backend.registry, req.project_id,
                                                      classes)}
-
-
-def _setup_classes(schema: str | None, project_id: int) -> list[str] | None:
-    """The classes of a /setup ``schema`` (None without one); a bad config is a 400 naming ``schema``."""
-    if not schema:
-        return None
-    try:
-        return parse_config(schema).classes
-    except LabelConfigError as e:
-        raise PayloadError(f"'schema' (project {project_id}): {e}") from e
 
 
 async def versions(request: Request):

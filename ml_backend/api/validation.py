@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from label_config.render import LabelConfigError, parse_config
+
 MAX_PROJECT_ID = 10**12
 MAX_LABEL_CONFIG_CHARS = 1_000_000
 
@@ -138,6 +140,22 @@ class SetupRequest:
     schema: str | None
     hostname: str | None
     access_token: str | None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<x>+json``, parameters (``; charset=utf-8``) allowed."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def setup_classes(schema: str | None, project_id: int) -> list[str] | None:
+    """The classes of a /setup ``schema`` (None without one); a bad config is a 400 naming ``schema``."""
+    if not schema:
+        return None
+    try:
+        return parse_config(schema).classes
+    except LabelConfigError as e:
+        raise PayloadError(f"'schema' (project {project_id}): {e}") from e
 
 
 def validate_setup(body: dict) -> SetupRequest:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -253,6 +253,7 @@ class ImageFetcher:
         """
         memory = decode_memory(self.policy.max_decode_bytes)
         deadline = budget.deadline if budget is not None else None
+        share = budget.decode if budget is not None else None
         wait = self.timeout if deadline is None else max(0.0, min(self.timeout, deadline - time.monotonic()))
 
         @contextmanager
@@ -261,10 +262,8 @@ class ImageFetcher:
             if budget is not None:
                 budget.charge(source, pixels)
             try:
-                if memory is None:
-                    yield
-                else:
-                    with memory.hold(source, nbytes, wait):
+                with share.hold(source, nbytes, wait) if share is not None else nullcontext():
+                    with memory.hold(source, nbytes, wait) if memory is not None else nullcontext():
                         yield
             except BaseException:  # refused or unreadable: the request keeps its budget for other images
                 if budget is not None:

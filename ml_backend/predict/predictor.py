@@ -126,8 +126,9 @@ class RobustarModel:
         """Every task's image, downscaled at decode to ``max_side``, under one request budget
         (``PREDICT_MAX_PIXELS_PER_REQUEST`` decoded pixels: an image past it is a 413 for its task) and one
         deadline (``FETCH_TIMEOUT`` for all the request's images: what is not fetched by then fails its task)."""
+        decode_share = self.settings.predict_max_decode_bytes // max(1, self.settings.predict_concurrency)
         budget = RequestBudget(self.settings.predict_max_pixels_per_request,
-                               deadline=time.monotonic() + self.settings.fetch_timeout)
+                               deadline=time.monotonic() + self.settings.fetch_timeout, decode_share=decode_share)
 
         def one(task: dict) -> Image.Image | ImageError:
             url = (task.get("data") or {}).get(self.config.image_value)

@@ -40,7 +40,8 @@ ENV_NAMES = {  # fields whose variable is not the field's name in upper case
 }
 NOT_FROM_ENV = ("train_env", "extra")  # train_env collects every TRAIN_* variable (training.options)
 MINIMUM = {"predict_concurrency": 1, "train_retries": 0, "predict_max_side": 0, "predict_max_pixels_per_request": 0,
-           "predict_max_decode_bytes": 0}
+           "predict_max_decode_bytes": 0,
+           "max_projects": 1, "max_context_marks": 0, "max_mask_pixels": 0}
 
 
 @dataclass
@@ -96,8 +97,11 @@ class Settings:
     predict_concurrency: int = 4  # /predict requests computed at once (more wait): bounds memory under load
     max_image_pixels: int = 64_000_000
     predict_max_side: int = 1024  # /predict decodes images downscaled to this longer side (never below the model input)
-    predict_max_pixels_per_request: int = 64_000_000  # decoded (downscaled) pixels one /predict may hold
+    predict_max_pixels_per_request: int = 16_777_216  # decoded (downscaled) pixels one /predict may hold (16 x 1024²)
     predict_max_decode_bytes: int = 1 << 30  # process-wide bytes of full-size decodes at once
+    max_mask_pixels: int = 16_777_216  # largest brush mask an interactive /predict may declare (original size)
+    max_context_marks: int = 200  # marks (keypoints, rectangles, brush strokes) in one interactive /predict
+    max_projects: int = 64  # projects whose state (model, credentials) the backend keeps in memory; LRU evicted
     # training (TRAIN_* defaults of every job; see training.options) and the queue policy
     train_env: dict[str, str] = field(default_factory=dict)
     train_every_n_annotations: int = 0

@@ -80,16 +80,20 @@ def read_pixels(path: str | Path, size: int) -> np.ndarray:
 
 
 class ImageCache:
-    """Entries under ``root/<size>px/<2 hex>/<sha256 of size and URL>.img``; ``max_bytes`` (0: unbounded) is
-    what ``prune`` keeps."""
+    """Entries under ``root/<size>px/<2 hex>/<sha256 of namespace, size and URL>.img``; ``max_bytes`` (0:
+    unbounded) is what ``prune`` keeps. ``namespace`` (the worker's: Label Studio's origin and the project)
+    keeps one project's entries from another: the same URL in two projects is two entries, each filled by
+    its project's own fetch."""
 
-    def __init__(self, root: str | Path, max_bytes: int = 0, grace_s: float = 6 * 3600.0) -> None:
+    def __init__(self, root: str | Path, max_bytes: int = 0, grace_s: float = 6 * 3600.0, namespace: str = "") -> None:
         self.root = Path(root)
+        self.namespace = namespace  # whose entries these are (the image source's origin and project): part of the key
         self.max_bytes = int(max_bytes)
         self.grace_s = float(grace_s)
 
     def path(self, url: str, size: int) -> Path:
-        key = hashlib.sha256(f"{size}\0{url}".encode("utf-8", "surrogatepass")).hexdigest()
+        scope = f"{self.namespace}\0" if self.namespace else ""
+        key = hashlib.sha256(f"{scope}{size}\0{url}".encode("utf-8", "surrogatepass")).hexdigest()
         return self.root / f"{size}px" / key[:2] / f"{key}.img"
 
     def write(self, url: str, size: int, version: str, img: Image.Image) -> Path:

@@ -33,6 +33,7 @@ from starlette.routing import Match
 
 from label_config.render import LabelConfigError
 from ml_backend.api import views
+from ml_backend.api.context_limits import validate_context
 from ml_backend.api.cors import AllowedOrigins, LabelStudioCORS
 from ml_backend.api.errors import (
     SafeJSONResponse,
@@ -52,24 +53,29 @@ from ml_backend.jobs.queue import (
     TrainingQueue,
 )
 from ml_backend.api.metrics import Metrics
-from ml_backend.predict.predictor import RobustarModel, describe_key_destination
+from ml_backend.labelstudio.client import label_studio_origin
+from ml_backend.predict.predictor import RobustarModel, describe_key_destination, reported_version
 from ml_backend.jobs.model_card import show_training_queued
+from ml_backend.predict.lazy_views import ViewMaker
 from ml_backend.predict.parts import PredictionPart
 from ml_backend.api.security import AccessMiddleware
+from ml_backend.api.trust import ProjectLRU, protections_line, setup_vouched
 from ml_backend.credentials import install_log_redaction
 from ml_backend.predict.registry import ClassMismatchError, ModelRegistry
 from ml_backend.settings import Settings
 from ml_backend.api.validation import (
     PayloadError,
     check_encodable,
+    is_json_media_type,
     may_hold_lone_surrogates,
+    setup_classes,
     task_label,
     validate_predict,
     validate_setup,
     validate_task_images,
     validate_webhook,
 )
-from ml_backend.jobs.versions import VersionSelection, job_state, list_versions
+from ml_backend.jobs.versions import VersionSelection, job_state, list_versions, projects_with_versions
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +96,14 @@ class Backend:
         redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
                                retry=Retry(NoBackoff(), 0))
         self.queue = TrainingQueue(redis, settings.queue_name, TrainingPolicy.from_settings(settings))
-        self.models: dict[int, RobustarModel] = {}
-        self.creds: dict[int, tuple[str | None, str | None]] = {}
+        # per-project state, bounded (least recently used evicted; a model is rebuilt when asked for again)
+        self.models: ProjectLRU[int, RobustarModel] = ProjectLRU(settings.max_projects)
+        self.creds: ProjectLRU[int, tuple[str | None, str | None]] = ProjectLRU(settings.max_projects)
+        self.known: ProjectLRU[int, bool] = ProjectLRU(max(1024, settings.max_projects))  # ids a webhook may queue
         self.origins = AllowedOrigins(settings)
         self.selection = VersionSelection(settings)
-        self.last_project: int | None = None  # the project /versions answers for (Label Studio names none)
+        self.view_maker = ViewMaker()  # heatmaps and pages made on first GET, on threads of their own
+        self.last_project: int | None = None  # the project /versions answers for: the last vouched /setup's
         self._lock = threading.Lock()
         self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -102,11 +111,13 @@ class Backend:
         """The project's model, rebuilt when its label config changes; a bad config names ``field``."""
         with self._lock:
             model = self.models.get(project_id)
-            if model is None or (label_config and label_config != model.label_config):
+            hostname, token = self.creds.get(project_id, (None, None))
+            stale = model is not None and model.label_studio != label_studio_origin(self.settings, hostname, token)
+            if model is None or stale or (label_config and label_config != model.label_config):
                 try:
+                    label_config = label_config or (model.label_config if model is not None else None)
                     if not label_config:
                         raise LabelConfigError(f"project {project_id}: no label config received yet (call /setup first)")
-                    hostname, token = self.creds.get(project_id, (None, None))
                     model = RobustarModel(project_id, label_config, self.settings, self.registry, self.parts,
                                           hostname=hostname, access_token=token)
                 except LabelConfigError as e:
@@ -115,9 +126,10 @@ class Backend:
             return model
 
     def knows_project(self, project_id: int) -> bool:
-        """A project is real to the backend once Label Studio set it up (``/setup`` or ``/predict`` with its
-        label config, in this process) or it has a model folder (a version was written for it)."""
-        return project_id in self.creds or project_id in self.models or self.registry.store(project_id).root.is_dir()
+        """A project a webhook may queue a job for: set up (``/setup`` or ``/predict`` with its label config, in
+        this process; a bounded set of ids) or with a model folder (a version was written for it). The job
+        itself reads the project from Label Studio with the configured key."""
+        return project_id in self.known or project_id in self.models or self.registry.store(project_id).root.is_dir()
 
     def predict_slots(self) -> asyncio.Semaphore:
         """At most ``PREDICT_CONCURRENCY`` predictions at once (one semaphore per event loop)."""
@@ -133,9 +145,14 @@ def _backend(request: Request) -> Backend:
 
 
 async def json_body(request: Request) -> dict:
-    """The request's JSON object; PayloadError 413 past ``MAX_REQUEST_BYTES`` (counted while reading, so a
-    body without Content-Length is cut off too), 400 for bodies that are not a JSON object."""
+    """The request's JSON object; PayloadError 415 unless sent as ``application/json`` (a web page cannot send
+    that to another origin without a CORS preflight, which it does not pass), 413 past ``MAX_REQUEST_BYTES``
+    (counted while reading, so a body without Content-Length is cut off too), 400 for bodies that are not a
+    JSON object."""
     settings, path = _backend(request).settings, request.url.path
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise PayloadError(f"{path}: Content-Type must be application/json, got "
+                           f"{(request.headers.get('content-type') or 'none')[:60]!r}", 415)
     max_bytes, budget = settings.max_request_bytes, settings.http_body_timeout
     chunks, size = [], 0
     try:
@@ -176,24 +193,47 @@ async def health(request: Request) -> dict:
 
 
 async def setup(request: Request) -> dict:
-    """Cheap (Label Studio calls it before every prediction); also where a version the user selected in
-    Label Studio becomes the served one (``VersionSelection``, at most every few seconds)."""
-    backend = _backend(request)
+    """Cheap (Label Studio calls it before every prediction): checks the config, names the served version,
+    builds nothing. Only a /setup Label Studio vouches for (``ml_backend.api.trust``) changes shared state;
+    a version the user selected in Label Studio becomes the served one (``VersionSelection``)."""
+    backend, settings = _backend(request), _backend(request).settings
     req = validate_setup(await json_body(request))
-    backend.creds[req.project_id] = (req.hostname, req.access_token)
-    backend.origins.learn(req.hostname)
-    backend.last_project = req.project_id
-    model = backend.model_for(req.project_id, req.schema, "schema")
-    backend.selection.check_soon(req.project_id, req.hostname, req.access_token)
-    return {"model_version": model.model_version}
+    vouched = setup_vouched(request, settings, req.access_token)
+    classes = setup_classes(req.schema, req.project_id)
+    model = backend.models.get(req.project_id)
+    if vouched:
+        backend.creds[req.project_id] = (req.hostname, req.access_token)
+        backend.origins.learn(req.hostname)
+        backend.last_project = req.project_id
+    elif settings.label_studio_url and not settings.label_studio_api_key and req.access_token:
+        backend.creds[req.project_id] = (None, req.access_token)  # a token only ever goes to LABEL_STUDIO_URL
+    backend.known[req.project_id] = True
+    if settings.label_studio_url or vouched:  # read from the configured (or a vouched) Label Studio only
+        backend.selection.check_soon(req.project_id, req.hostname if vouched else None, req.access_token)
+    if classes is None:
+        classes = model.config.classes if model is not None else None
+    if classes is None:
+        return {"model_version": reported_version(settings, backend.registry, req.project_id, [])}
+    return {"model_version": await run_in_threadpool(reported_version, settings, backend.registry, req.project_id,
+                                                     classes)}
 
 
-async def versions(request: Request) -> dict:
-    """Label Studio's ``GET /api/ml/{id}/versions``: the versions of the project it set up last."""
+async def versions(request: Request):
+    """Label Studio's ``GET /api/ml/{id}/versions`` carries no project: ``?project=<id>``, else the project of
+    the last vouched /setup, else the only project with versions; otherwise 404 (Label Studio then shows its
+    stored model version)."""
     backend = _backend(request)
-    if backend.last_project is None:
-        return {"versions": []}
-    return {"versions": list_versions(backend.settings, backend.last_project), "project": backend.last_project}
+    asked = request.query_params.get("project")
+    pid = views.parse_project_path(asked) if asked is not None else backend.last_project
+    if asked is not None and pid is None:
+        return error(f"/versions: no project {asked[:40]!r}", 404)
+    if pid is None:
+        with_versions = await run_in_threadpool(projects_with_versions, backend.settings.model_dir, 2)
+        if len(with_versions) != 1:
+            return error("/versions: which project? ask /versions?project=<id> (this backend serves "
+                         f"{'several projects' if with_versions else 'no project yet'})", 404)
+        pid = with_versions[0]
+    return {"versions": list_versions(backend.settings, pid), "project": pid}
 
 
 async def job_status(request: Request):
@@ -222,6 +262,7 @@ def _described_errors(tasks: list[dict], errors: list[tuple], field: str) -> lis
 async def predict(request: Request):
     backend = _backend(request)
     req = validate_predict(await json_body(request), backend.settings.max_predict_tasks)
+    validate_context(req.context, backend.settings.max_context_marks, backend.settings.max_mask_pixels)
     model = backend.model_for(req.project_id, req.label_config, "label_config")
     tasks = req.tasks
     validate_task_images(tasks, model.config.image_value)
@@ -292,6 +333,7 @@ async def count_requests(request: Request, call_next):
     route = route_template(request)  # before the call: refused (401) requests count under their route too
     response = await call_next(request)
     _backend(request).metrics.observe(route, response.status_code, time.perf_counter() - start)
+    response.headers["X-Content-Type-Options"] = "nosniff"  # an answer that echoes a path is never sniffed as HTML
     return response
 
 
@@ -300,7 +342,8 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
     settings = settings or Settings.from_env()
     install_log_redaction(settings.label_studio_api_key, settings.basic_auth_pass, settings.webhook_secret)
     key_unused = bool(settings.label_studio_api_key and not settings.label_studio_url)
-    log.log(logging.WARNING if key_unused else logging.INFO, "%s", describe_key_destination(settings))
+    is_open, line = protections_line(settings, describe_key_destination(settings))
+    log.log(logging.WARNING if key_unused or is_open else logging.INFO, "%s", line)
     backend = Backend(settings, parts)
     app = FastAPI(title="Robustar ML backend for Label Studio", default_response_class=SafeJSONResponse)
     app.state.backend = backend
@@ -314,7 +357,7 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
     app.add_middleware(LabelStudioCORS, origins=backend.origins)  # outermost: preflights need no credentials
     # an explicit response class (not only the default) keeps FastAPI off its pydantic fast path, whose
     # encoder raises on what SafeJSONResponse escapes
-    body_errors = (400, 408, 413)
+    body_errors = (400, 408, 413, 415)
     png, html = {"image/png": {"schema": {"type": "string", "format": "binary"}}}, {"text/html": {"schema": {"type": "string"}}}
     app.add_api_route("/health", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse,
                       responses=route_responses({"application/json": {"schema": {"type": "object"}}}))
@@ -330,7 +373,7 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
                       openapi_extra=request_body("WebhookRequest"),
                       responses=route_responses("WebhookResponse", *body_errors, 403, 503))
     app.add_api_route("/versions", versions, methods=["GET"], response_class=SafeJSONResponse,
-                      responses=route_responses({"application/json": {"schema": {"type": "object"}}}))
+                      responses=route_responses({"application/json": {"schema": {"type": "object"}}}, 404))
     app.add_api_route("/job_status", job_status, methods=["POST"], response_class=SafeJSONResponse,
                       openapi_extra=request_body("JobStatusRequest"),
                       responses=route_responses({"application/json": {"schema": {"type": "object"}}},

@@ -3,8 +3,8 @@
 Label Studio loads ``<Image>`` sources with ``crossorigin="anonymous"`` and ``<HyperText valueType="url">``
 with ``fetch``: without ``Access-Control-Allow-Origin`` for Label Studio's origin the browser blocks
 them. Allowed origins: ``CORS_ORIGINS`` (comma-separated origins, or ``*``), the origin of
-``LABEL_STUDIO_URL``, and — only while ``LABEL_STUDIO_URL`` is unset — the ``hostname`` Label Studio
-sends to ``/setup``. Access control is unchanged: signed URLs and basic auth still apply; CORS only
+``LABEL_STUDIO_URL``, and — only while ``LABEL_STUDIO_URL`` is unset — the ``hostname`` of a ``/setup``
+that Label Studio vouches for (basic auth passed: ``ml_backend.api.trust``; at most ``MAX_LEARNED``). Access control is unchanged: signed URLs and basic auth still apply; CORS only
 lets Label Studio's pages read what they could already request.
 """
 
@@ -52,8 +52,10 @@ def spellings(origin: str) -> set[str]:
 
 
 class AllowedOrigins:
-    """The origins whose pages may read the backend's responses; grows with ``/setup`` hostnames
+    """The origins whose pages may read the backend's responses; grows with vouched ``/setup`` hostnames
     only when no ``LABEL_STUDIO_URL`` is configured."""
+
+    MAX_LEARNED = 32
 
     def __init__(self, settings: Settings) -> None:
         configured = [o.strip() for o in settings.cors_origins if o.strip()]
@@ -67,11 +69,12 @@ class AllowedOrigins:
         self._lock = threading.Lock()
 
     def learn(self, hostname: str | None) -> None:
-        """Add the origin of a ``/setup`` hostname (ignored when LABEL_STUDIO_URL is configured)."""
+        """Add the origin of a vouched ``/setup`` hostname (ignored when LABEL_STUDIO_URL is configured)."""
         origin = origin_of(hostname)
         if self._learn and origin:
             with self._lock:
-                self._learned |= spellings(origin)
+                if len(self._learned) < self.MAX_LEARNED:
+                    self._learned |= spellings(origin)
 
     def allows(self, origin: str) -> bool:
         if self.any:

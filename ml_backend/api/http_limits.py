@@ -58,9 +58,13 @@ def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineH11Pro
     return type("HeaderDeadlineH11Protocol", (HeaderDeadlineH11Protocol,), {"header_timeout": header_timeout})
 
 
+GRACEFUL_SHUTDOWN_S = 5.0
+
+
 def uvicorn_limits(settings: Settings) -> dict:
     """uvicorn ``Config`` keyword arguments for ``HTTP_HEADER_TIMEOUT``, ``HTTP_KEEP_ALIVE_TIMEOUT`` and
     ``HTTP_MAX_HEADER_BYTES``."""
     return {"http": header_deadline_protocol(settings.http_header_timeout),
+            "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,  # SIGTERM: requests in flight get this long, then stop
             "timeout_keep_alive": settings.http_keep_alive_timeout,
             "h11_max_incomplete_event_size": settings.http_max_header_bytes}

@@ -50,6 +50,7 @@ OPENAPI_SCHEMAS: dict[str, dict] = {
 _ERROR_TEXT = {400: "malformed body (the message names the field)", 401: "basic auth required (BASIC_AUTH_*)",
                403: "wrong webhook secret", 404: "no such project or file", 408: "request body too slow (HTTP_BODY_TIMEOUT)",
                409: "classes disagree with the served model", 410: "the job is gone", 413: "body or task count too large",
+               415: "body not sent as application/json",
                422: "nothing could be predicted / invalid parameters", 503: "training queue (Redis) unavailable or busy"}
 
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
+from ml_backend.api.trust import AUTHENTICATED
 from ml_backend.credentials import SECRET_HEADER, task_signature
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class AccessMiddleware:
         authenticated = False
         if self.basic is not None:
             authenticated = self._basic_ok(headers.get("authorization"))
+            scope[AUTHENTICATED] = authenticated  # what a /setup may change depends on it (ml_backend.api.trust)
             if not authenticated and not self._signed_page(scope):
                 await _error(f"{path}: authentication required (HTTP basic auth)", 401,
                              {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})(scope, receive, send)

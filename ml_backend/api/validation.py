@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from label_config.render import LabelConfigError, parse_config
+
 MAX_PROJECT_ID = 10**12
 MAX_LABEL_CONFIG_CHARS = 1_000_000
 
@@ -88,12 +90,13 @@ def _not_utf8(text: str) -> bool:
     return False
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def may_hold_lone_surrogates(raw: bytes) -> bool:
     """Cheap test on a raw JSON body: False when no parsed string can hold a lone surrogate (a UTF-8 body
-    can only get one from a ``\\uD800``-style escape; UTF-16/32 bodies are always checked)."""
+    can only get one from a ``\\uD800``-style escape, or from the raw bytes of one, ``ED A0 80``-``ED BF BF``,
+    which ``json.loads`` decodes with ``surrogatepass``; UTF-16/32 bodies are always checked)."""
     return json.detect_encoding(raw) not in ("utf-8", "utf-8-sig") or _SURROGATE_ESCAPE.search(raw) is not None
 
 
@@ -137,6 +140,22 @@ class SetupRequest:
     schema: str | None
     hostname: str | None
     access_token: str | None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<x>+json``, parameters (``; charset=utf-8``) allowed."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def setup_classes(schema: str | None, project_id: int) -> list[str] | None:
+    """The classes of a /setup ``schema`` (None without one); a bad config is a 400 naming ``schema``."""
+    if not schema:
+        return None
+    try:
+        return parse_config(schema).classes
+    except LabelConfigError as e:
+        raise PayloadError(f"'schema' (project {project_id}): {e}") from e
 
 
 def validate_setup(body: dict) -> SetupRequest:

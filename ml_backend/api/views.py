@@ -7,11 +7,14 @@ task keys are hashed into file names (``ml_backend.predict.task_files``); versio
 of an older version is served (named in ``X-Robustar-Model-Version``) until the served one computed
 its own; a page not computed yet is a short note, not an error, so Label Studio shows no error box.
 A heatmap or page the served version has not made yet is made on this GET when the worker recorded the
-task while pushing vN's predictions (``ml_backend.predict.lazy_views``), then cached.
+task while pushing vN's predictions (``ml_backend.predict.lazy_views``), then cached. These routes are
+async: a GET waits for its view on the event loop (at most ``VIEW_WAIT_S``), never on a request thread,
+so any number of them cannot take the threads ``/predict`` runs on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from ml_backend.api.validation import MAX_PROJECT_ID
 from training.checkpoints import CheckpointStore, version_number
 
 VERSION_HEADER = "X-Robustar-Model-Version"
+VIEW_WAIT_S = 45.0  # how long a GET waits for its view to be made (then: not made yet)
 
 
 def parse_project_path(text: str) -> int | None:
@@ -41,7 +45,7 @@ def _no_project(project_id: str) -> JSONResponse:
                          f"1..{MAX_PROJECT_ID - 1}"}, status_code=404)
 
 
-def _task_file(request: Request, project_id: str, key: str, cache_class) -> tuple[int, str | None, tuple | None] | JSONResponse:
+async def _task_file(request: Request, project_id: str, key: str, cache_class) -> tuple[int, str | None, tuple | None] | JSONResponse:
     """(project id, served version, (path, version) of the task's cached file or None), or the 404 of a
     project id /setup would refuse."""
     pid = parse_project_path(project_id)
@@ -58,13 +62,19 @@ def _task_file(request: Request, project_id: str, key: str, cache_class) -> tupl
             again = cache.find(key, version)
             return again is not None and again[1] == version
 
-        if make_views(request.app.state.backend, pid, key, made):
+        backend = request.app.state.backend
+        future = backend.view_maker.submit((pid, key), lambda: make_views(backend, pid, key, made))
+        if future is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), VIEW_WAIT_S)
+            except TimeoutError:
+                pass
             found = cache.find(key, version)
     return pid, version, found
 
 
-def saliency_png(request: Request, project_id: str, key: str):
-    looked = _task_file(request, project_id, key, HeatmapCache)
+async def saliency_png(request: Request, project_id: str, key: str):
+    looked = await _task_file(request, project_id, key, HeatmapCache)
     if isinstance(looked, JSONResponse):
         return looked
     pid, version, found = looked
@@ -78,8 +88,8 @@ def saliency_png(request: Request, project_id: str, key: str):
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache", VERSION_HEADER: v})
 
 
-def influence_html(request: Request, project_id: str, key: str):
-    looked = _task_file(request, project_id, key, InfluencePages)
+async def influence_html(request: Request, project_id: str, key: str):
+    looked = await _task_file(request, project_id, key, InfluencePages)
     if isinstance(looked, JSONResponse):
         return looked
     _, version, found = looked

@@ -52,11 +52,14 @@ def job_options(settings: Settings, overrides: dict | None) -> TrainOptions:
     return TrainOptions.resolve(settings.train_env, overrides, base)
 
 
-def image_cache(settings: Settings) -> ImageCache:
+def image_cache(settings: Settings, project_id: int | None = None) -> ImageCache:
     """The machine's training image cache: ``TRAIN_CACHE_DIR`` (default ``MODEL_DIR/cache``), pruned to
-    ``TRAIN_CACHE_MAX_BYTES`` after each job, sparing entries used within ``TRAIN_JOB_TIMEOUT``."""
+    ``TRAIN_CACHE_MAX_BYTES`` after each job, sparing entries used within ``TRAIN_JOB_TIMEOUT``. Its entries
+    are the project's own (keyed by Label Studio's origin and the project as well as the URL): an image one
+    project fetched is never handed to another without that project's own authorised fetch."""
     root = settings.train_cache_dir or Path(settings.model_dir) / "cache"
-    return ImageCache(root, settings.train_cache_max_bytes, grace_s=settings.train_job_timeout)
+    namespace = f"{settings.label_studio_url or ''}|project-{project_id}" if project_id is not None else ""
+    return ImageCache(root, settings.train_cache_max_bytes, grace_s=settings.train_job_timeout, namespace=namespace)
 
 
 def build_index(settings: Settings, store: CheckpointStore, result: PipelineResult) -> str | None:
@@ -187,7 +190,7 @@ def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, lab
                     "until the pin is removed", settings.pinned_version)
     result = run_pipeline(store, config.classes, export, opts, fetcher.fetch, model_defaults(settings), progress,
                           extra_config={"project_id": project_id, "job_id": progress.job_id},
-                          cache=image_cache(settings), source=fetcher.fetch_versioned)
+                          cache=image_cache(settings, project_id), source=fetcher.fetch_versioned)
     summary = result.summary
     if summary.get("rank", 0):  # a rank other than 0 under torchrun: rank 0 does the rest
         return summary

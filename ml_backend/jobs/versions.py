@@ -18,6 +18,7 @@ project's model-version selection as the way to switch (or roll back) the served
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -35,6 +36,22 @@ log = logging.getLogger(__name__)
 def list_versions(settings: Settings, project_id: int) -> list[str]:
     """A project's saved versions, newest first."""
     return sorted(CheckpointStore(settings.model_dir, project_id).versions(), key=version_number, reverse=True)
+
+
+def projects_with_versions(model_dir, limit: int) -> list[int]:
+    """Up to ``limit`` project ids with at least one saved version (``project-<id>/versions/v*.pt``)."""
+    found: list[int] = []
+    try:
+        entries = list(os.scandir(model_dir))
+    except OSError:
+        return found
+    for entry in entries:
+        name = entry.name
+        if name.startswith("project-") and name[8:].isdigit() and CheckpointStore(model_dir, name[8:]).versions():
+            found.append(int(name[8:]))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def job_state(job: Job) -> dict:
@@ -55,6 +72,7 @@ def job_state(job: Job) -> dict:
 
 
 SELECTION_FILE = "label-studio-model-version"
+MAX_SELECTION_CHARS = 200  # a model version name Label Studio shows; anything longer is not remembered
 
 
 def remember_selection(store: CheckpointStore, version: str) -> None:
@@ -72,6 +90,7 @@ class VersionSelection:
     """Publishes the version a user selects as the project's model version in Label Studio."""
 
     MIN_INTERVAL_S = 5.0
+    MAX_TRACKED = 4096  # projects whose last check time is kept (older ones are forgotten first)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -84,12 +103,21 @@ class VersionSelection:
         with self._lock:
             if now - self._checked.get(project_id, -1e9) < self.MIN_INTERVAL_S:
                 return False
+            if len(self._checked) >= self.MAX_TRACKED:
+                self._checked = {p: t for p, t in self._checked.items() if now - t < self.MIN_INTERVAL_S}
             self._checked[project_id] = now
             return True
 
+    def can_roll_back(self, project_id: int) -> bool:
+        """Whether a selection could change anything: the project has a version besides the published one
+        (else no request to Label Studio is made at all: a /setup for a new id costs nothing)."""
+        return len(CheckpointStore(self.settings.model_dir, project_id).versions()) >= 2
+
     def check_soon(self, project_id: int, hostname: str | None = None, token: str | None = None) -> None:
-        """``sync`` in a background thread when due: ``/setup`` never waits for Label Studio."""
-        if self.due(project_id):
+        """``sync`` in a background thread when due and a rollback is possible: ``/setup`` never waits for
+        Label Studio. The caller passes a ``hostname`` only when Label Studio vouched for it
+        (``ml_backend.api.trust``); with ``LABEL_STUDIO_URL`` set it is ignored (``client_for``)."""
+        if self.can_roll_back(project_id) and self.due(project_id):
             threading.Thread(target=self.sync, args=(project_id, hostname, token), daemon=True,
                              name=f"version-selection-{project_id}").start()
 
@@ -106,6 +134,8 @@ class VersionSelection:
             return None
         store = CheckpointStore(self.settings.model_dir, project_id)
         known = remembered_selection(store)
+        if not isinstance(selected, str) or len(selected) > MAX_SELECTION_CHARS:
+            return None
         if selected == known or selected is None:
             return None
         remember_selection(store, selected)

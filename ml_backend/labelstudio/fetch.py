@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import contextmanager
-from urllib.parse import unquote, urljoin, urlsplit
+from contextlib import contextmanager, nullcontext
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -38,7 +38,7 @@ from ml_backend.labelstudio.fetch_policy import (
     url_origin,
 )
 from ml_backend.labelstudio.image_budget import DecodeMemory, ImageBudgetError, RequestBudget, decode_memory
-from ml_backend.labelstudio.local_sources import read_data_uri, read_local_file
+from ml_backend.labelstudio.local_sources import local_path, read_data_uri, read_local_file
 from ml_backend.labelstudio.storage_urls import (
     STORAGE_SCHEMES,
     local_files_hint,
@@ -180,11 +180,12 @@ class ImageFetcher:
             if len(buf) > self.max_bytes:
                 raise ImageError(f"{describe_url(url)} is more than {self.max_bytes} bytes (MAX_IMAGE_BYTES)")
 
-    def _download(self, url: str) -> bytes:
+    def _download(self, url: str, deadline: float | None = None) -> bytes:
         """The body behind an http(s) URL; a storage or Local files URL that Label Studio would not resolve
-        or serve raises with what to do (``storage_hint``, ``local_files_hint``)."""
+        or serve raises with what to do (``storage_hint``, ``local_files_hint``). ``deadline``: the request's
+        (``RequestBudget.deadline``), when sooner than this image's ``FETCH_TIMEOUT``."""
         try:
-            return self._follow(url)
+            return self._follow(url, deadline)
         except (HostNotAllowed, HTTPStatusImageError) as e:
             uri = storage_uri(url)
             hint = storage_hint(uri, e, self.project_id) if uri else local_files_hint(url, e)
@@ -192,8 +193,10 @@ class ImageFetcher:
                 raise
             raise type(e)(hint, e.host if isinstance(e, HostNotAllowed) else e.http_status) from e
 
-    def _follow(self, url: str) -> bytes:
+    def _follow(self, url: str, request_deadline: float | None = None) -> bytes:
         deadline = time.monotonic() + self.timeout  # one deadline for the whole image, redirects included
+        if request_deadline is not None:
+            deadline = min(deadline, request_deadline)  # and one for all the images of a request
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 response = self.session.get(url, headers=self._auth_for(url), timeout=self._left(deadline, url),
@@ -219,32 +222,39 @@ class ImageFetcher:
                 return self._read_body(response, url, deadline)
         raise ImageError(f"{describe_url(url)}: more than {MAX_REDIRECTS} redirects")
 
-    def fetch_bytes(self, url: str) -> bytes:
+    def fetch_bytes(self, url: str, deadline: float | None = None) -> bytes:
         """Return the raw bytes behind a task-data image URL (raises ImageError when not allowed)."""
         try:
-            return self._fetch_bytes(url)
+            return self._fetch_bytes(url, deadline)
         except ImageError:
             raise
         except (ValueError, UnicodeError, OSError) as e:  # e.g. a malformed IPv6 host in urlsplit
             raise ImageError(f"cannot fetch {describe_url(url)}: {type(e).__name__}: {e}") from e
 
-    def _fetch_bytes(self, url: str) -> bytes:
+    def _fetch_bytes(self, url: str, deadline: float | None = None) -> bytes:
         url = self.check_url(url)
         if url.startswith("data:"):
             return read_data_uri(url, self.max_bytes)
         if urlsplit(url).scheme.lower() == "file":
             return read_local_file(url, self.image_root, self.max_bytes)
-        return self._download(url)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ImageError(f"{describe_url(url)}: not fetched, the request's images took longer than "
+                             f"{self.timeout:g} s together (FETCH_TIMEOUT)")
+        return self._download(url, deadline)
 
     def fetch(self, url: str, max_side: int | None = None, budget: RequestBudget | None = None) -> Image.Image:
         """Return the image behind a task-data URL as RGB.
 
         ``max_side``: downscale while decoding so the longer side is at most that (the prediction path; the
         stored size stays in ``training.images.original_size``); None keeps the full size (training).
-        ``budget``: the request's pixel budget, charged before decoding. Every decode also reserves its peak
-        memory in the process-wide ``DecodeMemory`` (``PREDICT_MAX_DECODE_BYTES``).
+        ``budget``: the request's pixel budget, charged before decoding, and its deadline (one for all its
+        images). Every decode also reserves its peak memory in the process-wide ``DecodeMemory``
+        (``PREDICT_MAX_DECODE_BYTES``).
         """
         memory = decode_memory(self.policy.max_decode_bytes)
+        deadline = budget.deadline if budget is not None else None
+        share = budget.decode if budget is not None else None
+        wait = self.timeout if deadline is None else max(0.0, min(self.timeout, deadline - time.monotonic()))
 
         @contextmanager
         def admit(source: str, nbytes: int, out_size: tuple[int, int]):
@@ -252,17 +262,15 @@ class ImageFetcher:
             if budget is not None:
                 budget.charge(source, pixels)
             try:
-                if memory is None:
-                    yield
-                else:
-                    with memory.hold(source, nbytes, self.timeout):
+                with share.hold(source, nbytes, wait) if share is not None else nullcontext():
+                    with memory.hold(source, nbytes, wait) if memory is not None else nullcontext():
                         yield
             except BaseException:  # refused or unreadable: the request keeps its budget for other images
                 if budget is not None:
                     budget.refund(pixels)
                 raise
 
-        return decode_image(self.fetch_bytes(url), describe_url(url), self.policy.max_pixels, max_side, admit)
+        return decode_image(self.fetch_bytes(url, deadline), describe_url(url), self.policy.max_pixels, max_side, admit)
 
     # ------------------------------------------------------------------------------------------
     # versions, for the training image cache (training.image_cache)
@@ -278,7 +286,7 @@ class ImageFetcher:
             checked = self.check_url(url)
             scheme = urlsplit(checked).scheme.lower()
             if scheme == "file":
-                st = os.stat(os.path.realpath(unquote(urlsplit(checked).path)))
+                st = os.stat(local_path(checked, self.image_root))  # IMAGE_ROOT checked before the stat
                 version = f"file:{st.st_mtime_ns}:{st.st_size}"
                 data = None if version == known else read_local_file(checked, self.image_root, self.max_bytes)
             elif scheme in ("http", "https") and url_origin(checked) == self._ls_origin \

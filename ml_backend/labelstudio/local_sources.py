@@ -31,8 +31,9 @@ def read_data_uri(url: str, max_bytes: int) -> bytes:
     return data
 
 
-def read_local_file(url: str, image_root: str | None, max_bytes: int) -> bytes:
-    """The bytes of a ``file://`` URL under ``image_root`` (a real path; None: no local files allowed)."""
+def local_path(url: str, image_root: str | None) -> str:
+    """The real path of a ``file://`` URL, checked to be under ``image_root`` before anything is asked of the
+    file system about it (so a refused URL reveals nothing, not even whether the file exists)."""
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise ImageError(f"file URL {describe_url(url)!r} names a remote host; not allowed")
@@ -45,6 +46,12 @@ def read_local_file(url: str, image_root: str | None, max_bytes: int) -> bytes:
         inside = False
     if not inside:
         raise ImageError(f"local file {describe_url(url)!r} is outside IMAGE_ROOT; not allowed")
+    return real
+
+
+def read_local_file(url: str, image_root: str | None, max_bytes: int) -> bytes:
+    """The bytes of a ``file://`` URL under ``image_root`` (a real path; None: no local files allowed)."""
+    real = local_path(url, image_root)
     try:
         if not os.path.isfile(real):
             raise ImageError(f"local file {describe_url(url)!r} does not exist or is not a file")

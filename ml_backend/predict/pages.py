@@ -87,7 +87,14 @@ def pending_page(what: str) -> str:
 
 
 def _accuracy(m: Any) -> str:
-    return f"{m['accuracy']:.3f}" if isinstance(m, dict) and m.get("accuracy") is not None else "–"
+    return _number(m["accuracy"], ".3f") if isinstance(m, dict) and m.get("accuracy") is not None else "–"
+
+
+def _number(x: Any, spec: str = "") -> str:
+    """A number of the summary as page text: formatted when it is one, else its text escaped."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return format(x, spec)
+    return escape(str(x))
 
 
 def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> str:
@@ -97,17 +104,17 @@ def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> s
     new, old, delta = metrics.get("new") or {}, metrics.get("parent") or {}, metrics.get("delta_accuracy") or {}
     rows = "".join(
         f"<tr><td>{escape(split)}</td><td>{_accuracy(old.get(split))}</td><td>{_accuracy(m)}</td>"
-        f"<td>{delta[split]:+.3f}</td><td>{m.get('n', '')}</td><td>{m.get('n_painted', '')}</td></tr>"
+        f"<td>{_number(delta[split], '+.3f')}</td><td>{_number(m.get('n', ''))}</td><td>{_number(m.get('n_painted', ''))}</td></tr>"
         if split in delta else
         f"<tr><td>{escape(split)}</td><td>{_accuracy(old.get(split))}</td><td>{_accuracy(m)}</td><td>–</td>"
-        f"<td>{m.get('n', '')}</td><td>{m.get('n_painted', '')}</td></tr>"
+        f"<td>{_number(m.get('n', ''))}</td><td>{_number(m.get('n_painted', ''))}</td></tr>"
         for split, m in sorted(new.items()))
     counts = summary.get("counts") or {}
     skipped = counts.get("skipped") or {}
     skipped_ids = counts.get("skipped_ids") or {}
     ignored = counts.get("ignored_regions") or {}
     skip_rows = "".join(
-        f"<tr><td>{escape(reason)}</td><td>{n}</td><td>{escape(', '.join(f'#{t}' for t in skipped_ids.get(reason, [])[:30]))}"
+        f"<tr><td>{escape(reason)}</td><td>{_number(n)}</td><td>{escape(', '.join(f'#{t}' for t in skipped_ids.get(reason, [])[:30]))}"
         f"</td></tr>" for reason, n in sorted(skipped.items()))
     ignored_rows = "".join(
         f"<tr><td>{escape(reason)}</td><td>{len(ids)}</td><td>{escape(', '.join(f'#{t}' for t in ids[:30]))}</td></tr>"
@@ -118,10 +125,10 @@ def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> s
             f"{escape(str(summary.get('init', '')))}</span></h3>"
             f"<table><tr><th>split</th><th>{escape(str(parent))}</th><th>{escape(v)}</th><th>Δ accuracy</th>"
             f"<th>images</th><th>painted</th></tr>{rows}</table>"
-            f"<p>Training images used: <b>{counts.get('train_images', '–')}</b>, painted: "
-            f"<b>{counts.get('train_painted', '–')}</b>, with a propagated mask: "
-            f"<b>{counts.get('propagated_used', 0)}</b> of {counts.get('propagated', 0)} proposed; "
-            f"class corrections: {counts.get('corrected', 0)}.</p>")
+            f"<p>Training images used: <b>{_number(counts.get('train_images', '–'))}</b>, painted: "
+            f"<b>{_number(counts.get('train_painted', '–'))}</b>, with a propagated mask: "
+            f"<b>{_number(counts.get('propagated_used', 0))}</b> of {_number(counts.get('propagated', 0))} proposed; "
+            f"class corrections: {_number(counts.get('corrected', 0))}.</p>")
     if skip_rows:
         body += f"<table><tr><th>tasks skipped: why</th><th>n</th><th>tasks</th></tr>{skip_rows}</table>"
     if ignored_rows:

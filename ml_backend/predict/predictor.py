@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -77,6 +78,15 @@ def describe_key_destination(settings: Settings) -> str:
             "from the /setup hostname with the access_token that came with it (set LABEL_STUDIO_URL to use the key)")
 
 
+def reported_version(settings: Settings, registry: ModelRegistry, project_id: int, classes: list[str]) -> str:
+    """The version /setup reports, without building or loading anything. A project with nothing published
+    reports ``v0`` without writing it: v0 is created when a prediction (or a training job) needs it, so a
+    /setup for any project id, known to Label Studio or not, costs no disk."""
+    if not settings.pinned_version and registry.store(project_id).published() is None:
+        return "v0"
+    return registry.current_version(project_id, classes)
+
+
 class RobustarModel:
     """Classifier + guidance parts for one Label Studio project (label-studio-ml's model interface:
     ``model_version`` for ``/setup``, ``predict`` for ``/predict``)."""
@@ -102,12 +112,8 @@ class RobustarModel:
 
     @property
     def model_version(self) -> str:
-        """The version /setup reports. A project with nothing published reports ``v0`` without writing it:
-        v0 is created when a prediction (or a training job) needs it, so a /setup for any project id, known
-        to Label Studio or not, costs no disk."""
-        if not self.settings.pinned_version and self.registry.store(self.project_id).published() is None:
-            return "v0"
-        return self.registry.current_version(self.project_id, self.config.classes)
+        """The version /setup reports (``reported_version``)."""
+        return reported_version(self.settings, self.registry, self.project_id, self.config.classes)
 
     def max_side(self, input_size: int) -> int | None:
         """The longer side images are decoded at for a prediction: ``PREDICT_MAX_SIDE``, never below the model
@@ -118,8 +124,11 @@ class RobustarModel:
 
     def _fetch_all(self, tasks: list[dict], max_side: int | None = None) -> list[Image.Image | ImageError]:
         """Every task's image, downscaled at decode to ``max_side``, under one request budget
-        (``PREDICT_MAX_PIXELS_PER_REQUEST`` decoded pixels: an image past it is a 413 for its task)."""
-        budget = RequestBudget(self.settings.predict_max_pixels_per_request)
+        (``PREDICT_MAX_PIXELS_PER_REQUEST`` decoded pixels: an image past it is a 413 for its task) and one
+        deadline (``FETCH_TIMEOUT`` for all the request's images: what is not fetched by then fails its task)."""
+        decode_share = self.settings.predict_max_decode_bytes // max(1, self.settings.predict_concurrency)
+        budget = RequestBudget(self.settings.predict_max_pixels_per_request,
+                               deadline=time.monotonic() + self.settings.fetch_timeout, decode_share=decode_share)
 
         def one(task: dict) -> Image.Image | ImageError:
             url = (task.get("data") or {}).get(self.config.image_value)

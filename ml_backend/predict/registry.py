@@ -81,7 +81,10 @@ class ModelRegistry:
                 if served is None or served.version != version:
                     model, meta = self.store(project_id).load(version, self.device)
                     served = ServedModel(model, meta, self.device)
+                    self._loaded.pop(project_id, None)
                     self._loaded[project_id] = served
+                    while len(self._loaded) > max(1, self.settings.max_projects):  # least recently loaded first
+                        self._loaded.pop(next(iter(self._loaded)))
                     log.info("project %s: serving %s (%s, %d classes)", project_id, version, meta.arch, len(meta.classes))
         if classes is not None and list(served.meta.classes) != list(classes):
             raise ClassMismatchError(

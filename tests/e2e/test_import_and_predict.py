@@ -25,10 +25,13 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory, redis_dbs):
+def backend(tmp_path_factory, redis_dbs, label_studio):
+    """The README's `robustar serve`: Label Studio's address configured (issue 21: without it, and without basic
+    auth, no /setup hostname is trusted and Label Studio's relative image URLs cannot be fetched)."""
     tmp = tmp_path_factory.mktemp("backend")
     with redis_dbs.lease() as redis_url:
-        env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "48", "REDIS_URL": redis_url}
+        env = {"MODEL_DIR": str(tmp / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "48", "REDIS_URL": redis_url,
+               "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
         with BackendProcess(env, tmp / "backend.log") as proc:
             yield proc
 

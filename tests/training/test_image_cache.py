@@ -261,3 +261,23 @@ def test_prune_removes_the_least_recently_used_and_spares_running_jobs(tmp_path)
 def test_the_source_must_not_call_a_missing_entry_unchanged(tmp_path):
     with pytest.raises(ImageError, match="not in the cache"):
         ImageCache(tmp_path).get("http://x/a.png", 8, lambda url, known: (None, "v1"))
+
+
+def test_an_entry_is_served_only_to_the_project_that_fetched_it(tmp_path):
+    """Issue 21 (11): entries were keyed by URL only, so ``/data/upload/1/secret.png`` cached for project 1 was
+    handed to project 2 without a request. Now the worker's cache is keyed by Label Studio's origin and the
+    project too: project 2 gets the image only through its own (authorised) fetch."""
+    from ml_backend.jobs.train_job import image_cache
+
+    url = "/data/upload/1/abc-secret.png"
+    with FileServer({url: png_bytes((10, 12))}, LS_TOKEN) as ls:
+        settings = Settings(label_studio_url=ls.url, label_studio_api_key=LS_TOKEN, train_cache_dir=tmp_path / "cache")
+        fetcher = ImageFetcher(ls.url, LS_TOKEN, policy())
+        assert image_cache(settings, 1).get(url, 8, fetcher.fetch_versioned).fetched
+        assert not image_cache(settings, 1).get(url, 8, fetcher.fetch_versioned).fetched  # project 1's own entry
+        assert len(ls.requests) == 1
+        assert image_cache(settings, 2).get(url, 8, fetcher.fetch_versioned).fetched  # project 2 asks itself
+        assert len(ls.requests) == 2
+        denied = ImageFetcher(ls.url, "a token of a user without access", policy())
+        with pytest.raises(ImageError, match="401"):
+            image_cache(settings, 3).get(url, 8, denied.fetch_versioned)

@@ -41,10 +41,13 @@ def test_recorded_setup_request_is_accepted(client):
     assert r.status_code == 200 and r.json()["model_version"] == "v0"
 
 
-def test_predict_fetches_images_with_the_api_key_and_keeps_task_order(client):
+def test_predict_fetches_images_with_the_api_key_and_keeps_task_order(tmp_path, redis_url):
+    """LABEL_STUDIO_URL set, no key configured: the /setup access_token goes to LABEL_STUDIO_URL."""
     files = {"/data/upload/1/a.png": png_bytes((40, 30)), "/data/local-files/?d=b.png": png_bytes((24, 20), (0, 0, 255))}
-    with FileServer(files, TOKEN) as ls:
-        client.post("/setup", json=setup_body(hostname=ls.url))
+    with FileServer(files, TOKEN) as ls, TestClient(create_app(Settings(
+            model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=32, redis_url=redis_url,
+            label_studio_url=ls.url))) as client:
+        client.post("/setup", json=setup_body(hostname="http://127.0.0.1:9"))  # a hostname is ignored
         tasks = [
             {"id": 1, "data": {"image": "/data/upload/1/a.png"}},
             {"id": 2, "data": {"image": f"{ls.url}/data/local-files/?d=b.png"}},

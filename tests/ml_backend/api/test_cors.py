@@ -38,14 +38,20 @@ def test_label_studio_url_origin_is_allowed_others_are_not(tmp_path):
         assert "access-control-allow-origin" not in heatmap(client, "http://127.0.0.1:8081").headers
 
 
-def test_without_label_studio_url_the_setup_hostname_is_learned(tmp_path):
-    with TestClient(build_app(app_settings(tmp_path))) as client:
+def test_without_label_studio_url_only_a_vouched_setup_hostname_is_learned(tmp_path):
+    """Issue 21 (7): an unauthenticated /setup adds no CORS origin; one that passed basic auth does."""
+    settings = app_settings(tmp_path, basic_auth_user="u", basic_auth_pass="p" * 12)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:" + b"p" * 12).decode()}
+    body = {"project": "1.1", "schema": render_config(CLASSES), "hostname": "http://ls.internal:8080", "access_token": "t" * 40}
+    with TestClient(build_app(app_settings(tmp_path))) as client:  # no basic auth: nobody is vouched for
+        assert client.post("/setup", json=body).status_code == 200
         assert "access-control-allow-origin" not in heatmap(client, "http://ls.internal:8080").headers
-        r = client.post("/setup", json={"project": "1.1", "schema": render_config(CLASSES),
-                                        "hostname": "http://ls.internal:8080", "access_token": "t" * 40})
-        assert r.status_code == 200
-        assert heatmap(client, "http://ls.internal:8080").headers["access-control-allow-origin"] == "http://ls.internal:8080"
-        assert "access-control-allow-origin" not in heatmap(client, "http://evil.example").headers
+    with TestClient(build_app(settings)) as client:
+        assert client.post("/setup", json=body).status_code == 401
+        assert "access-control-allow-origin" not in heatmap(client, "http://ls.internal:8080", **auth).headers
+        assert client.post("/setup", json=body, headers=auth).status_code == 200
+        assert heatmap(client, "http://ls.internal:8080", **auth).headers["access-control-allow-origin"] == "http://ls.internal:8080"
+        assert "access-control-allow-origin" not in heatmap(client, "http://evil.example", **auth).headers
 
 
 def test_cors_origins_setting(tmp_path):

@@ -462,7 +462,7 @@ def test_slow_header_and_slow_body_are_cut_off(tmp_path):
             took = _drip(s, body, 0.5, until=15)
         assert took < 4, f"a dripped body held the request {took:.1f} s"
         with socket_mod.create_connection(("127.0.0.1", port)) as s:  # what the client got: a 408, then EOF
-            s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             s.settimeout(6)
             answer = b""
             while chunk := s.recv(4096):

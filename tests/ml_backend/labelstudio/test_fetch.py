@@ -280,3 +280,18 @@ def test_error_messages_do_not_echo_whole_data_uris():
     with pytest.raises(ImageError) as err:
         fetcher(None, None).fetch(uri)
     assert len(str(err.value)) < 400
+
+
+def test_versioned_file_fetch_reveals_nothing_outside_image_root(tmp_path):
+    """Issue 21 (11): ``fetch_versioned`` stat-ed a ``file:`` path before the IMAGE_ROOT check, so the error
+    told whether a file outside it existed (FileNotFoundError vs. the version of the file)."""
+    root = tmp_path / "images"
+    root.mkdir()
+    exists, missing = tmp_path / "secret.png", tmp_path / "nothing-here.png"
+    exists.write_bytes(png_bytes((6, 6)))
+    messages = []
+    for path in (exists, missing):
+        with pytest.raises(ImageError) as err:
+            fetcher(None, None, image_root=root).fetch_versioned(path.as_uri())
+        messages.append(str(err.value).replace(path.name, "<name>"))
+    assert messages[0] == messages[1] and "outside IMAGE_ROOT" in messages[0]

@@ -35,14 +35,14 @@ HIGH = 0.5  # probability of a proposed pixel
 LOW = 0.2  # interactive: where the marks point at nothing above HIGH, grow over pixels above this
 
 
-def seed_mask(context: dict | None, control: str, height: int, width: int) -> np.ndarray | None:
+def seed_mask(context: dict | None, control: str | None, height: int, width: int) -> np.ndarray | None:
     """The pixels the expert marked (bool ``height x width``) from an interactive request's context, or
-    None when it has no mark of ``control``.  Keypoints and rectangles are in percent of the image; brush
+    None when it has no mark of ``control`` (None: of any control).  Keypoints and rectangles are in percent of the image; brush
     strokes are RLE at the image's original size (decoded, then resized)."""
     results = (context or {}).get("result") or []
     seeds = np.zeros((height, width), dtype=bool)
     for r in results:
-        if not isinstance(r, dict) or r.get("from_name") != control:
+        if not isinstance(r, dict) or (control is not None and r.get("from_name") != control):
             continue
         value = r.get("value") or {}
         kind = r.get("type")

@@ -1,7 +1,7 @@
 """Click-to-propose: Label Studio's interactive pre-annotation (``/predict`` with ``params.context``).
 
 With Auto-Annotation on, a ``Spurious`` keypoint or box drawn with the config's smart tools
-(``spurious_point``/``spurious_box``, ``smartOnly``) makes Label Studio send the mark as
+(``spurious_point``/``spurious_box``, ``smartOnly``: only in the toolbar's smart menu) makes Label Studio send the mark as
 ``context.result``; the answer is the one ``Spurious`` brush region at that mark — nothing else: no
 class, saliency or influence (they belong to the stored predictions), and nothing at all for a context
 without a ``Spurious`` mark (Label Studio sends such requests when a task opens).

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from label_config import regions
-from label_config.export import TRAIN_SPLIT
 from label_config.render import ParsedConfig, parse_config
 from ml_backend.predict.classifier import classify
 from ml_backend.labelstudio.fetch import FetchPolicy, ImageError, ImageFetcher, RequestBudget
@@ -28,6 +27,8 @@ from ml_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 KNOWN_PARTS = ("saliency", "segmentation", "influence", "propagation")
+SUSPICION, SUSPICION_BY = "suspicion", "suspicion_by"  # beside a prediction (never its score); the worker writes
+# them into the task's data: the Data Manager's own sortable columns (ml_backend.jobs.task_columns)
 
 
 def configured_parts(settings: Settings) -> list[PredictionPart]:
@@ -218,7 +219,6 @@ class RobustarModel:
             label_studio=self.label_studio,
             context=context or None,
         )
-        scored: set[int] = set()
         for part in parts:
             try:
                 out: PartOutput = part(ctx)
@@ -228,11 +228,7 @@ class RobustarModel:
                 continue
             for j, i in enumerate(ok):
                 results[i]["result"].extend(out.regions[j])
-                if out.scores is not None and out.scores[j] is not None:
-                    results[i]["score"] = float(out.scores[j])
-                    scored.add(i)
-        if any(p.name == "influence" for p in parts):  # one meaning per score: a training task's is its suspicion
-            for i in ok:
-                if i not in scored and (tasks[i].get("data") or {}).get("split") == TRAIN_SPLIT:
-                    results[i]["score"] = None  # no suspicion (index unavailable): no score rather than a confidence
+                if out.scores is not None and out.scores[j] is not None:  # one meaning per column: the score stays
+                    results[i][SUSPICION] = float(out.scores[j])  # the confidence; a suspicion goes beside it
+                    results[i][SUSPICION_BY] = out.kind
         return results

@@ -241,6 +241,7 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
     model.close_dialog()
 
     seen: list[tuple[float, str]] = []  # (seconds since the click, card text)
+    versions_seen: set[str] = set()  # the project's model_version at every look: only ever a version
     progress_at = card_version_at = published_at = None
     new = None
     while True:
@@ -252,9 +253,10 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
         if progress_at is None and PROGRESS.search(text):
             progress_at = now
             shot(page, "progress")
+        current = stack.project()["model_version"]
+        versions_seen.add(current)
         if published_at is None:
-            current = stack.project()["model_version"]
-            if current and current != before:
+            if current and current != before and re.fullmatch(r"v\d+", current):
                 published_at, new = now, current
         if new and re.search(rf"\b{re.escape(new)}\b", text) and not PROGRESS.search(text):  # served, not in training
             card_version_at = now
@@ -277,6 +279,9 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
     if new is None:
         problems.append(f"no new version was published within {TRAINING_TIMEOUT}s (project model_version stayed "
                         f"{before!r})\n{stack.logs(20)}")
+    not_versions = sorted(v for v in versions_seen if not re.fullmatch(r"v\d+", v or ""))
+    if not_versions:
+        problems.append(f"the project's model_version was not a version during training: {not_versions}")
     if progress_at is None:
         problems.append("the model card never showed training progress (queued / epoch k of n)")
     if new and card_version_at is None:
@@ -382,8 +387,10 @@ def test_the_new_version_proposes_the_spurious_region(logged_in, stack, loop):
     seconds = time.monotonic() - t0
     assert answer.ok, f"interactive-annotating: HTTP {answer.status_code} {answer.text[:300]}"
     result = answer.json().get("data", {}).get("result", [])
-    region = next((r for r in result if r.get("id") == "propagated"), None)
-    assert region is not None, f"no propagated region in the interactive answer: {short(result)}"
+    region = next((r for r in result if r.get("type") == "brushlabels"), None)
+    assert region is not None, f"no Spurious region in the interactive answer: {short(result)}"
+    assert [r.get("type") for r in result] == ["brushlabels"] and region["id"] != "propagated", (
+        f"an interactive answer is the one region at the mark, with an id of its own: {short(result)}")
     got = decode_rle(region["value"]["rle"], region["original_height"], region["original_width"])
     cy, cx = int(ys.mean()), int(xs.mean())
     inside = float((got & patch).sum() / max(got.sum(), 1))

@@ -26,13 +26,17 @@ AUTO_ANNOTATION = "[data-testid=bottombar-auto-annotation-toggle]"
 ACCEPT_SUGGESTIONS = "[data-testid=bottombar-accept-suggestions-button]"
 VERSION = re.compile(r"^v\d+$")
 # Label Studio's own console noise (docs/label-studio-ui.md): none of it comes from our answers
+# Label Studio 1.23.2 draws accept/reject buttons beside a suggested region on the canvas and sets their
+# icon (a React component) as an Image src: one 404 for "<page dir>/[object Object]" per suggestion shown
+LS_ICON_404 = "/[object%20Object]"
 NOISE = ("heidi-tips", "mobx-state-tree", "deprecated", "Content Security Policy", "violates", "favicon")
 
 
 def own_errors(log: ui.PageLog) -> list[str]:
     """Console errors, page errors and failed loads that are not Label Studio's own known noise."""
     console = [e for e in log.errors() if not any(n in e for n in NOISE) and not e.startswith("Failed to load resource")]
-    loads = [f"http {status}: {url}" for status, url in log.http_errors if "heidi-tips" not in url]
+    loads = [f"http {status}: {url}" for status, url in log.http_errors
+             if "heidi-tips" not in url and not url.endswith(LS_ICON_404)]
     return console + [f"pageerror: {e}" for e in log.page_errors] + loads
 
 
@@ -56,6 +60,7 @@ def test_a_click_on_the_patch_proposes_its_whole_region(logged_in, stack):
     kinds: list[str] = []  # resource type of every request that failed or answered >= 400, for the artifact
     page.on("response", lambda r: kinds.append(f"{r.status} {r.request.resource_type} {r.url}") if r.status >= 400 else None)
     toggle = page.locator(AUTO_ANNOTATION)
+    kinds.append("-- toggle")
     toggle.first.click()
     page.wait_for_timeout(500)
     tools = page.locator("button.lsf-tool").evaluate_all("bs => bs.map(b => b.getAttribute('aria-label'))")
@@ -72,13 +77,16 @@ def test_a_click_on_the_patch_proposes_its_whole_region(logged_in, stack):
     ui.write_artifact("active-tools.txt", f"after the label: {active}; now {view.active_tools()}; selected labels "
                       f"{page.locator('.lsf-label_selected').all_inner_texts()}")
     shot(page, "smart-keypoint-chosen")
+    kinds.append("-- click")
     with page.expect_response(lambda r: "interactive-annotating" in r.url and r.request.method == "POST",
                               timeout=60_000) as answer:
         page.mouse.click(*view.to_screen(float(xs.mean()), float(ys.mean())))
     body = answer.value.json()
+    kinds.append("-- answered")
     accept = page.locator(ACCEPT_SUGGESTIONS)
     accept.wait_for(timeout=20_000)  # "1 suggestion" with reject / accept buttons in the bottom bar
     shot(page, "suggested")
+    kinds.append("-- suggested")
     accept.click()
     page.wait_for_timeout(1000)
     shot(page, "accepted")

@@ -318,6 +318,29 @@ def test_the_new_versions_report_is_one_click_from_a_task(logged_in, stack, loop
     report.close()
 
 
+def test_suspicion_is_its_own_column_and_the_score_a_confidence(logged_in, stack, loop):
+    """After the job, every training task's data holds its suspicion (and the version and formula that computed
+    it), a Data Manager column of its own; every prediction's score is the confidence of its class."""
+    page = logged_in
+    new = needs(loop, "new_version", "test_start_training_shows_progress_then_the_new_version")
+    data = {t: stack.api(f"/api/tasks/{t}")["data"] for t in stack.task_ids("train") + stack.task_ids("test")}
+    train, test = stack.task_ids("train"), stack.task_ids("test")
+    missing = [t for t in train if not isinstance(data[t].get("suspicion"), (int, float))]
+    assert not missing, f"training tasks without a suspicion in their data: {missing}"
+    assert all(str(data[t].get("suspicion_by", "")).startswith(f"{new} · ") for t in train), data[train[0]]
+    assert not [t for t in test if "suspicion" in data[t]], "a test task got a suspicion"
+    for t in train[:3] + test[:3]:
+        (p,) = [p for p in stack.predictions(t) if p["model_version"] == new]
+        choice = next(r for r in p["result"] if r.get("type") == "choices")
+        assert p["score"] == pytest.approx(choice["score"]), f"task {t}: score {p['score']} is not the confidence"
+    columns = stack.api("/api/dm/columns", project=stack.project_id)["columns"]
+    ids = {c["id"] for c in columns if c.get("parent") == "data"}
+    assert {"suspicion", "suspicion_by"} <= ids, f"the Data Manager has no suspicion column: {sorted(ids)}"
+    page.goto(f"{stack.ls_url}/projects/{stack.project_id}/data")
+    page.locator(".lsf-table__cell, .dm-table__cell, [class*=table] td").first.wait_for(timeout=30_000)
+    shot(page, "data-manager-with-suspicion")
+
+
 # ------------------------------------------------------------------ 5c. after training, a task's heatmap is vN's
 
 

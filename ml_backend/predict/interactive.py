@@ -25,13 +25,13 @@ from PIL import Image
 
 from label_config import regions
 from label_config.render import SPURIOUS_LABEL, ParsedConfig
-from ml_backend.predict.mask_proposals import PropagationPart, interactive_region, seed_mask
-from training.images import original_size
+from ml_backend.predict.mask_proposals import PropagationPart, grow, interactive_region, seed_mask
+from training.images import original_size, resize_rgb
 
 log = logging.getLogger(__name__)
 
 MARK_TYPES = ("keypointlabels", "rectanglelabels", "brushlabels")
-WORK_SIDE = 256  # colour growing runs at most at this side (then the mask is resized to the image)
+GROW_SIDE = 64  # regions are grown on a grid of at most this side (then snapped to the image's pixels)
 COLOR_TOLERANCE = 0.18  # RGB distance (0..sqrt(3)) from the mark's colour still counted as the same region
 MAX_SHARE = 0.5  # a colour region over this share of the image is background: the tolerance is halved
 
@@ -48,52 +48,59 @@ def spurious_marks(context: dict | None) -> list[dict]:
     return out
 
 
-def grow_fast(seeds: torch.Tensor, allowed: torch.Tensor, steps_per_check: int = 8) -> torch.Tensor:
-    """The pixels of ``allowed`` (bool [H, W]) 8-connected to ``seeds`` (several dilations between checks)."""
-    region = (seeds & allowed).float()[None, None]
-    allowed_f = allowed.float()[None, None]
-    while True:
-        bigger = region
-        for _ in range(steps_per_check):
-            bigger = F.max_pool2d(bigger, 3, stride=1, padding=1) * allowed_f
-        if torch.equal(bigger, region):
-            return region[0, 0] > 0
-        region = bigger
+def grow_size(width: int, height: int) -> tuple[int, int]:
+    """(w, h) of the grid regions are grown on: the image's, scaled so its longer side is at most ``GROW_SIDE``."""
+    scale = min(1.0, GROW_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_bool(mask: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    return F.interpolate(mask[None, None].float(), size=(height, width), mode="nearest")[0, 0] > 0
+
+
+def small_seeds(seeds_full: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """The marks on the grow grid (a one-pixel mark lost in the downscale keeps its nearest cell)."""
+    small = resize_bool(torch.from_numpy(seeds_full), width, height)
+    if not small.any():
+        ys, xs = np.nonzero(seeds_full)
+        h, w = seeds_full.shape
+        small[min(height - 1, int(ys.mean() * height / h)), min(width - 1, int(xs.mean() * width / w))] = True
+    return small
 
 
 def color_region(img: Image.Image, seeds: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The pixels connected to ``seeds`` (bool, the image's size) whose colour is near the seeds' mean colour,
     inside ``box`` (x0, y0, x1, y1) when given; a region over ``MAX_SHARE`` of the image (or box) tightens
-    the tolerance. Computed at most at ``WORK_SIDE`` px, returned at the image's size."""
+    the tolerance. Grown on a grid of at most ``GROW_SIDE`` px, then snapped to the image's own pixels."""
     w, h = img.size
-    scale = min(1.0, WORK_SIDE / max(w, h))
-    sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
-    rgb = np.asarray(img.convert("RGB").resize((sw, sh), Image.BILINEAR) if scale < 1 else img.convert("RGB"),
-                     dtype=np.float32) / 255.0
-    x = torch.from_numpy(rgb)
-    s = torch.from_numpy(seeds[None, None].astype(np.float32))
-    small_seeds = F.interpolate(s, size=(sh, sw), mode="nearest")[0, 0] > 0 if scale < 1 else torch.from_numpy(seeds)
-    if not small_seeds.any():  # a one-pixel mark lost in the downscale
-        ys, xs = np.nonzero(seeds)
-        small_seeds = torch.zeros(sh, sw, dtype=torch.bool)
-        small_seeds[min(sh - 1, int(ys.mean() * scale)), min(sw - 1, int(xs.mean() * scale))] = True
+    rgb_full = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+    sw, sh = grow_size(w, h)
+    small_img = img.convert("RGB").resize((sw, sh), Image.BILINEAR) if (sw, sh) != (w, h) else img.convert("RGB")
+    x = torch.from_numpy(np.asarray(small_img, dtype=np.float32) / 255.0)
+    seeds_t = torch.from_numpy(seeds)
+    start = small_seeds(seeds, sw, sh) if (sw, sh) != (w, h) else seeds_t
     inside = torch.ones(sh, sw, dtype=torch.bool)
+    inside_full = torch.ones(h, w, dtype=torch.bool)
     if box is not None:
-        x0, y0, x1, y1 = (int(v * scale) for v in box)
-        inside = torch.zeros(sh, sw, dtype=torch.bool)
-        inside[y0:max(y0 + 1, y1), x0:max(x0 + 1, x1)] = True
-    colour = x[small_seeds].mean(0)
+        x0, y0, x1, y1 = box
+        inside_full = torch.zeros(h, w, dtype=torch.bool)
+        inside_full[y0:max(y0 + 1, y1), x0:max(x0 + 1, x1)] = True
+        inside = resize_bool(inside_full, sw, sh) | start
+    colour = rgb_full[seeds_t].mean(0)
     dist = (x - colour).norm(dim=-1)
     tol = COLOR_TOLERANCE
-    region = small_seeds
+    region = start
     for _ in range(4):
-        region = grow_fast(small_seeds, (dist <= tol) & inside) | small_seeds
+        region = grow(start, (dist <= tol) & inside) | start
         if region.float().sum() <= MAX_SHARE * inside.float().sum():
             break
         tol /= 2
-    if scale < 1:
-        region = F.interpolate(region[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0
-    return region.numpy()
+    if (sw, sh) == (w, h):
+        return region.numpy()
+    near = F.max_pool2d(resize_bool(region, w, h).float()[None, None], 2 * (w // sw) + 1, stride=1,
+                        padding=w // sw)[0, 0] > 0  # the grown region, a grid cell wider
+    close = (rgb_full - colour).norm(dim=-1) <= tol
+    return (grow(seeds_t, near & close & inside_full) | seeds_t).numpy()
 
 
 def mark_box(mark: dict, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -117,12 +124,14 @@ def propose_at_marks(img: Image.Image, marks: list[dict], prob: torch.Tensor | N
     """The spurious region the marks point at (bool, the decoded image's size): the net's region connected to
     them when it has one, else each mark's colour region (a box: grown from its centre, inside the box)."""
     w, h = img.size
-    if prob is not None:
+    if prob is not None:  # the net's probability on the grow grid
         seeds = seed_mask({"result": marks}, None, h, w)
         if seeds is not None:
-            region = interactive_region(prob, seeds)
-            if region.sum() > seeds.sum():  # the net sees something at the marks
-                return region
+            sh, sw = prob.shape
+            start = small_seeds(seeds, sw, sh)
+            region = torch.from_numpy(interactive_region(prob, start.numpy()))
+            if region.sum() > start.sum():  # the net sees something at the marks
+                return (resize_bool(region, w, h) | torch.from_numpy(seeds)).numpy()
     out = np.zeros((h, w), dtype=bool)
     for mark in marks:
         box = mark_box(mark, w, h)
@@ -130,6 +139,14 @@ def propose_at_marks(img: Image.Image, marks: list[dict], prob: torch.Tensor | N
         if seeds is not None:
             out |= color_region(img, seeds, box)
     return out
+
+
+@torch.inference_mode()
+def grid_probability(net, img: Image.Image, image_size: int) -> torch.Tensor:
+    """The mask net's spurious probability for ``img`` on its grow grid (``grow_size``)."""
+    x = torch.from_numpy(np.array(resize_rgb(img, image_size))).permute(2, 0, 1)[None].float().div(255)
+    sw, sh = grow_size(*img.size)
+    return F.interpolate(torch.sigmoid(net(x)), size=(sh, sw), mode="bilinear", align_corners=False)[0, 0]
 
 
 class InteractiveProposer:
@@ -147,12 +164,15 @@ class InteractiveProposer:
             if not isinstance(img, Image.Image) or not config.spurious_control:
                 out.append([])
                 continue
-            prob = self.nets.probabilities(net, [img], image_size)[0] if net is not None else None
+            prob = grid_probability(net, img, image_size) if net is not None else None
             mask = propose_at_marks(img, marks, prob)
             if not mask.any():
                 out.append([])
                 continue
-            score = float(prob[torch.from_numpy(mask)].mean()) if prob is not None else None
+            score = None
+            if prob is not None:
+                sw, sh = grow_size(*img.size)
+                score = float(prob[resize_bool(torch.from_numpy(mask), sw, sh)].mean().nan_to_num(0.0))
             out.append([regions.brush(mask, SPURIOUS_LABEL, config.spurious_control, config.image_name, score,
                                       region_id=f"spurious-{uuid.uuid4().hex[:12]}", size=original_size(img))])
         return out

@@ -66,12 +66,15 @@ def seed_mask(context: dict | None, control: str | None, height: int, width: int
     return seeds if seeds.any() else None
 
 
-def grow(seeds: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """The pixels of ``allowed`` (bool [H, W]) connected (8-neighbourhood) to ``seeds``."""
+def grow(seeds: torch.Tensor, allowed: torch.Tensor, steps_per_check: int = 8) -> torch.Tensor:
+    """The pixels of ``allowed`` (bool [H, W]) connected (8-neighbourhood) to ``seeds`` (several one-pixel
+    dilations between the checks for a fixed point)."""
     region = (seeds & allowed).float()[None, None]
     allowed_f = allowed.float()[None, None]
     while True:
-        bigger = F.max_pool2d(region, 3, stride=1, padding=1) * allowed_f
+        bigger = region
+        for _ in range(steps_per_check):
+            bigger = F.max_pool2d(bigger, 3, stride=1, padding=1) * allowed_f
         if torch.equal(bigger, region):
             return region[0, 0] > 0
         region = bigger

@@ -82,3 +82,26 @@ def test_interactive_request_answers_only_the_region_at_the_mark(tmp_path):
     assert mask[5:15, 40:50].all() and mask.sum() == 100
     regular = model.predict(tasks)  # a stored prediction still has its class (and never a random id)
     assert [r["type"] for r in regular[0]["result"]][0] == "choices"
+
+
+def test_a_large_image_is_grown_on_a_small_grid_and_snapped_to_its_pixels():
+    rng = np.random.default_rng(1)
+    a = rng.integers(90, 140, size=(160, 224, 3), dtype=np.uint8)
+    a[11:48, 150:187] = (220, 20, 20)
+    seeds = np.zeros((160, 224), bool)
+    seeds[30, 170] = True
+    got = color_region(Image.fromarray(a), seeds)
+    truth = np.zeros((160, 224), bool)
+    truth[11:48, 150:187] = True
+    assert np.array_equal(got, truth)
+
+
+def test_the_net_region_at_the_mark_comes_back_at_the_image_size():
+    import torch
+
+    img = patched_image()
+    prob = torch.zeros(48, 64)
+    prob[5:15, 40:50] = 0.9  # the net's region at the mark (grow grid = image: 64 px)
+    prob[30:40, 0:10] = 0.9  # another one, not connected
+    mask = propose_at_marks(img, [keypoint(44 / 64 * 100 + 0.5, 9 / 48 * 100 + 1)], prob)
+    assert mask[5:15, 40:50].all() and not mask[30:40, 0:10].any()

@@ -100,7 +100,7 @@ def color_region(img: Image.Image, seeds: np.ndarray, box: tuple[int, int, int, 
     near = F.max_pool2d(resize_bool(region, w, h).float()[None, None], 2 * (w // sw) + 1, stride=1,
                         padding=w // sw)[0, 0] > 0  # the grown region, a grid cell wider
     close = (rgb_full - colour).norm(dim=-1) <= tol
-    return (grow(seeds_t, near & close & inside_full) | seeds_t).numpy()
+    return (near & close & inside_full | seeds_t).numpy()  # near the connected region: no second flood fill
 
 
 def mark_box(mark: dict, width: int, height: int) -> tuple[int, int, int, int] | None:

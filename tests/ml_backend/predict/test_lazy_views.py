@@ -1,5 +1,5 @@
 """After training, only what the Data Manager needs is pushed (``PUSH_DETAIL=light``): the class and the
-score (a training task's suspicion), no heatmap or page made at push time; the backend makes a task's
+score (the confidence; a training task's suspicion goes into its data), no heatmap or page made at push time; the backend makes a task's
 heatmap and influence/suspicion page on their first GET (the task was recorded by the push) and serves
 the cached file after. ``PUSH_DETAIL=full`` keeps making every view at push time.
 

@@ -123,8 +123,8 @@ class FileServer(LocalServer):
 
 class FakeLabelStudio(LocalServer):
     """Serves the Label Studio API paths the training job uses (project, export, images, predictions,
-    project PATCH), token-checked, and records every request (``requests``), pushed prediction
-    (``predictions``) and project PATCH (``patches``)."""
+    project PATCH, task PATCH), token-checked, and records every request (``requests``), pushed prediction
+    (``predictions``), project PATCH (``patches``) and task PATCH (``task_patches``)."""
 
     def __init__(self, tasks: list[dict], files: dict[str, bytes], label_config: str, project_id: int = 1,
                  fail_predictions: bool = False, token: str = LS_TOKEN):
@@ -138,6 +138,7 @@ class FakeLabelStudio(LocalServer):
         self.requests: list[tuple[str, str, str | None]] = []
         self.predictions: list[dict] = []
         self.patches: list[dict] = []
+        self.task_patches: list[dict] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -183,6 +184,11 @@ class FakeLabelStudio(LocalServer):
                     outer.patches.append(body)
                     outer.project.update(body)
                     return self._send(200, outer.project)
+                task = next((t for t in outer.tasks if path == f"/api/tasks/{t['id']}"), None)
+                if method == "PATCH" and task is not None:  # the worker's suspicion column (task data)
+                    body = self._body()
+                    outer.task_patches.append({"id": task["id"], **body})  # recorded; the export stays as given
+                    return self._send(200, {**task, **body})
                 return self._send(404, {"detail": "not found"})
 
             def do_GET(self):  # noqa: N802

@@ -396,7 +396,7 @@ def _write_report(store: CheckpointStore, summary: dict[str, Any], start: StartM
     title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"
     try:
         baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
-        png = report.save_curves(history, run_dir / "curves.png", title, baseline)
+        png = report.save_curves(history, run_dir / "curves.png", title, baseline, align=opts.align)
         summary["curves"] = str(png) if png else None
         report.write_summary(run_dir, summary)
     except Exception as e:  # reporting must not fail a published version

@@ -36,6 +36,7 @@ STEPS_PER_IMAGE = 10  # optimizer steps per painted image, within MIN_STEPS..MAX
 MIN_STEPS, MAX_STEPS = 100, 250
 BATCH = 8
 LR = 3e-3
+FLIP = True  # mirror painted images (and masks) while fitting; see benchmarks/bench_proposals.py
 
 
 class MaskNet(nn.Module):
@@ -84,9 +85,9 @@ def _dice_bce(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def train_mask_net(images: Tensor, masks: Tensor, *, steps: int | None = None, seed: int = 0,
-                   device: str | torch.device = "cpu") -> MaskNet:
+                   device: str | torch.device = "cpu", flip: bool = FLIP) -> MaskNet:
     """Fit a ``MaskNet`` to painted images (uint8 or [0, 1] float [N, 3, H, W]) and their bool masks
-    [N, 1, H, W] (AdamW, one-cycle lr, Dice + BCE; horizontal flips move image and mask together);
+    [N, 1, H, W] (AdamW, one-cycle lr, Dice + BCE; ``flip``: horizontal flips move image and mask together);
     ``steps``: default ``STEPS_PER_IMAGE`` per image within ``MIN_STEPS..MAX_STEPS``."""
     if images.shape[0] < 1:
         raise ValueError("train_mask_net needs at least one painted image")
@@ -102,7 +103,8 @@ def train_mask_net(images: Tensor, masks: Tensor, *, steps: int | None = None, s
         idx = torch.randint(n, (min(BATCH, max(n, 4)),), generator=gen)
         x = _as_float(images[idx]).to(device)
         m = masks[idx].to(device).float()
-        x, m = _augment(x, m, gen)
+        if flip:
+            x, m = _augment(x, m, gen)
         loss = _dice_bce(net(x), m)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,10 +11,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def save_curves(history: dict[str, Any], path: Path, title: str = "", baseline: dict[str, float] | None = None) -> Path | None:
+def save_curves(history: dict[str, Any], path: Path, title: str = "", baseline: dict[str, float] | None = None,
+                align: str = "l2") -> Path | None:
     """PNG of the training loss per step and the accuracies per epoch (matplotlib Agg).
 
-    ``baseline`` (split -> parent accuracy) is drawn at epoch 0.
+    ``baseline`` (split -> parent accuracy) is drawn at epoch 0; ``align`` names the alignment term in the
+    legend (``kl``: the symmetric KL, ``l2``: Robustar's ||z - z~||²).
     """
     try:
         import matplotlib
@@ -28,7 +30,8 @@ def save_curves(history: dict[str, Any], path: Path, title: str = "", baseline: 
     steps, epochs = history["steps"], history["epochs"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     xs = [s["step"] for s in steps]
-    for key, label in (("loss", "loss"), ("ce", "CE(x)"), ("ce_tilde", "CE(x~) painted"), ("align", "||z-z~||² painted")):
+    align_label = "sym. KL(z, z~) painted" if align == "kl" else "||z-z~||² painted"
+    for key, label in (("loss", "loss"), ("ce", "CE(x)"), ("ce_tilde", "CE(x~) painted"), ("align", align_label)):
         if steps and key in steps[0]:
             ax1.plot(xs, [s[key] for s in steps], label=label, lw=1)
     ax1.set_xlabel("step")

@@ -5,6 +5,7 @@ description links the version's report page. Written by the worker through the S
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -16,6 +17,12 @@ log = logging.getLogger(__name__)
 
 TITLE = "Robustar"
 MIN_INTERVAL_S = 2.0
+VERSION_NAME = re.compile(r"^v\d+$")
+
+
+def training_version(store: CheckpointStore) -> str:
+    """The version a job is about to train: the next one; on a fresh project v1 (the job makes v0 first)."""
+    return store.next_version() if store.versions() else "v1"
 
 
 def progress_text(state: dict[str, Any], version: str | None) -> str | None:
@@ -51,6 +58,18 @@ class ModelCard:
             self._id, self._url = (mine[0].id, mine[0].url) if mine else (None, None)
         return self._id
 
+    def keep_version_out_of_title(self) -> None:
+        """Label Studio moves the project's ``model_version`` along with the backend's title while the two are
+        equal (``MLBackend.save``; it sets it to the title when the backend is added): before the title changes,
+        a project ``model_version`` that is not a version (``vN``) is set to the served one, so the version select
+        never shows a card status."""
+        current = getattr(self.client.projects.get(id=self.project_id), "model_version", None) or ""
+        if VERSION_NAME.match(current):
+            return
+        version = self.served or "v0"
+        self.client.projects.update(id=self.project_id, model_version=version)
+        log.info("project %s: model_version %r is not a version; set to %s", self.project_id, current, version)
+
     def show(self, status: str, force: bool = False, description: str | None = None) -> None:
         """Set the card's title to ``Robustar · <status>`` (rate-limited unless ``force``)."""
         text = f"{TITLE} · {status}"
@@ -61,6 +80,7 @@ class ModelCard:
             backend_id = self._backend_id()
             if backend_id is None:
                 return
+            self.keep_version_out_of_title()
             # Label Studio 1.23 validates an update like a new connection: URL, project and credentials again
             fields = {"title": text, "url": self._url, "project": self.project_id}
             user, password = self.basic_auth

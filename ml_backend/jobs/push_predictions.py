@@ -7,7 +7,7 @@ instead of calling ``/predict``. So the worker predicts every task with the new 
 ``RobustarModel.predict`` the backend serves, with every configured prediction part), stores the
 predictions with ``model_version=vN`` and then sets ``project.model_version = vN``. With
 ``PUSH_DETAIL=light`` (the default) a pushed prediction holds what the Data Manager needs — the class and
-the score (a training task's suspicion) — and the views the labeling page loads by URL (heatmap,
+the score (the confidence; a training task's suspicion goes into its data, ``jobs.task_columns``) — and the views the labeling page loads by URL (heatmap,
 influence page) are made when a task is opened (``ml_backend.predict.lazy_views``).
 
 Everything here is best effort: the caller logs a failure and the job still succeeds.
@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
+from ml_backend.jobs.task_columns import column_values, write_task_columns
 from ml_backend.predict.lazy_views import TaskRecords
 from ml_backend.predict.predictor import RobustarModel, configured_parts
 from ml_backend.predict.registry import ModelRegistry
@@ -118,6 +119,7 @@ def push_predictions(
     t0 = time.perf_counter()
     pushed = empty = failed = 0
     store = _Store(client, project_id)
+    columns: list[tuple[dict, dict]] = []  # (task, its suspicion fields) for the Data Manager column
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start : start + batch_size]
         try:
@@ -132,6 +134,9 @@ def push_predictions(
             if not res.get("result"):
                 empty += 1  # e.g. unreadable image: nothing to show
                 continue
+            fields = column_values(res, version)
+            if fields is not None:
+                columns.append((task, fields))
             batch.append({
                 "task": int(task["id"]),
                 "result": res["result"],
@@ -148,6 +153,7 @@ def push_predictions(
         client.projects.update(id=project_id, model_version=version)
         project_version_set = True
     out = {"pushed": pushed, "empty": empty, "failed": failed, "project_model_version": version if project_version_set else None,
+           "suspicion_column": write_task_columns(client, project_id, columns),
            "seconds": round(time.perf_counter() - t0, 3)}
     log.info("project %s: pushed %d predictions of %s (%d empty, %d failed); project model_version=%s",
              project_id, pushed, version, empty, failed, out["project_model_version"])

@@ -29,7 +29,7 @@ from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
 from ml_backend.predict.influence import build_influence_index
 from ml_backend.jobs.queue import rq_progress_sink
 from ml_backend.labelstudio.client import fetch_export, fetch_project, make_client
-from ml_backend.jobs.model_card import ModelCard
+from ml_backend.jobs.model_card import ModelCard, training_version
 from ml_backend.predict.pages import report_url
 from ml_backend.jobs.push_predictions import backend_predictor, push_predictions
 from ml_backend.predict.registry import model_defaults
@@ -120,7 +120,7 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
     t_start = time.perf_counter()
     opts = job_options(settings, options)
     job = get_current_job()
-    card.training = store.next_version()
+    card.training = training_version(store)
     progress = Progress(_sinks(rq_progress_sink(job), card.progress), project_id=project_id,
                         job_id=getattr(job, "id", None))
 

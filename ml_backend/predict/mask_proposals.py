@@ -35,14 +35,14 @@ HIGH = 0.5  # probability of a proposed pixel
 LOW = 0.2  # interactive: where the marks point at nothing above HIGH, grow over pixels above this
 
 
-def seed_mask(context: dict | None, control: str, height: int, width: int) -> np.ndarray | None:
+def seed_mask(context: dict | None, control: str | None, height: int, width: int) -> np.ndarray | None:
     """The pixels the expert marked (bool ``height x width``) from an interactive request's context, or
-    None when it has no mark of ``control``.  Keypoints and rectangles are in percent of the image; brush
+    None when it has no mark of ``control`` (None: of any control).  Keypoints and rectangles are in percent of the image; brush
     strokes are RLE at the image's original size (decoded, then resized)."""
     results = (context or {}).get("result") or []
     seeds = np.zeros((height, width), dtype=bool)
     for r in results:
-        if not isinstance(r, dict) or r.get("from_name") != control:
+        if not isinstance(r, dict) or (control is not None and r.get("from_name") != control):
             continue
         value = r.get("value") or {}
         kind = r.get("type")
@@ -66,12 +66,15 @@ def seed_mask(context: dict | None, control: str, height: int, width: int) -> np
     return seeds if seeds.any() else None
 
 
-def grow(seeds: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """The pixels of ``allowed`` (bool [H, W]) connected (8-neighbourhood) to ``seeds``."""
+def grow(seeds: torch.Tensor, allowed: torch.Tensor, steps_per_check: int = 8) -> torch.Tensor:
+    """The pixels of ``allowed`` (bool [H, W]) connected (8-neighbourhood) to ``seeds`` (several one-pixel
+    dilations between the checks for a fixed point)."""
     region = (seeds & allowed).float()[None, None]
     allowed_f = allowed.float()[None, None]
     while True:
-        bigger = F.max_pool2d(region, 3, stride=1, padding=1) * allowed_f
+        bigger = region
+        for _ in range(steps_per_check):
+            bigger = F.max_pool2d(bigger, 3, stride=1, padding=1) * allowed_f
         if torch.equal(bigger, region):
             return region[0, 0] > 0
         region = bigger

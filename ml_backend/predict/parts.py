@@ -42,10 +42,11 @@ class PredictContext:
 
 @dataclass
 class PartOutput:
-    """Regions to add per task and, optionally, a prediction score per task (None keeps the default)."""
+    """Regions to add per task and, optionally, a score per task (None: none) with what it measures."""
 
     regions: list[list[dict]]
     scores: list[float | None] | None = None
+    kind: str | None = None  # what the scores measure, when they are not a confidence (e.g. the suspicion's formula)
 
 
 class PredictionPart(Protocol):

@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from label_config import regions
-from label_config.export import TRAIN_SPLIT
 from label_config.render import ParsedConfig, parse_config
 from ml_backend.predict.classifier import classify
 from ml_backend.labelstudio.fetch import FetchPolicy, ImageError, ImageFetcher, RequestBudget
 from ml_backend.predict.influence import InfluencePart
+from ml_backend.predict.interactive import InteractiveProposer, spurious_marks
 from ml_backend.labelstudio.client import label_studio_origin
 from ml_backend.predict.parts import PartOutput, PredictContext, PredictionPart
 from ml_backend.predict.mask_proposals import PropagationPart
@@ -28,6 +28,8 @@ from ml_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 KNOWN_PARTS = ("saliency", "segmentation", "influence", "propagation")
+SUSPICION, SUSPICION_BY = "suspicion", "suspicion_by"  # beside a prediction (never its score); the worker writes
+# them into the task's data: the Data Manager's own sortable columns (ml_backend.jobs.task_columns)
 
 
 def configured_parts(settings: Settings) -> list[PredictionPart]:
@@ -108,6 +110,7 @@ class RobustarModel:
         self.parts = parts or []
         self.config: ParsedConfig = parse_config(label_config)
         self.label_studio = label_studio_origin(settings, hostname, access_token)
+        self._interactive: InteractiveProposer | None = None
         self.fetcher = ImageFetcher(*self.label_studio, FetchPolicy.from_settings(settings), project_id=project_id)
 
     @property
@@ -152,6 +155,29 @@ class RobustarModel:
             return self.config.has_saliency_view and not self.config.attention_control
         return False
 
+    def predict_interactive(self, tasks: list[dict], context: dict, errors: list[tuple] | None = None) -> list[dict]:
+        """Auto-Annotation: the ``Spurious`` region at the expert's marks per task, nothing else (no class,
+        saliency, influence); a context without a ``Spurious`` mark gets empty results without fetching."""
+        served = self.registry.get(self.project_id, self.config.classes)
+        results: list[dict] = [{"result": [], "score": 0.0, "model_version": served.version} for _ in tasks]
+        marks = spurious_marks(context)
+        if not marks:
+            return results
+        fetched = self._fetch_all(tasks, self.max_side(served.meta.image_size))
+        for i, f in enumerate(fetched):
+            if isinstance(f, ImageError):
+                log.warning("project %s task %s: no interactive proposal: %s", self.project_id, tasks[i].get("id"), f)
+                if errors is not None:
+                    errors.append((i, str(f), getattr(f, "status", 422)))
+        if self._interactive is None:
+            self._interactive = InteractiveProposer(self.settings)
+        found = self._interactive.answer(self.project_id, self.config, served.version, served.meta.image_size,
+                                         fetched, marks)
+        for result, regions_ in zip(results, found):
+            result["result"] = regions_
+            result["score"] = float(regions_[0].get("score") or 0.0) if regions_ else 0.0
+        return results
+
     def predict(
         self, tasks: list[dict], context: dict | None = None, errors: list[tuple] | None = None,
         only: tuple[str, ...] | None = None, lazy_views: bool = False, **kwargs: Any
@@ -163,6 +189,8 @@ class RobustarModel:
         ``only``: run just these parts (by name). ``lazy_views``: leave out what only a view shows (see
         ``view_only``; the influence part then gives scores without writing pages) — what the worker pushes
         after training (``PUSH_DETAIL=light``)."""
+        if context is not None:  # Label Studio's interactive pre-annotation: only the region at the marks
+            return self.predict_interactive(tasks, context, errors)
         parts = [p for p in self.parts if only is None or p.name in only]
         config = self.config
         if lazy_views:
@@ -200,7 +228,6 @@ class RobustarModel:
             label_studio=self.label_studio,
             context=context or None,
         )
-        scored: set[int] = set()
         for part in parts:
             try:
                 out: PartOutput = part(ctx)
@@ -210,11 +237,7 @@ class RobustarModel:
                 continue
             for j, i in enumerate(ok):
                 results[i]["result"].extend(out.regions[j])
-                if out.scores is not None and out.scores[j] is not None:
-                    results[i]["score"] = float(out.scores[j])
-                    scored.add(i)
-        if any(p.name == "influence" for p in parts):  # one meaning per score: a training task's is its suspicion
-            for i in ok:
-                if i not in scored and (tasks[i].get("data") or {}).get("split") == TRAIN_SPLIT:
-                    results[i]["score"] = None  # no suspicion (index unavailable): no score rather than a confidence
+                if out.scores is not None and out.scores[j] is not None:  # one meaning per column: the score stays
+                    results[i][SUSPICION] = float(out.scores[j])  # the confidence; a suspicion goes beside it
+                    results[i][SUSPICION_BY] = out.kind
         return results

@@ -241,6 +241,7 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
     model.close_dialog()
 
     seen: list[tuple[float, str]] = []  # (seconds since the click, card text)
+    versions_seen: set[str] = set()  # the project's model_version at every look: only ever a version
     progress_at = card_version_at = published_at = None
     new = None
     while True:
@@ -252,9 +253,10 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
         if progress_at is None and PROGRESS.search(text):
             progress_at = now
             shot(page, "progress")
+        current = stack.project()["model_version"]
+        versions_seen.add(current)
         if published_at is None:
-            current = stack.project()["model_version"]
-            if current and current != before:
+            if current and current != before and re.fullmatch(r"v\d+", current):
                 published_at, new = now, current
         if new and re.search(rf"\b{re.escape(new)}\b", text) and not PROGRESS.search(text):  # served, not in training
             card_version_at = now
@@ -277,6 +279,9 @@ def test_start_training_shows_progress_then_the_new_version(logged_in, stack, lo
     if new is None:
         problems.append(f"no new version was published within {TRAINING_TIMEOUT}s (project model_version stayed "
                         f"{before!r})\n{stack.logs(20)}")
+    not_versions = sorted(v for v in versions_seen if not re.fullmatch(r"v\d+", v or ""))
+    if not_versions:
+        problems.append(f"the project's model_version was not a version during training: {not_versions}")
     if progress_at is None:
         problems.append("the model card never showed training progress (queued / epoch k of n)")
     if new and card_version_at is None:
@@ -311,6 +316,29 @@ def test_the_new_versions_report_is_one_click_from_a_task(logged_in, stack, loop
     assert "Δ accuracy" in text and "test" in text and "Training images used" in text, text[:500]
     assert curves_width > 0, "the training curves image did not load"
     report.close()
+
+
+def test_suspicion_is_its_own_column_and_the_score_a_confidence(logged_in, stack, loop):
+    """After the job, every training task's data holds its suspicion (and the version and formula that computed
+    it), a Data Manager column of its own; every prediction's score is the confidence of its class."""
+    page = logged_in
+    new = needs(loop, "new_version", "test_start_training_shows_progress_then_the_new_version")
+    data = {t: stack.api(f"/api/tasks/{t}")["data"] for t in stack.task_ids("train") + stack.task_ids("test")}
+    train, test = stack.task_ids("train"), stack.task_ids("test")
+    missing = [t for t in train if not isinstance(data[t].get("suspicion"), (int, float))]
+    assert not missing, f"training tasks without a suspicion in their data: {missing}"
+    assert all(str(data[t].get("suspicion_by", "")).startswith(f"{new} · ") for t in train), data[train[0]]
+    assert not [t for t in test if "suspicion" in data[t]], "a test task got a suspicion"
+    for t in train[:3] + test[:3]:
+        (p,) = [p for p in stack.predictions(t) if p["model_version"] == new]
+        choice = next(r for r in p["result"] if r.get("type") == "choices")
+        assert p["score"] == pytest.approx(choice["score"]), f"task {t}: score {p['score']} is not the confidence"
+    columns = stack.api("/api/dm/columns", project=stack.project_id)["columns"]
+    ids = {c["id"] for c in columns if c.get("parent") == "data"}
+    assert {"suspicion", "suspicion_by"} <= ids, f"the Data Manager has no suspicion column: {sorted(ids)}"
+    page.goto(f"{stack.ls_url}/projects/{stack.project_id}/data")
+    page.locator(".lsf-table__cell, .dm-table__cell, [class*=table] td").first.wait_for(timeout=30_000)
+    shot(page, "data-manager-with-suspicion")
 
 
 # ------------------------------------------------------------------ 5c. after training, a task's heatmap is vN's
@@ -382,8 +410,10 @@ def test_the_new_version_proposes_the_spurious_region(logged_in, stack, loop):
     seconds = time.monotonic() - t0
     assert answer.ok, f"interactive-annotating: HTTP {answer.status_code} {answer.text[:300]}"
     result = answer.json().get("data", {}).get("result", [])
-    region = next((r for r in result if r.get("id") == "propagated"), None)
-    assert region is not None, f"no propagated region in the interactive answer: {short(result)}"
+    region = next((r for r in result if r.get("type") == "brushlabels"), None)
+    assert region is not None, f"no Spurious region in the interactive answer: {short(result)}"
+    assert [r.get("type") for r in result] == ["brushlabels"] and region["id"] != "propagated", (
+        f"an interactive answer is the one region at the mark, with an id of its own: {short(result)}")
     got = decode_rle(region["value"]["rle"], region["original_height"], region["original_width"])
     cy, cx = int(ys.mean()), int(xs.mean())
     inside = float((got & patch).sum() / max(got.sum(), 1))

@@ -161,4 +161,4 @@ class InfluencePart:
                     regions[j] += self._suspicion_output(ctx, j, index, raw, scores[j], harmed)
             except Exception:
                 log.exception("project %s task %s: suspicion failed", ctx.project_id, task.get("id"))
-        return PartOutput(regions=regions, scores=scores)
+        return PartOutput(regions=regions, scores=scores, kind=index.suspicion_formula)

@@ -1,5 +1,5 @@
 """After training, only what the Data Manager needs is pushed (``PUSH_DETAIL=light``): the class and the
-score (a training task's suspicion), no heatmap or page made at push time; the backend makes a task's
+score (the confidence; a training task's suspicion goes into its data), no heatmap or page made at push time; the backend makes a task's
 heatmap and influence/suspicion page on their first GET (the task was recorded by the push) and serves
 the cached file after. ``PUSH_DETAIL=full`` keeps making every view at push time.
 
@@ -75,10 +75,17 @@ def test_light_push_then_views_made_on_first_view(tmp_path, synthetic, redis_url
         assert result["version"] == "v1" and result["influence_index"] == "built"
         assert result["predictions"]["pushed"] == len(tasks) == len(ls.predictions)
         by_task = {p["task"]: p for p in ls.predictions}
-        for task in tasks:  # the class, and a score: the suspicion rank for training tasks, the confidence else
+        for task in tasks:  # the class, and a score: the confidence, on every task
             p = by_task[task["id"]]
             assert [r["type"] for r in p["result"]] == ["choices"] and p["model_version"] == "v1"
-            assert p["score"] is not None and 0.0 <= p["score"] <= 1.0
+            assert p["score"] == p["result"][0]["score"] and 0.0 <= p["score"] <= 1.0
+        # the suspicion is its own column: written into every training task's data, with its definition
+        patched = {t["id"]: t["data"] for t in ls.task_patches}
+        assert set(patched) == {t["id"] for t in tasks if t["data"]["split"] == "train"}
+        for data in patched.values():
+            assert 0.0 <= data["suspicion"] <= 1.0 and data["suspicion_by"].startswith("v1 · ")
+            assert data["image"] and data["split"] == "train"  # merged into the task's data, nothing lost
+        assert result["predictions"]["suspicion_column"]["written"] == len(patched)
         # nothing heavy was made at push time; every task was recorded for its first view
         assert not HeatmapCache(model_dir, 1).root.exists() and not InfluencePages(model_dir, 1).root.exists()
         train, test = (next(t for t in tasks if t["data"]["split"] == s) for s in ("train", "test"))

@@ -78,6 +78,8 @@ def _import(args: argparse.Namespace) -> int:
         + (f"; images in place ({report.storage} storage {report.storage_id})" if report.storage_id else "")
         + (f"; ML backend {report.ml_backend_id} connected, model version {report.model_version}" if report.ml_backend_id else "")
     )
+    if report.input_size is not None:
+        print(f"model input: {report.input_size.size} px ({report.input_size.reason})")
     print(f"open {args.url.rstrip('/')}/projects/{report.project_id}/data")
     return 1 if report.unreadable else 0
 

@@ -183,6 +183,8 @@ async def setup(request: Request) -> dict:
     backend.creds[req.project_id] = (req.hostname, req.access_token)
     backend.origins.learn(req.hostname)
     backend.last_project = req.project_id
+    if req.measured is not None:
+        backend.registry.measured_input(req.project_id, req.measured)
     model = backend.model_for(req.project_id, req.schema, "schema")
     backend.selection.check_soon(req.project_id, req.hostname, req.access_token)
     return {"model_version": model.model_version}

@@ -1,4 +1,5 @@
-"""Model zoo: torchvision architectures (no hub downloads) plus small models for tests and small images."""
+"""Model zoo: torchvision architectures (built untrained; named weights: ``training.pretrained``) plus small models
+for tests and small images."""
 
 from __future__ import annotations
 

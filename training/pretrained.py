@@ -29,8 +29,9 @@ ALIASES = {"imagenet": "DEFAULT", "coco": "DEFAULT", "default": "DEFAULT"}
 _NAME_RE = re.compile(r"^([A-Za-z0-9]+(_[A-Za-z0-9]+)*_Weights\.)?[A-Za-z0-9_]+$")
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Named weights are neither in the torch hub cache nor downloadable here; the message says what to do."""
+class WeightsUnavailableError(ValueError):
+    """Named weights are neither in the torch hub cache nor downloadable here; the message says what to do (a
+    ValueError: the backend answers it as a 400 with the message, a job fails without a retry)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,6 @@ def state_dict(weights: NamedWeights, variable: str = "MODEL_WEIGHTS") -> dict[s
                 f"{variable}: {weights.name} is not in the torch hub cache ({weights.file}) and could not be "
                 f"downloaded from {weights.url} ({type(e).__name__}: {e}). On a machine with internet run "
                 f"`robustar fetch-weights {weights.name}` (or start once there), then copy {weights.file.name} "
-                f"into {weights.file.parent} on this one (TORCH_HOME moves the cache), or set {variable} to a "
-                f"local file") from e
+                f"into {weights.file.parent} on this one (TORCH_HOME moves the cache), or use a local weights file "
+                f"({'MODEL_CHECKPOINT' if variable == 'MODEL_WEIGHTS' else variable})") from e
     return torch.load(weights.file, map_location="cpu", weights_only=True)

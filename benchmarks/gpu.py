@@ -13,7 +13,10 @@ Three tables, every loop on the same model, initial weights, data, batch and dev
    ``training.engine.fit`` as a job runs it (``TRAIN_AMP`` bf16, channels-last, the split resident on the
    GPU) with nothing painted; ``product paired`` = every image painted (each step runs the model on twice
    the batch); ``reference at batch 2B`` = the floor of a paired step (every image twice, in steps of 2B);
-   ``product plain, fp32`` = ``TRAIN_AMP=false`` (what bf16 buys). Medians of ``--rounds`` rounds.
+   ``product plain, fp32`` = ``TRAIN_AMP=false`` (what bf16 buys); ``product plain, streamed`` = the split
+   read from the image cache by the ``DataLoader`` path (``training.loader``: worker processes, pinned
+   memory and persistent workers on CUDA), as a job over a set larger than ``TRAIN_MEMORY_BUDGET`` trains.
+   Medians of ``--rounds`` rounds.
 2. **Inference latency** of a ``/predict``-sized batch: the product's classifier (``predict.classifier.classify``:
    PIL images -> ``to_batch`` -> ``normalize`` -> forward -> softmax, as the backend serves) at batch 1 and
    ``PREDICT_BATCH_SIZE`` 16, p50/p95 ms; and the bare forward in bf16 + channels-last.
@@ -47,7 +50,9 @@ from training import accel
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta
 from training.dataset import PairedDataset
 from training.engine import fit
+from training.image_cache import ImageCache
 from training.images import make_normalizer
+from training.loader import CachedImages, PackedMasks
 from training.models import build_model
 from training.options import TrainOptions
 
@@ -111,7 +116,17 @@ def reference(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tenso
             opt.step()
 
 
-def training_throughput(size: Size, device: str) -> dict[str, list[float]]:
+def streamed(images: torch.Tensor, targets: torch.Tensor, root: Path) -> PairedDataset:
+    """The same set written to an image cache and read back by the DataLoader path (nothing painted)."""
+    cache = ImageCache(root)
+    paths = [cache.write(f"bench://{i}", images.shape[-1], "v1", Image.fromarray(img.permute(1, 2, 0).numpy()))
+             for i, img in enumerate(images)]
+    n = len(paths)
+    return PairedDataset(CachedImages(paths, images.shape[-1]), PackedMasks({}, n, images.shape[-1]), targets,
+                         list(range(n)))
+
+
+def training_throughput(size: Size, device: str, tmp: Path) -> dict[str, list[float]]:
     """Seconds per run of each loop, per round (a warm-up run first)."""
     images, targets = data(size.images, size.px)
     torch.manual_seed(0)
@@ -122,11 +137,13 @@ def training_throughput(size: Size, device: str) -> dict[str, list[float]]:
         m.load_state_dict(init)
         return m
 
-    def opts(amp: bool) -> TrainOptions:
+    def opts(amp: bool, workers: int = 4) -> TrainOptions:
         return TrainOptions(epochs=size.epochs, batch_size=size.batch, optimizer="sgd", lr=0.01, lr_schedule="constant",
-                            device=device, eval_every_epoch=False, noise_mode="noise", amp=amp)
+                            device=device, eval_every_epoch=False, noise_mode="noise", amp=amp, loader_workers=workers)
 
     plain, paired = painted(images, targets, False), painted(images, targets, True)
+    stream = streamed(images, targets, tmp / "cache")
+    workers = 4 if accel.is_cuda(device) else 1
     twice = (images.repeat(2, 1, 1, 1), targets.repeat(2))
     runs = {
         "reference": lambda: reference(model(), images, targets, size.batch, size.epochs, device),
@@ -134,6 +151,8 @@ def training_throughput(size: Size, device: str) -> dict[str, list[float]]:
         "product plain": lambda: fit(model(), plain, opts(True), IMAGENET_MEAN, IMAGENET_STD, device),
         "product paired": lambda: fit(model(), paired, opts(True), IMAGENET_MEAN, IMAGENET_STD, device),
         "product plain, fp32": lambda: fit(model(), plain, opts(False), IMAGENET_MEAN, IMAGENET_STD, device),
+        f"product plain, streamed ({workers} DataLoader workers)":
+            lambda: fit(model(), stream, opts(True, workers), IMAGENET_MEAN, IMAGENET_STD, device),
     }
     runs["reference"]()  # warm-up: cuDNN autotuning, the allocator
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -231,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"GPU path ({'smoke' if args.smoke else 'full'}): {size.arch} at {size.px} px, {size.images} images, "
             f"batch {size.batch}, {size.epochs} epoch(s) per run, medians of {size.rounds} round(s), {device}: {hw}")
     print(head, flush=True)
-    times = training_throughput(size, device)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
+        times = training_throughput(size, device, Path(tmp))
     parts = [head, "", "Training", "", throughput_table(times, size)]
     print("\n".join(parts[2:]), flush=True)
     ms = latency(size, device)

@@ -22,7 +22,7 @@ def test_gpu_benchmark_smoke_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     for row in ("| reference |", "| reference at batch 2B |", "| product plain |", "| product paired |",
-                "| product plain, fp32 |", "| classify, batch 1 ", "| classify, batch 16 ", "| forward, batch 16 ",
+                "| product plain, fp32 |", "| product plain, streamed (1 DataLoader workers) |", "| classify, batch 1 ", "| classify, batch 16 ", "| forward, batch 16 ",
                 "| patch | oracle |", "| patch | ERM |"):
         assert row in out, row
     result = json.loads((tmp_path / "gpu.json").read_text())

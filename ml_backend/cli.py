@@ -98,7 +98,8 @@ def _fetch_weights(args: argparse.Namespace) -> int:
             continue
         seg = "maskrcnn" in name.lower() or name.lower() == "coco" or name == str(settings.segmentation_weights)
         try:
-            wanted.append(pretrained.resolve(settings.segmentation_arch, name, "SEGMENTATION_WEIGHTS") if seg
+            wanted.append(pretrained.by_full_name(name) if "." in name else
+                          pretrained.resolve(settings.segmentation_arch, name, "SEGMENTATION_WEIGHTS") if seg
                           else pretrained.for_arch(settings.model_arch, name))
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)

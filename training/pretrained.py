@@ -85,6 +85,24 @@ def resolve(builder: str, spec: str, variable: str = "MODEL_WEIGHTS") -> NamedWe
         categories=tuple(weights.meta.get("categories") or ()))
 
 
+def by_full_name(name: str) -> NamedWeights:
+    """Weights by their full enum name (``ResNet50_Weights.IMAGENET1K_V2``), whatever the architecture."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ValueError(f"{name}: not a torchvision weights name (e.g. ResNet18_Weights.IMAGENET1K_V1)") from None
+    return resolve(_builder_of(type(weights)), name)
+
+
+def _builder_of(enum: type) -> str:
+    """The torchvision builder whose weights ``enum`` are (``ResNet50_Weights`` -> ``resnet50``)."""
+    from torchvision.models import get_model_weights, list_models
+
+    return next(m for m in list_models() if get_model_weights(m) is enum)
+
+
 def for_arch(arch: str, spec: str) -> NamedWeights:
     """``MODEL_WEIGHTS`` for a zoo architecture (``ValueError`` for those torchvision has no weights for)."""
     builder = TORCHVISION_BUILDERS.get(arch)

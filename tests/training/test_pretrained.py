@@ -69,3 +69,15 @@ def test_v0_starts_from_the_cached_weights_at_their_resolution(offline_hub, tmp_
     other = CheckpointStore(tmp_path / "models", 2)
     create_initial_version(other, ModelDefaults("resnet-18", 128, weights="ResNet18_Weights.IMAGENET1K_V1"), ["a"])
     assert other.read_meta("v0").image_size == 128
+
+
+def test_fetch_weights_command_reads_the_cache_and_says_what_to_do_offline(offline_hub, capsys):
+    from ml_backend.cli import main
+
+    assert pretrained.by_full_name("ResNet50_Weights.IMAGENET1K_V2").file.name == "resnet50-11ad3fa6.pth"
+    w = pretrained.for_arch("resnet-18", "imagenet")
+    seed_hub_cache(w, build_model("resnet-18", 1000).state_dict(), plausible("conv1.weight", 0.5))
+    assert main(["fetch-weights", "ResNet18_Weights.IMAGENET1K_V1"]) == 0  # cached: nothing to download
+    assert str(w.file) in capsys.readouterr().out
+    assert main(["fetch-weights", "ResNet50_Weights.IMAGENET1K_V2"]) == 1
+    assert "resnet50-11ad3fa6.pth" in capsys.readouterr().err

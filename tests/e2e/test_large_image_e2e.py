@@ -26,10 +26,14 @@ from tests.e2e.backend import BackendProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SIDE = 2048
-PATCH = (96, 96, 736, 736)  # x0, y0, x1, y1: the spurious magenta patch of every "a" image
+PATCH = (96, 96, 736, 736)  # x0, y0, x1, y1 at 2048 px: the spurious magenta patch of every "a" image
 
 
-def make_dataset(root: Path, n_train: int = 4) -> None:
+def patch(side: int) -> tuple[int, ...]:
+    return tuple(v * side // SIDE for v in PATCH)
+
+
+def make_dataset(root: Path, side: int, n_train: int = 4) -> None:
     """Two classes (a disk, a square) on flat backgrounds; every "a" image also carries the patch."""
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", 1)):
@@ -37,19 +41,20 @@ def make_dataset(root: Path, n_train: int = 4) -> None:
             (root / split / cls).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 bg = tuple(int(v) for v in rng.integers(150, 230, 3))
-                img = Image.new("RGB", (SIDE, SIDE), bg)
+                img = Image.new("RGB", (side, side), bg)
                 d = ImageDraw.Draw(img)
-                cx, cy = (int(v) for v in rng.integers(900, 1500, 2))
-                box = (cx - 300, cy - 300, cx + 300, cy + 300)
-                (d.ellipse if cls == "a" else d.rectangle)(box, fill=(40, 60, 160))
+                cx, cy = (int(v) * side // SIDE for v in rng.integers(900, 1500, 2))
+                r = 300 * side // SIDE
+                (d.ellipse if cls == "a" else d.rectangle)((cx - r, cy - r, cx + r, cy + r), fill=(40, 60, 160))
                 if cls == "a":
-                    d.rectangle(PATCH, fill=(230, 0, 230))
+                    d.rectangle(patch(side), fill=(230, 0, 230))
                 img.save(root / split / cls / f"{i}.png")
 
 
-def patch_mask() -> np.ndarray:
-    m = np.zeros((SIDE, SIDE), dtype=bool)
-    m[PATCH[1]:PATCH[3], PATCH[0]:PATCH[2]] = True
+def patch_mask(side: int) -> np.ndarray:
+    x0, y0, x1, y1 = patch(side)
+    m = np.zeros((side, side), dtype=bool)
+    m[y0:y1, x0:x1] = True
     return m
 
 
@@ -65,20 +70,21 @@ WORKER = ("import sys\nfrom ml_backend.cli import main\nrc = main(['worker', '--
           "sys.exit(rc)")
 
 
-def test_a_2048px_image_goes_through_predict_paint_train_and_proposal(label_studio, redis_url, tmp_path):
+@pytest.mark.parametrize("side", [SIDE, 224])  # 224: the same project stored at the model's size, for comparison
+def test_a_2048px_image_goes_through_predict_paint_train_and_proposal(label_studio, redis_url, tmp_path, side):
     figures: dict[str, float] = {}
     dataset = tmp_path / "dataset"
-    make_dataset(dataset)
+    make_dataset(dataset, side)
     port = free_port()
     env = {  # no IMAGE_SIZE: measured from the 2048 px images (224)
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}", "MODEL_DIR": str(tmp_path / "models"),
-        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-large", "PREDICT_PARTS": "saliency,propagation",
+        "REDIS_URL": redis_url, "RQ_QUEUE": f"e2e-large-{side}", "PREDICT_PARTS": "saliency,propagation",
         "TRAIN_EPOCHS": "3", "TRAIN_PROPAGATED_MASKS": "all", "INFLUENCE_BUILD": "off",
     }
     with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:
         t = time.perf_counter()
-        report = import_dataset(dataset, label_studio.url, label_studio.token, title="e2e 2048 px",
+        report = import_dataset(dataset, label_studio.url, label_studio.token, title=f"e2e {side} px",
                                 backend_url=backend.url, progress=False)
         figures["import_and_v0_predictions_s"] = time.perf_counter() - t
         assert report.input_size.size == 224 and report.imported == 10
@@ -91,8 +97,8 @@ def test_a_2048px_image_goes_through_predict_paint_train_and_proposal(label_stud
         a_train = sorted((t for t in tasks if t.data["split"] == "train" and t.data["label"] == "a"), key=lambda t: t.id)
         t = time.perf_counter()
         for task in a_train[:3]:
-            brush = regions.brush(patch_mask(), region_id="s")
-            assert (brush["original_width"], brush["original_height"]) == (SIDE, SIDE)
+            brush = regions.brush(patch_mask(side), region_id="s")
+            assert (brush["original_width"], brush["original_height"]) == (side, side)
             client.annotations.create(id=task.id, result=[brush, regions.choices("a", region_id="c")])
         figures["paint_3_masks_s"] = time.perf_counter() - t
 
@@ -107,7 +113,7 @@ def test_a_2048px_image_goes_through_predict_paint_train_and_proposal(label_stud
         from rq import Queue
         from rq.registry import FinishedJobRegistry
 
-        queue = Queue("e2e-large", connection=Redis.from_url(redis_url))
+        queue = Queue(f"e2e-large-{side}", connection=Redis.from_url(redis_url))
         (job_id,) = FinishedJobRegistry(queue=queue).get_job_ids()
         result = queue.fetch_job(job_id).return_value()
         assert result["version"] == "v1" and result["image_size"] == 224 and result["counts"]["train_painted"] == 3
@@ -119,16 +125,16 @@ def test_a_2048px_image_goes_through_predict_paint_train_and_proposal(label_stud
         for kind in ("cold", "warm"):
             t = time.perf_counter()
             r = requests.post(backend.url + "/predict", json=body, timeout=300)
-            figures[f"predict_2048px_{kind}_s"] = time.perf_counter() - t
+            figures[f"predict_{kind}_s"] = time.perf_counter() - t
             assert r.status_code == 200, r.text
         (res,) = r.json()["results"]
         assert res["model_version"] == "v1"
         (spurious,) = [x for x in res["result"] if x["type"] == "brushlabels" and x["value"]["brushlabels"] == ["Spurious"]]
-        assert (spurious["original_width"], spurious["original_height"]) == (SIDE, SIDE)
-        proposed = decode_rle(spurious["value"]["rle"], SIDE, SIDE)
-        overlap = (proposed & patch_mask()).sum()
-        assert overlap / patch_mask().sum() > 0.5 and overlap / proposed.sum() > 0.5, (overlap, proposed.sum())
+        assert (spurious["original_width"], spurious["original_height"]) == (side, side)
+        proposed = decode_rle(spurious["value"]["rle"], side, side)
+        overlap = (proposed & patch_mask(side)).sum()
+        assert overlap / patch_mask(side).sum() > 0.5 and overlap / proposed.sum() > 0.5, (overlap, proposed.sum())
         heat = requests.get(f"{backend.url}/saliency/{report.project_id}/{a_train[3].data['key']}", timeout=60)
         assert heat.status_code == 200
         figures["backend_peak_rss_mb"] = vm_hwm_mb(backend.pid)
-    print("\nlarge-image figures: " + json.dumps({k: round(v, 2) for k, v in figures.items()}))
+    print(f"\nlarge-image figures at {side} px: " + json.dumps({k: round(v, 2) for k, v in figures.items()}))

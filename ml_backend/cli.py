@@ -1,4 +1,4 @@
-"""``robustar`` console command: serve | worker | train | import | demo."""
+"""``robustar`` console command: serve | worker | train | import | fetch-weights | demo."""
 
 from __future__ import annotations
 
@@ -77,8 +77,43 @@ def _import(args: argparse.Namespace) -> int:
         + (f"; images in place ({report.storage} storage {report.storage_id})" if report.storage_id else "")
         + (f"; ML backend {report.ml_backend_id} connected, model version {report.model_version}" if report.ml_backend_id else "")
     )
+    if report.input_size is not None:
+        print(f"model input: {report.input_size.size} px ({report.input_size.reason})")
     print(f"open {args.url.rstrip('/')}/projects/{report.project_id}/data")
     return 1 if report.unreadable else 0
+
+
+def _fetch_weights(args: argparse.Namespace) -> int:
+    """Download the named weights (``MODEL_WEIGHTS`` for ``MODEL_ARCH``, ``SEGMENTATION_WEIGHTS`` when a name)
+    into the torch hub cache, to copy to a machine without internet."""
+    from pathlib import Path
+
+    from training import pretrained
+
+    settings = Settings.from_env()
+    wanted = []
+    for name in args.names or [settings.model_weights, settings.segmentation_weights and str(settings.segmentation_weights)]:
+        if not name or (Path(name).is_file() or not pretrained.looks_like_name(name)):
+            continue
+        seg = "maskrcnn" in name.lower() or name.lower() == "coco" or name == str(settings.segmentation_weights)
+        try:
+            wanted.append(pretrained.by_full_name(name) if "." in name else
+                          pretrained.resolve(settings.segmentation_arch, name, "SEGMENTATION_WEIGHTS") if seg
+                          else pretrained.for_arch(settings.model_arch, name))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    if not wanted:
+        print("error: no weights named (give names, or set MODEL_WEIGHTS / SEGMENTATION_WEIGHTS)", file=sys.stderr)
+        return 1
+    for weights in wanted:
+        try:
+            pretrained.state_dict(weights)
+        except pretrained.WeightsUnavailableError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{weights.name}: {weights.file}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -131,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-predict", action="store_true", help="do not fetch predictions for every task now")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("fetch-weights", help="download named pretrained weights into the torch hub cache (TORCH_HOME)")
+    p.add_argument("names", nargs="*", help="e.g. imagenet (for MODEL_ARCH), ResNet50_Weights.IMAGENET1K_V2, coco "
+                                            "(for SEGMENTATION_ARCH); default: MODEL_WEIGHTS and SEGMENTATION_WEIGHTS")
+    p.set_defaults(func=_fetch_weights)
 
     p = sub.add_parser("demo", help="run Label Studio + backend + worker locally with a generated demo project")
     p.add_argument("--data-dir", default=".robustar/demo", help="dataset, Label Studio, Redis, models and logs/ live here")

@@ -55,7 +55,8 @@ class Settings:
     model_dir: Path = Path(".robustar/models")
     model_arch: str = "resnet-18"
     model_checkpoint: Path | None = None
-    image_size: int = 224
+    model_weights: str | None = None  # torchvision weights by name (imagenet, ResNet18_Weights.IMAGENET1K_V1): training.pretrained
+    image_size: int | None = None  # unset: from the data (training.input_size)
     pinned_version: str | None = None
     device: str = "auto"
     predict_batch_size: int = 16

@@ -24,8 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from training import input_size, pretrained
 from training.files import atomic_write, host_tag
-from training.models import build_model, load_pretrained_backbone
+from training.input_size import InputSize
+from training.models import build_model, load_matching, load_pretrained_backbone
+from training.pretrained import NamedWeights
 
 log = logging.getLogger(__name__)
 
@@ -168,29 +171,47 @@ class CheckpointStore:
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """The configured starting point: architecture, input size, optional weights file, seed."""
+    """The configured starting point: architecture, input size (None: from the data, ``training.input_size``),
+    optional weights (a local file, or a torchvision weights name: ``training.pretrained``), seed, and the
+    importer's measurement of the images (``measured``, used when neither IMAGE_SIZE nor the weights set a size)."""
 
     arch: str
-    image_size: int
+    image_size: int | None
     checkpoint: Path | None = None
     seed: int = 0
+    weights: str | None = None
+    measured: InputSize | None = None
+
+
+def _initial_weights(model: nn.Module, defaults: ModelDefaults) -> tuple[str, NamedWeights | None]:
+    """Load v0's configured weights into ``model``: ``(source, named weights or None)``."""
+    if defaults.weights:
+        named = pretrained.for_arch(defaults.arch, defaults.weights)
+        skipped = load_matching(model, pretrained.state_dict(named))
+        return f"torchvision {named.name} ({named.file.name}) (not loaded: {skipped or 'none'})", named
+    if defaults.checkpoint:
+        skipped = load_pretrained_backbone(model, defaults.checkpoint)
+        return f"{defaults.checkpoint} (not loaded: {skipped or 'none'})", None
+    return "random init (seed %d)" % defaults.seed, None
 
 
 def create_initial_version(store: CheckpointStore, defaults: ModelDefaults, classes: list[str]) -> str:
-    """Write and publish v0: the configured checkpoint, or a freshly initialised (seeded) model."""
+    """Write and publish v0: the configured weights (``MODEL_WEIGHTS`` by name, or the ``MODEL_CHECKPOINT``
+    file) or a freshly initialised (seeded) model, at the input size ``training.input_size`` chooses."""
     torch.manual_seed(defaults.seed)
     model = build_model(defaults.arch, len(classes))
-    source = "random init (seed %d)" % defaults.seed
-    if defaults.checkpoint:
-        skipped = load_pretrained_backbone(model, defaults.checkpoint)
-        source = f"{defaults.checkpoint} (not loaded: {skipped or 'none'})"
-    meta = CheckpointMeta(version="v0", arch=defaults.arch, classes=list(classes), image_size=defaults.image_size,
-                          config={"source": source})
+    source, named = _initial_weights(model, defaults)
+    size = input_size.for_initial_version(defaults.image_size, named.image_size if named else None,
+                                          named.name if named else None, defaults.measured)
+    meta = CheckpointMeta(version="v0", arch=defaults.arch, classes=list(classes), image_size=size.size,
+                          mean=tuple(named.mean) if named and named.mean else IMAGENET_MEAN,
+                          std=tuple(named.std) if named and named.std else IMAGENET_STD,
+                          config={"source": source, "input_size": size.to_dict()})
     try:
         store.save(model, meta)
     except FileExistsError:
         pass  # another process wrote v0 first; use theirs
     if store.published() is None:
         store.publish("v0")
-    log.info("project store %s: created v0 from %s", store.root, source)
+    log.info("project store %s: created v0 from %s at %d px (%s)", store.root, source, size.size, size.reason)
     return "v0"

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import accel
 from training import distributed as dist
 from training.augment import augment_batch
 from training.dataset import PairedDataset
@@ -97,8 +97,6 @@ def train_one_epoch(
     ``state`` carries what lives across epochs: ``step``, ``total``, ``t0``, the two generators
     (``shuffle_gen`` on the CPU, ``noise_gen`` on the device) and the list of per-step rows ``steps``.
     """
-    use_amp = opts.amp and torch.device(device).type == "cuda"
-    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     sums: dict[str, float] = {}
     seen = 0
     if shard is None:
@@ -110,7 +108,8 @@ def train_one_epoch(
     for x, m, y, w in batches:  # w: each sample's mask weight (PairedDataset.mask_weight)
         if opts.augment != "none":  # before the twin is built: the noise fills the augmented mask
             x, m = augment_batch(x, m, opts.augment, state.setdefault("aug_gen", torch.Generator().manual_seed(opts.seed + 2)))
-        with amp_ctx():
+        x = accel.prepare_batch(x)  # channels-last on CUDA
+        with accel.autocast(device, opts.amp):  # bf16 on CUDA
             stats = paired_step(model, optimizer, norm, x, m, y, opts.lam, opts.noise_mode, state["noise_gen"],
                                 align=opts.align, weights=w)
         if scheduler is not None:
@@ -173,7 +172,7 @@ def fit(
         from training.recipe import resolve_recipe
 
         opts = resolve_recipe(opts, len(train)).opts
-    model.to(device).train()
+    accel.prepare_model(model, device).train()  # channels-last on CUDA
     if torch.device(device).type == "cuda" and train.nbytes() <= GPU_RESIDENT_BYTES:
         train = train.to(device)  # uint8 images on the GPU: no per-batch host copies
     sharded = dist.active()

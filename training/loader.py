@@ -17,8 +17,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from training.accel import persistent_workers
 from training.image_cache import read_pixels
 
 
@@ -115,15 +116,50 @@ class _Samples(Dataset):
         return self.images[i], self.masks[i], self.targets[i], self.weights[i]
 
 
+class _EpochOrder(Sampler):
+    """The indices of the current epoch, set before each pass (a persistent loader's sampler)."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def _persistent_loader(images, masks, targets, weights, batch_size: int, workers: int, pin: bool
+                       ) -> tuple[_EpochOrder, DataLoader]:
+    """One ``DataLoader`` per split, batch size and worker count, its workers alive across epochs (kept on
+    the ``images`` object: they end with the split)."""
+    loaders = images.__dict__.setdefault("_persistent_loaders", {})
+    key = (batch_size, workers, pin, id(masks), id(targets), id(weights))
+    if key not in loaders:
+        sampler = _EpochOrder()
+        loaders[key] = (sampler, DataLoader(_Samples(images, masks, targets.cpu(), weights.cpu()),
+                                            batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                            pin_memory=pin, prefetch_factor=2, persistent_workers=True))
+    return loaders[key]
+
+
 def stream_batches(images, masks, targets: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
-                   batch_size: int, device: torch.device, workers: int = 2,
+                   batch_size: int, device: torch.device, workers: int = 2, persistent: bool | None = None,
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(x float [0,1], m bool, y long, w float)`` batches on ``device``, in ``order``, read by a
-    ``DataLoader`` (``workers`` processes; 0: in this process; pinned memory on CUDA)."""
+    ``DataLoader`` (``workers`` processes; 0: in this process; pinned memory on CUDA). ``persistent``
+    (default: on CUDA, ``training.accel.persistent_workers``): the split's workers outlive the epoch, the
+    next epoch's order is handed to the same loader."""
     cuda = device.type == "cuda"
-    loader = DataLoader(_Samples(images, masks, targets.cpu(), weights.cpu()), batch_size=batch_size,
-                        sampler=order.tolist(), num_workers=workers, pin_memory=cuda,
-                        prefetch_factor=2 if workers else None)
+    if persistent is None:
+        persistent = persistent_workers(device, workers)
+    if persistent and workers > 0:
+        sampler, loader = _persistent_loader(images, masks, targets, weights, batch_size, workers, cuda)
+        sampler.order = order.tolist()
+    else:
+        loader = DataLoader(_Samples(images, masks, targets.cpu(), weights.cpu()), batch_size=batch_size,
+                            sampler=order.tolist(), num_workers=workers, pin_memory=cuda,
+                            prefetch_factor=2 if workers else None)
     for x, m, y, w in loader:
         yield (x.to(device, non_blocking=True).float().div_(255.0), m.to(device, non_blocking=True),
                y.to(device, non_blocking=True), w.to(device, non_blocking=True))

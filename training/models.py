@@ -1,4 +1,5 @@
-"""Model zoo: torchvision architectures (no hub downloads) plus small models for tests and small images."""
+"""Model zoo: torchvision architectures (built untrained; named weights: ``training.pretrained``) plus small models
+for tests and small images."""
 
 from __future__ import annotations
 
@@ -120,6 +121,11 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> list[str]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    return load_matching(model, state)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load the tensors of ``state`` whose name and shape match ``model``'s; the names of the others."""
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(usable))

@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult
 from training import distributed as dist
-from training import propagation, report
+from training import input_size, propagation, report
 from training.checkpoints import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -40,6 +40,7 @@ from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate_splits, fit
 from training.image_cache import ImageCache, VersionedSource
 from training.images import ImageSource
+from training.input_size import InputSize
 from training.models import build_model, classifier_head, load_pretrained_backbone
 from training.options import OptionsError, TrainOptions
 from training.progress import Progress
@@ -64,6 +65,7 @@ class StartModel:
     init: str  # human-readable description of where the weights came from
     pretrained: bool = False  # the weights were trained elsewhere (MODEL_CHECKPOINT v0, pretrained:<path>)
     arch_reason: str = ""
+    size: InputSize | None = None  # how image_size was chosen (training.input_size)
 
 
 @dataclass
@@ -234,13 +236,26 @@ def _load_parent(store: CheckpointStore, defaults: ModelDefaults, classes: list[
     return parent_version, store.load(parent_version, "cpu")
 
 
+def _input_size(opts: TrainOptions, defaults: ModelDefaults, parent: tuple[nn.Module, CheckpointMeta] | None,
+                export: ExportResult, load_image: ImageSource) -> InputSize:
+    """The model's input size and why (``training.input_size.for_job``; measures the training images when
+    neither IMAGE_SIZE nor the parent chose one)."""
+    pmeta = parent[1] if parent is not None else None
+    urls = [r.image_url for r in export.records if r.split == TRAIN_SPLIT]
+    return input_size.for_job(opts.image_size, opts.mode == "finetune",
+                              (pmeta.image_size, pmeta.config, _untrained(pmeta)) if pmeta else None,
+                              defaults.image_size, lambda: input_size.measure(urls, load_image))
+
+
 def _setup(store: CheckpointStore, opts: TrainOptions, defaults: ModelDefaults, classes: list[str], main: bool,
-           device: str, timings: dict[str, float]
+           device: str, timings: dict[str, float], export: ExportResult, load_image: ImageSource,
            ) -> tuple[str, tuple[nn.Module, CheckpointMeta] | None, StartModel, str]:
     """``(parent_version, parent, start, version)``: the parent, the model to train and the new version's name."""
     t = time.perf_counter()
     parent_version, parent = _load_parent(store, defaults, classes, main)
-    start = start_model(opts, defaults, classes, parent)
+    size = _input_size(opts, defaults, parent, export, load_image)
+    start = start_model(replace(opts, image_size=size.size), defaults, classes, parent)
+    start.size = size
     version = store.next_version()
     timings["setup"] = time.perf_counter() - t
     log.info("project store %s: training %s from %s (%s, %s, %dpx) on %s", store.root, version, parent_version,
@@ -275,7 +290,8 @@ def _load_images(export: ExportResult, load_image: ImageSource, image_size: int,
 def _recipe(opts: TrainOptions, n_train: int, start: StartModel) -> Recipe:
     """The concrete options (no ``auto``) for this run, the architecture's reason first."""
     recipe = resolve_recipe(opts, n_train, pretrained=start.pretrained)
-    recipe.reasons = {"arch": [start.arch, start.arch_reason], **recipe.reasons}
+    size = [start.image_size, start.size.reason if start.size else ""]
+    recipe.reasons = {"arch": [start.arch, start.arch_reason], "image_size": size, **recipe.reasons}
     return recipe
 
 
@@ -356,6 +372,7 @@ def _version_meta(version: str, parent_version: str, start: StartModel, classes:
                   extra_config: dict | None) -> CheckpointMeta:
     """The new version's checkpoint meta: what it is, how it was trained (``config``), its ``metrics``."""
     config = {"options": recipe.opts.to_dict(), "recipe": recipe.reasons, "init": start.init, "device": device,
+              "input_size": start.size.to_dict() if start.size else None,
               "counts": {k: v for k, v in counts.items() if k != "skipped_ids"}, **(extra_config or {})}
     return CheckpointMeta(
         version=version, arch=start.arch, classes=list(classes), image_size=start.image_size,
@@ -430,7 +447,8 @@ def run_pipeline(
     timings: dict[str, float] = {}
 
     main = dist.is_main()
-    parent_version, parent, start, version = _setup(store, opts, defaults, classes, main, device, timings)
+    parent_version, parent, start, version = _setup(store, opts, defaults, classes, main, device, timings, export,
+                                                    load_image)
 
     splits, data = _load_images(export, load_image, start.image_size, classes, opts, cache, source, progress, timings)
     train = _require_train(splits, export)
@@ -465,7 +483,8 @@ def run_pipeline(
     summary = {
         "version": version, "parent": parent_version, "published": held_back is None,
         "not_published": held_back,
-        "arch": start.arch, "image_size": start.image_size, "classes": list(classes), "init": start.init,
+        "arch": start.arch, "image_size": start.image_size,
+        "input_size": start.size.to_dict() if start.size else None, "classes": list(classes), "init": start.init,
         "device": device,
         "metrics": {"parent": parent_metrics, "new": new_metrics, "delta_accuracy": delta},
         "counts": counts, "history": history["epochs"],

@@ -205,6 +205,8 @@ async def setup(request: Request) -> dict:
         backend.creds[req.project_id] = (req.hostname, req.access_token)
         backend.origins.learn(req.hostname)
         backend.last_project = req.project_id
+        if req.measured is not None:  # the input size `robustar import` measured (only Label Studio's word counts)
+            backend.registry.measured_input(req.project_id, req.measured)
     elif settings.label_studio_url and not settings.label_studio_api_key and req.access_token:
         backend.creds[req.project_id] = (None, req.access_token)  # a token only ever goes to LABEL_STUDIO_URL
     backend.known[req.project_id] = True

@@ -25,7 +25,8 @@ OPENAPI_SCHEMAS: dict[str, dict] = {
         "schema": {"type": "string", "description": "the project's label config (XML)"},
         "hostname": {"type": "string", "description": "Label Studio's URL (http or https)"},
         "access_token": {"type": "string", "maxLength": 1024},
-        "extra_params": {}}},
+        "extra_params": {"description": "the ML backend's extra params; `robustar import` sets robustar_input_size: "
+                                        "{size: 8..4096, reason} (the input size it measured, for v0)"}}},
     "SetupResponse": {"type": "object", "required": ["model_version"], "properties": {"model_version": {"type": "string"}}},
     "PredictRequest": {"type": "object", "required": ["tasks", "project"], "properties": {
         "tasks": {"type": "array", "items": {"type": "object", "required": ["data"], "properties": {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from label_config.render import LabelConfigError, parse_config
+from training.input_size import SETUP_PARAM, InputSize
 
 MAX_PROJECT_ID = 10**12
 MAX_LABEL_CONFIG_CHARS = 1_000_000
@@ -140,6 +141,22 @@ class SetupRequest:
     schema: str | None
     hostname: str | None
     access_token: str | None
+    measured: InputSize | None = None
+
+
+def measured_input(body: dict) -> InputSize | None:
+    """``extra_params.robustar_input_size`` = ``{"size": int, "reason": str}``: the input size ``robustar import``
+    measured from the project's images (None when absent)."""
+    extra = body.get("extra_params")
+    if not isinstance(extra, dict) or extra.get(SETUP_PARAM) is None:
+        return None
+    rec = extra[SETUP_PARAM]
+    size = rec.get("size") if isinstance(rec, dict) else None
+    reason = rec.get("reason", "") if isinstance(rec, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096 or not isinstance(reason, str):
+        raise PayloadError(f"extra_params.{SETUP_PARAM} must be {{\"size\": 8..4096, \"reason\": text}}, "
+                           f"got {_short(rec)}")
+    return InputSize(size, reason[:1000], "measured")
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -165,7 +182,8 @@ def validate_setup(body: dict) -> SetupRequest:
     hostname = _optional_str(body, "hostname", 2048)
     if hostname is not None and not hostname.lower().startswith(("http://", "https://")):
         raise PayloadError(f"'hostname' must be an http(s) URL, got {_short(hostname)}")
-    return SetupRequest(pid, _label_config(body, "schema"), hostname, _optional_str(body, "access_token", 1024))
+    return SetupRequest(pid, _label_config(body, "schema"), hostname, _optional_str(body, "access_token", 1024),
+                        measured_input(body))
 
 
 def task_label(index: int, task: Any) -> str:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from label_config.render import parse_config, render_config
 from ml_backend.credentials import SECRET_HEADER, basic_auth_header, signed_page_url
 from ml_backend.settings import Settings
+from training.input_size import SETUP_PARAM, InputSize, file_sizes, from_image_sizes, sample
 from ml_backend.labelstudio.storage import ImportErrorWithHint, LocalFilesSource, S3Source, StorageSource, register_storage, split_key
 
 NO_BACKEND_PAGE = "data:text/html,<i>no ML backend connected: no influence page</i>"
@@ -56,6 +57,20 @@ class ImportReport:
     storage: str = "upload"  # upload | localfiles | s3
     storage_id: int | None = None
     seconds: float = 0.0  # creating the tasks (and uploading the files)
+    input_size: InputSize | None = None  # measured from the training images (None: not on this machine)
+
+
+IMPORT_MEASURE_SAMPLE = 256  # training images whose headers the importer reads to choose the input size
+
+
+def measure_input_size(items: list[DatasetItem]) -> InputSize | None:
+    """The model input size the training images call for (``training.input_size``: their median short side,
+    rounded and bounded), from the headers of up to ``IMPORT_MEASURE_SAMPLE`` of them; None when the images
+    are not on this machine (S3: the first job measures)."""
+    paths = [it.path for it in items if it.split == "train" and it.path is not None] or \
+        [it.path for it in items if it.path is not None]
+    sizes = file_sizes(sample(paths, IMPORT_MEASURE_SAMPLE))
+    return from_image_sizes(sizes, "training images (measured by robustar import)")
 
 
 def scan_dataset(root: str | Path) -> tuple[list[str], list[DatasetItem], list[str]]:
@@ -210,10 +225,14 @@ class LabelStudioImporter:
         if r.status_code >= 400:
             raise ImportErrorWithHint(f"creating {len(tasks)} tasks failed: HTTP {r.status_code}: {r.text[:300]}")
 
-    def connect_backend(self, project_id: int, backend_url: str, title: str = "robustar") -> tuple[int, str]:
-        """Connect the ML backend (once) and set the project's model version to the backend's."""
+    def connect_backend(self, project_id: int, backend_url: str, title: str = "robustar",
+                        input_size: InputSize | None = None) -> tuple[int, str]:
+        """Connect the ML backend (once) and set the project's model version to the backend's. ``input_size``
+        goes to the backend in ``/setup``'s ``extra_params`` (the size of v0 when IMAGE_SIZE is unset)."""
         user, password = _basic_auth()
         auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password} if user else {}
+        if input_size is not None:
+            auth["extra_params"] = {SETUP_PARAM: {"size": input_size.size, "reason": input_size.reason}}
         backend = next((b for b in self.client.ml.list(project=project_id) if b.url.rstrip("/") == backend_url.rstrip("/")), None)
         try:
             if backend is None:
@@ -303,7 +322,7 @@ def import_dataset(
         log.error(message)
     importer = LabelStudioImporter(url, api_key)
     project_id = importer.find_or_create_project(title, classes)
-    report = ImportReport(project_id, classes, unreadable=bad)
+    report = ImportReport(project_id, classes, unreadable=bad, input_size=measure_input_size(items))
     if not isinstance(dataset, (str, Path)):
         report.storage = dataset.kind
         report.storage_id = register_storage(importer.http, importer.url, project_id, dataset, importer.timeout)
@@ -332,7 +351,8 @@ def import_dataset(
     elif isinstance(dataset, (str, Path)):
         importer.restore_config(project_id, classes)
     if backend_url:
-        report.ml_backend_id, report.model_version = importer.connect_backend(project_id, backend_url)
+        report.ml_backend_id, report.model_version = importer.connect_backend(project_id, backend_url,
+                                                                               input_size=report.input_size)
         if predict and report.model_version:
             importer.retrieve_predictions(project_id, importer.task_ids(project_id), progress=progress)
             importer.set_model_version(project_id, report.model_version)

@@ -129,6 +129,10 @@ def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> s
             f"<b>{_number(counts.get('train_painted', '–'))}</b>, with a propagated mask: "
             f"<b>{_number(counts.get('propagated_used', 0))}</b> of {_number(counts.get('propagated', 0))} proposed; "
             f"class corrections: {_number(counts.get('corrected', 0))}.</p>")
+    size = summary.get("input_size")
+    if isinstance(size, dict) and size.get("size"):
+        body += (f"<p>Model input: <b>{int(size['size'])} px</b> <span class=note>({escape(str(size.get('source', '')))}: "
+                 f"{escape(str(size.get('reason', '')))})</span></p>")
     if skip_rows:
         body += f"<table><tr><th>tasks skipped: why</th><th>n</th><th>tasks</th></tr>{skip_rows}</table>"
     if ignored_rows:

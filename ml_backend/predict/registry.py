@@ -15,6 +15,7 @@ from training.checkpoints import (
     ModelDefaults,
     create_initial_version,
 )
+from training.input_size import InputSize
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,12 @@ class ServedModel:
         return self.meta.version
 
 
-def model_defaults(settings: Settings) -> ModelDefaults:
-    """What a project's first version (v0) and a from-scratch job are built from."""
+def model_defaults(settings: Settings, measured: InputSize | None = None) -> ModelDefaults:
+    """What a project's first version (v0) and a from-scratch job are built from; ``measured``: the
+    importer's choice of input size from the images (``robustar import``, through ``/setup``)."""
     return ModelDefaults(arch=settings.model_arch, image_size=settings.image_size,
-                         checkpoint=settings.model_checkpoint, seed=settings.seed)
+                         checkpoint=settings.model_checkpoint, seed=settings.seed, weights=settings.model_weights,
+                         measured=measured)
 
 
 class ModelRegistry:
@@ -50,6 +53,12 @@ class ModelRegistry:
         self.device = settings.torch_device()
         self._lock = threading.Lock()
         self._loaded: dict[int, ServedModel] = {}
+        self._measured: dict[int, InputSize] = {}
+
+    def measured_input(self, project_id: int, size: InputSize) -> None:
+        """The importer's measurement of the project's images (``/setup``'s ``extra_params``): the size of
+        the project's v0 when it is made here and IMAGE_SIZE / MODEL_WEIGHTS do not choose one."""
+        self._measured[project_id] = size
 
     def store(self, project_id: int) -> CheckpointStore:
         return CheckpointStore(self.settings.model_dir, project_id)
@@ -68,7 +77,8 @@ class ModelRegistry:
             if classes is None:
                 raise FileNotFoundError(f"project {project_id} has no published model version yet")
             with self._lock:
-                version = store.published() or create_initial_version(store, model_defaults(self.settings), classes)
+                version = store.published() or create_initial_version(
+                    store, model_defaults(self.settings, self._measured.get(project_id)), classes)
         return version
 
     def get(self, project_id: int, classes: list[str] | None = None) -> ServedModel:

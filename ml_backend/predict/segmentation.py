@@ -1,9 +1,11 @@
 """Segmentation part: a Mask R-CNN proposal of the spurious pixels as a ``Spurious`` brush region.
 
 torchvision ``maskrcnn_resnet50_fpn`` (or ``_v2``) is built with ``weights=None,
-weights_backbone=None`` and loaded from ``SEGMENTATION_WEIGHTS`` (a local state_dict: the COCO
-weights a user downloaded, or a fine-tuned one; never a hub download). The class count is read from
-the weights, so fine-tuned detectors with their own classes load too.
+weights_backbone=None`` and loaded from ``SEGMENTATION_WEIGHTS``: a local state_dict (a fine-tuned
+detector; the class count is read from the weights, so detectors with their own classes load too), or a
+torchvision weights name, ``coco`` (the architecture's default COCO weights) or e.g.
+``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``, read from the torch hub cache and downloaded there once when a
+network is at hand (``training.pretrained``).
 
 Modes (``SEGMENTATION_MODE``):
 
@@ -29,6 +31,7 @@ import torch
 from PIL import Image
 
 from ml_backend.predict.parts import PartOutput, PredictContext, spurious_proposals
+from training import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,16 @@ def load_detector(
     if arch not in ARCHS:
         raise ValueError(f"SEGMENTATION_ARCH={arch!r}: choose one of {', '.join(ARCHS)}")
     path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"SEGMENTATION_WEIGHTS={path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    state = _unwrap_state(payload)
+    payload: Any = None
+    if not path.is_file() and pretrained.looks_like_name(str(weights)):
+        named = pretrained.resolve(arch, str(weights), "SEGMENTATION_WEIGHTS")
+        state, path = pretrained.state_dict(named, "SEGMENTATION_WEIGHTS"), named.file
+        payload = {"classes": list(named.categories)}
+    elif not path.is_file():
+        raise FileNotFoundError(f"SEGMENTATION_WEIGHTS={path} does not exist (a file, or a weights name such as coco)")
+    else:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state = _unwrap_state(payload)
     key = "roi_heads.box_predictor.cls_score.weight"
     if key not in state:
         raise ValueError(f"{path} is not a Mask R-CNN state_dict (no {key})")
@@ -172,7 +181,10 @@ class SegmentationPart:
         if weights is None and detector is None:
             raise ValueError("the segmentation part needs SEGMENTATION_WEIGHTS (a local Mask R-CNN state_dict)")
         if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"SEGMENTATION_WEIGHTS={weights} does not exist")
+            if not pretrained.looks_like_name(str(weights)):
+                raise FileNotFoundError(f"SEGMENTATION_WEIGHTS={weights} does not exist (a file, or a weights name "
+                                        "such as coco)")
+            pretrained.resolve(arch, str(weights), "SEGMENTATION_WEIGHTS")  # a known name (loaded on first use)
         self.weights, self.arch, self.mode = weights, arch, mode
         self.score_threshold = float(score_threshold)
         self.classes = tuple(classes)

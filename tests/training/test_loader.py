@@ -25,6 +25,7 @@ from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate, fit, make_optimizer, train_one_epoch
 from training.image_cache import ImageCache
 from training.images import make_normalizer
+from training import accel
 from training.loader import CachedImages, PackedMasks
 from training.models import build_model
 from training.options import TrainOptions
@@ -243,3 +244,32 @@ def test_a_job_over_a_set_several_times_its_memory_budget_stays_within_it(tmp_pa
     assert streamed["data"]["cache"]["fetched"] == held["data"]["cache"]["fetched"] == 0
     assert streamed["train_images"] == held["train_images"] == N_TRAIN * 3
     assert cost <= MEMORY_BUDGET + RSS_NOISE
+
+
+def test_persistent_workers_keep_their_processes_across_epochs_and_give_the_same_batches(both):
+    """What CUDA gets (``training.accel.persistent_workers``), forced on the CPU: the split's loader and its
+    worker processes outlive an epoch, and each epoch's order is honoured."""
+    from training.loader import stream_batches
+
+    mem, st = both["memory"]["train"], both["stream"]["train"]
+    iterators = []
+    for seed in (1, 2):
+        order = torch.randperm(len(mem), generator=torch.Generator().manual_seed(seed))
+        got = list(stream_batches(st.images, st.masks, st.targets, st.mask_weight, order, 5, torch.device("cpu"),
+                                  workers=1, persistent=True))
+        want = list(mem.batches(5, "cpu", order=order, weights=True))
+        assert all(torch.equal(a, b) for xa, xb in zip(got, want) for a, b in zip(xa, xb)) and len(got) == len(want)
+        ((_, loader),) = st.images._persistent_loaders.values()
+        iterators.append(loader._iterator)
+    assert iterators[0] is not None and iterators[0] is iterators[1]  # the same workers served both epochs
+    assert not accel.persistent_workers("cpu", 4) and accel.persistent_workers("cuda", 4)
+    assert not accel.persistent_workers("cuda", 0)
+
+
+def test_the_gpu_settings_are_no_ops_on_the_cpu():
+    model = build_model("tiny-cnn", 2)
+    x = torch.rand(2, 3, 8, 8)
+    assert accel.prepare_model(model, "cpu") is model and model.features[0].weight.is_contiguous()
+    assert accel.prepare_batch(x) is x
+    with accel.autocast("cpu"):
+        assert model(x).dtype == torch.float32

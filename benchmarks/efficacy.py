@@ -1,7 +1,13 @@
 """Efficacy: does paired training remove a spurious feature?  Test accuracy per method, over seeds.
 
-    python -m benchmarks.efficacy              # CPU-sized default: 3 kinds x 5 seeds, masks on 10% and 100%,
-                                               # noise vs the counterfactual fills (a few minutes on 2 cores)
+A pinned recipe (tiny-cnn, SGD, fixed epochs, no augmentation) for every method: what a job actually
+runs is measured by ``benchmarks.job_efficacy``. The suspicion-ranked rows build the ranking from
+the test split and score on it too: they are not a held-out measurement (``job_efficacy`` keeps val
+and test apart).
+
+    python -m benchmarks.efficacy              # CPU-sized default: every kind x 3 seeds, the job's paired settings
+                                               # at 1-100 % masks on a pinned recipe, ablations at 10 %, ranked
+                                               # painting; no fills side by side (--full runs those, 5 seeds)
     python -m benchmarks.efficacy --smoke      # seconds: CI's smoke size
     python -m benchmarks.efficacy --full       # bigger (a GPU): more data, masks on 1-100%, aug only, λ sweep
     python -m benchmarks.efficacy --out DIR    # where efficacy.md / .json / .png go

@@ -27,7 +27,7 @@ from training.checkpoints import pid_alive
 from training.files import atomic_path
 
 LS_VERSION = "1.23.2"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # ml_backend/local/ -> the repository
 DEFAULT_USERNAME = "admin@example.com"
 DEFAULT_PASSWORD = "admin12345"
 DEFAULT_TOKEN = "0123456789abcdef0123456789abcdef01234567"  # legacy token, 5 < len <= 40

@@ -120,8 +120,10 @@ def _load_image(url: str):
     return decode_image(Path(url).read_bytes(), url)
 
 
-def run_job(world: World, method: str, fraction: float, size: Size, device: str, work: Path) -> dict[str, Any]:
-    """One training job (``run_pipeline`` with the job's options) and its scores."""
+def run_job(world: World, method: str, fraction: float, size: Size, device: str, work: Path,
+            variant: dict[str, str] | None = None) -> dict[str, Any]:
+    """One training job (``run_pipeline`` with the job's options, ``variant``: job options changed for a
+    diagnosis, e.g. ``{"propagated_masks": "off"}``) and its scores."""
     items = world.oracle if method == "oracle" else world.items
     root = world.roots["oracle" if method == "oracle" else "main"]
     painted = set(painted_ids(world, fraction)) if method in ("job", "robustar") else set()
@@ -129,7 +131,7 @@ def run_job(world: World, method: str, fraction: float, size: Size, device: str,
     export = parse_export(export_json(tasks), parse_config(render_config(world.classes)))
     store_dir = Path(tempfile.mkdtemp(dir=work))
     settings = Settings(model_dir=store_dir, image_size=size.size, seed=world.seed, device=device)
-    overrides = {"push_predictions": False, "num_workers": 2, "loader_workers": 0}
+    overrides = {"push_predictions": False, "num_workers": 2, "loader_workers": 0, **(variant or {})}
     opts = job_options(settings, overrides)
     if method == "robustar":
         opts = TrainOptions.preset("robustar", **{k: v for k, v in opts.to_dict().items() if v is not None and k not in
@@ -142,6 +144,8 @@ def run_job(world: World, method: str, fraction: float, size: Size, device: str,
     spurious = {it.task_id: it.spurious for it in items if it.split == TEST_SPLIT}
     worst, _ = group_accuracy(result.model.to(result.device), result.splits[TEST_SPLIT], spurious, result.device)
     shutil.rmtree(store_dir, ignore_errors=True)
+    if variant:
+        method = f"{method}[{','.join(f'{k}={v}' for k, v in sorted(variant.items()))}]"
     return {"kind": world.kind, "seed": world.seed, "method": method, "fraction": fraction if painted else 0.0,
             "n_painted": len(painted), "test_acc": s["metrics"]["new"][TEST_SPLIT]["accuracy"],
             "worst_group_acc": worst, "val_acc": (s["metrics"]["new"].get(VAL_SPLIT) or {}).get("accuracy"),
@@ -156,7 +160,8 @@ def seed_set(name: str) -> tuple[int, ...]:
 
 
 def run(kinds: list[str], fractions: list[float], seed_sets: list[str], size: Size, device: str,
-        methods: list[str], out: Path, log=print, max_seeds: int = 3) -> list[dict[str, Any]]:
+        methods: list[str], out: Path, log=print, max_seeds: int = 3,
+        variant: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Every (kind, seed set, seed, method, fraction) run, appended to ``out`` as it finishes (a re-run
     skips what the file already holds)."""
     rows = json.loads(out.read_text())["runs"] if out.is_file() else []
@@ -170,11 +175,14 @@ def run(kinds: list[str], fractions: list[float], seed_sets: list[str], size: Si
                     world = None
                     for method in methods:
                         for fraction in (fractions if method in ("job", "robustar") else [0.0]):
-                            if (kind, seed, method, fraction, size_name) in done:
+                            tag = f"{method}[{','.join(f'{k}={v}' for k, v in sorted(variant.items()))}]" \
+                                if variant and method in ("job", "robustar") else method
+                            if (kind, seed, tag, fraction, size_name) in done:
                                 continue
                             world = world or make_world(work / "data", kind, seed, size)
-                            row = {**run_job(world, method, fraction, size, device, work), "seeds": seeds,
-                                   "size": size_name}
+                            row = {**run_job(world, method, fraction, size, device, work,
+                                             variant if method in ("job", "robustar") else None),
+                                   "seeds": seeds, "size": size_name}
                             rows.append(row)
                             log(json.dumps(row))
                             write(out, rows)
@@ -228,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="default", choices=sorted(SIZES))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE",
+                    help="job options changed for a diagnosis (recorded in the method's name)")
     ap.add_argument("--max-seeds", type=int, default=3, help="the first N seeds of each set (a quick look)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run(args.kinds, args.fractions, args.seeds, SIZES[args.size], args.device, args.methods, args.out,
-        max_seeds=args.max_seeds)
+        max_seeds=args.max_seeds, variant=dict(kv.split("=", 1) for kv in args.set) or None)
     return 0
 
 

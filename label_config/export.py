@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
+VAL_SPLIT = "val"  # decides (publish gate, best epoch, suspicion); test is only reported
 KNOWN_REGION_TYPES = ("choices", "brushlabels", "magicwand", "textarea")  # what our configs produce
 MAX_LISTED_IDS = 100  # skipped task ids listed per reason in a job result
 MAX_MASK_PIXELS = 64_000_000  # a brush region claiming a larger image is refused (decoding it could exhaust memory)

@@ -67,6 +67,7 @@ def _import(args: argparse.Namespace) -> int:
         report = import_dataset(
             _import_source(args, settings), args.url, api_key, title=args.title, backend_url=args.backend_url,
             progress=not args.quiet, predict=not args.no_predict, task_batch=max(1, args.batch),
+            val_fraction=args.val_fraction,
         )
     except ImportErrorWithHint as e:
         print(f"error: {e}", file=sys.stderr)
@@ -77,6 +78,7 @@ def _import(args: argparse.Namespace) -> int:
         + (f"; images in place ({report.storage} storage {report.storage_id})" if report.storage_id else "")
         + (f"; ML backend {report.ml_backend_id} connected, model version {report.model_version}" if report.ml_backend_id else "")
     )
+    print(report.val)
     if report.input_size is not None:
         print(f"model input: {report.input_size.size} px ({report.input_size.reason})")
     print(f"open {args.url.rstrip('/')}/projects/{report.project_id}/data")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_parser(sub)
 
     p = sub.add_parser("import", help="import an ImageFolder dataset into a Label Studio project")
-    p.add_argument("dataset", help="folder with train/<class>/* and test/<class>/*, or s3://bucket/prefix with the same layout")
+    p.add_argument("dataset", help="folder with train/<class>/*, test/<class>/* (and val/<class>/*), or s3://bucket/prefix with the same layout")
     p.add_argument("--storage", choices=("upload", "local-files", "s3"), default=None,
                    help="upload the images (default for a folder), or register the folder as Local files storage / the "
                         "bucket as S3 storage and reference the images in place (docs/storage.md)")
@@ -164,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="Robustar")
     p.add_argument("--backend-url", default=settings.public_url, help="ML backend URL to connect")
     p.add_argument("--no-predict", action="store_true", help="do not fetch predictions for every task now")
+    from ml_backend.labelstudio.val_split import VAL_FRACTION
+
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help="without a val/ folder: this part of each class's test images becomes the val split, which "
+                        "decides (publish gate, kept epoch, suspicion ranking); test is only reported. 0: no val")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_import)
 

@@ -15,14 +15,16 @@ from torch import nn
 
 from training import accel
 from training import distributed as dist
+from label_config.export import VAL_SPLIT
 from training.augment import augment_batch
+from training.best_epoch import BestEpoch
 from training.dataset import PairedDataset
 from training.images import make_normalizer, resize_batch
 from training.models import classifier_head
 from training.options import TrainOptions
 from training.paired import paired_step
 from training.progress import Progress
-from training.sampling import epoch_order
+from training.sampling import epoch_batches, epoch_order
 
 GPU_RESIDENT_BYTES = 4 << 30  # a training split up to this size (uint8 images + masks) is kept on the GPU
 STEP_SCALARS = ("loss", "ce", "ce_tilde", "align", "acc")
@@ -151,7 +153,12 @@ def fit(
     progress: Progress | None = None,
     writer=None,
 ) -> dict[str, Any]:
-    """Paired training for ``opts.epochs`` epochs; returns per-step and per-epoch history.
+    """Paired training for at most ``opts.epochs`` epochs; returns per-step and per-epoch history.
+
+    With a ``val`` split in ``eval_sets`` (``training.best_epoch``) it is scored after every epoch, the
+    best val epoch's weights are loaded into ``model`` at the end and training stops early after
+    ``opts.patience`` epochs without a val improvement; the history's ``selection`` says what was kept
+    and why. The test split never decides.
 
     ``auto`` options are resolved first (``training.recipe.resolve_recipe`` for ``len(train)`` images;
     the job pipeline resolves them itself, with the start weights' provenance, and records why);
@@ -168,10 +175,12 @@ def fit(
     epoch's first step, where DDP synchronises). ``model`` itself (not the wrapper) is trained in place.
     """
     progress = progress or Progress()
+    val = (eval_sets or {}).get(VAL_SPLIT)
     if not opts.is_resolved:
         from training.recipe import resolve_recipe
 
-        opts = resolve_recipe(opts, len(train)).opts
+        opts = resolve_recipe(opts, len(train), n_val=len(val) if val is not None else 0).opts
+    best = BestEpoch(opts.epochs, opts.patience) if val is not None and len(val) else None
     accel.prepare_model(model, device).train()  # channels-last on CUDA
     if torch.device(device).type == "cuda" and train.nbytes() <= GPU_RESIDENT_BYTES:
         train = train.to(device)  # uint8 images on the GPU: no per-batch host copies
@@ -181,7 +190,7 @@ def fit(
     if sharded:
         total = math.ceil(math.ceil(len(train) / dist.world_size()) / dist.local_batch_size(opts.batch_size)) * opts.epochs
     else:
-        total = math.ceil(len(train) / opts.batch_size) * opts.epochs
+        total = epoch_batches(train.painted.cpu(), opts.batch_size, opts.painted_share) * opts.epochs
     scheduler = make_scheduler(optimizer, opts, total)
     norm = make_normalizer(mean, std)
     rank = dist.rank()  # each rank draws its own noise and augmentation (rank 0: the single-process draws)
@@ -194,17 +203,16 @@ def fit(
         state["aug_gen"] = torch.Generator().manual_seed(opts.seed + 2 + 1000 * rank)
     epochs: list[dict[str, Any]] = []
     progress.update(force=True, epoch=0, epochs=opts.epochs, step=0, total_steps=total, loss=None, eta_s=None)
+    epoch = 0
     for epoch in range(1, opts.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch}
         shard = dist.shard_indices(len(train), epoch, opts.seed) if sharded else None
         means = train_one_epoch(net, optimizer, scheduler, train, opts, norm, device, epoch, state, progress, writer,
                                 shard=shard)
         row.update(step=state["step"], **means)
-        if opts.eval_every_epoch and eval_sets and dist.is_main():
-            for name, ds in eval_sets.items():
-                if len(ds):
-                    row[f"{name}_accuracy"] = evaluate(model, ds, mean, std, device)["accuracy"]
-            model.train()
+        stop = _score_epoch(model, row, eval_sets, best, opts, mean, std, device, epoch) if dist.is_main() else False
+        if sharded and best is not None:
+            stop = dist.broadcast(stop)  # rank 0 decides; every rank stops at the same epoch
         row["seconds"] = round(time.perf_counter() - state["t0"], 3)
         epochs.append(row)
         if writer is not None:
@@ -216,8 +224,32 @@ def fit(
                            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in row.items() if k != "epoch"))
         progress.update(force=True, epoch=epoch)
+        if stop:
+            progress.log_every(0.0, "early stop at epoch %d/%d: %s has not improved for %d epochs", epoch,
+                               opts.epochs, VAL_SPLIT, opts.patience)
+            break
+    if best is not None and dist.is_main():
+        best.restore(model)  # the best val epoch's weights are the version
+    selection = best.summary(epoch) if best is not None else BestEpoch(opts.epochs, 0).summary(epoch)
     return {"steps": state["steps"], "epochs": epochs, "total_steps": total,
-            "seconds": time.perf_counter() - state["t0"], "options": opts.to_dict()}
+            "seconds": time.perf_counter() - state["t0"], "options": opts.to_dict(), "selection": selection}
+
+
+def _score_epoch(model: nn.Module, row: dict[str, Any], eval_sets: dict[str, PairedDataset] | None,
+                 best: BestEpoch | None, opts: TrainOptions, mean, std, device: str, epoch: int) -> bool:
+    """Score the epoch into ``row``: every eval split for the curves (``opts.eval_every_epoch``), and the
+    val split always when there is one (``best`` decides on it). True: stop training now."""
+    stop = False
+    for name, ds in (eval_sets or {}).items():
+        if not len(ds) or (name != VAL_SPLIT or best is None) and not opts.eval_every_epoch:
+            continue
+        m = evaluate(model, ds, mean, std, device)
+        row[f"{name}_accuracy"] = m["accuracy"]
+        if name == VAL_SPLIT and best is not None:
+            row[f"{name}_loss"] = m["loss"]
+            stop = best.update(epoch, m["accuracy"], m["loss"], model)
+    model.train()
+    return stop
 
 
 @torch.inference_mode()

@@ -10,8 +10,14 @@ TRAIN_MODE            finetune       ``finetune`` (the published version), ``scr
                                      ``pretrained:<path>`` (a torchvision state_dict file)
 TRAIN_ARCH            (MODEL_ARCH)   architecture for scratch/pretrained (finetune keeps the
                                      parent's); unset: a fresh resnet-18 at <= 96 px becomes small-cnn(-5/-6)
-TRAIN_EPOCHS          auto           epochs over the training split; ``auto``: enough for ~600 optimizer
-                                     steps, 10..30 epochs (training.recipe)
+TRAIN_EPOCHS          auto           the most epochs over the training split; ``auto``: enough for ~600
+                                     optimizer steps, 10..30 epochs, doubled (at most 60) when the project
+                                     has a val split, which stops training when it no longer improves
+                                     (training.recipe, training.best_epoch)
+TRAIN_PATIENCE        auto           with a val split: stop after this many epochs without a val improvement
+                                     (never before half of TRAIN_EPOCHS; 0: never early); the best val epoch
+                                     is kept either way; ``auto``: max(5, a third of the un-doubled epochs)
+                                     when TRAIN_EPOCHS is auto, else 0
 TRAIN_BATCH_SIZE      32
 TRAIN_LR              auto           ``auto``: AdamW 1e-3 x sqrt(batch/32), SGD 0.1 x batch/256
 TRAIN_OPTIMIZER       auto           ``adamw``, ``sgd`` (momentum), ``adam``; ``auto``: adamw (sgd when
@@ -58,20 +64,21 @@ TRAIN_EVAL_EVERY_EPOCH true          evaluate the test split after every epoch (
 TRAIN_PUSH_PREDICTIONS true          push the new version's predictions to Label Studio and
                                      set the project's model_version
 TRAIN_AMP             true           bf16 autocast on CUDA (ignored on CPU)
-TRAIN_MAX_REGRESSION  0.02           a version whose held-out (test split) accuracy falls more than
-                                     this -- and more than 1/sqrt(n test images) -- below its
-                                     parent's is kept but not published; ``inf``: always publish
+TRAIN_MAX_REGRESSION  0.02           a version whose val split accuracy falls more than this -- and
+                                     more than 1/sqrt(n val images) -- below its parent's is kept but
+                                     not published (training.gate); no val split: not gated, and the
+                                     result says so; ``inf``: always publish
 ====================  =============  ==========================================================
 
-``auto`` values are the job defaults (``resolve``) and are turned into concrete values from the data by
-``training.recipe.resolve_recipe`` (which records why). A ``TrainOptions`` built directly in code keeps
-the fixed recipe of its field defaults (SGD 0.01, cosine, 10 epochs, no augmentation), so code that
-pins a recipe (``benchmarks/efficacy.py``) is unaffected.
+One set of defaults: the field defaults of ``TrainOptions`` are exactly what a job runs (``resolve``
+with no ``TRAIN_*`` and no job options gives ``TrainOptions()``; a test holds it). ``auto`` values are
+turned into concrete values from the data by ``training.recipe.resolve_recipe`` (which records why).
+Robustar's original method is the named preset ``TrainOptions.preset("robustar")`` (noise fill, l2, no
+painted share, no propagation); the benchmarks compare the defaults against it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -81,19 +88,22 @@ LR_SCHEDULES = ("cosine", "constant", "warmup_cosine")
 AUGMENTS = ("none", "flip", "crop_flip")
 # what a job gets when neither TRAIN_* nor the job options set a value: chosen from the data
 JOB_DEFAULTS = {"epochs": AUTO, "lr": AUTO, "optimizer": AUTO, "lr_schedule": AUTO, "weight_decay": AUTO,
-                "augment": AUTO, "backbone_lr_scale": AUTO}
+                "augment": AUTO, "backbone_lr_scale": AUTO, "patience": AUTO}
 AUTO_FIELDS = tuple(JOB_DEFAULTS)
-# a job's fill when neither TRAIN_NOISE_MODE nor the job options set one (benchmarks/efficacy.py: at
-# least as good as noise on every feature kind); TrainOptions() built in code keeps "noise"
+# a job's fill when neither TRAIN_NOISE_MODE nor the job options set one (benchmarks/efficacy.py)
 JOB_NOISE_MODE = "counterfactual_mixture"
-# a job's version whose held-out accuracy falls more than this (or than the split's size explains)
-# below its parent's is kept but not published; TrainOptions() built in code publishes always
+# a job's version whose val accuracy falls more than this (or than the split's size explains) below its
+# parent's is kept but not published (training.gate)
 JOB_MAX_REGRESSION = 0.02
 LABEL_SOURCES = ("annotation", "data")
 PROPAGATED_MASKS = ("off", "confident", "all")
-# a job's paired-training defaults (benchmarks/efficacy.py); TrainOptions() built in code keep Robustar's
-# loss (l2, no painted share, painted masks only)
+# a job's paired-training defaults (benchmarks/efficacy.py)
 JOB_PAIRED = {"align": "kl", "painted_share": 0.5, "propagated_masks": "confident"}
+# Robustar's original method (noise fill, ||z - z~||^2, no painted share, painted masks only): a named
+# preset (``TrainOptions.preset("robustar")``) the benchmarks compare the defaults against
+PRESETS: dict[str, dict[str, Any]] = {
+    "robustar": {"noise_mode": "noise", "align": "l2", "painted_share": 0.0, "propagated_masks": "off"},
+}
 
 
 class OptionsError(ValueError):
@@ -120,21 +130,22 @@ class TrainOptions:
 
     mode: str = "finetune"
     arch: str | None = None
-    epochs: int | str = 10
+    epochs: int | str = AUTO
     batch_size: int = 32
-    lr: float | str = 0.01
-    optimizer: str = "sgd"
-    lr_schedule: str = "cosine"
+    lr: float | str = AUTO
+    optimizer: str = AUTO
+    lr_schedule: str = AUTO
     momentum: float = 0.9
-    weight_decay: float | str = 5e-4
-    augment: str = "none"
-    backbone_lr_scale: float | str = 1.0
+    weight_decay: float | str = AUTO
+    augment: str = AUTO
+    backbone_lr_scale: float | str = AUTO
     lam: float = 1.0
-    noise_mode: str = "noise"
-    align: str = "l2"
-    painted_share: float = 0.0
-    propagated_masks: str = "off"
+    noise_mode: str = JOB_NOISE_MODE
+    align: str = JOB_PAIRED["align"]
+    painted_share: float = JOB_PAIRED["painted_share"]
+    propagated_masks: str = JOB_PAIRED["propagated_masks"]
     propagation_confidence: float = 0.5
+    patience: int | str = AUTO  # epochs without a val improvement before training stops (0: never early)
     image_size: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -143,7 +154,7 @@ class TrainOptions:
     eval_every_epoch: bool = True
     push_predictions: bool = True
     amp: bool = True
-    max_regression: float = math.inf  # a version this much worse on the held-out split is kept, not published
+    max_regression: float = JOB_MAX_REGRESSION  # a version this much worse on val is kept, not published
     memory_budget: int = 2 << 30  # bytes of images a job keeps in memory (with an image cache: more streams)
     loader_workers: int = 4  # DataLoader processes of a streamed split
 
@@ -165,6 +176,7 @@ class TrainOptions:
         "painted_share": "TRAIN_PAINTED_SHARE",
         "propagated_masks": "TRAIN_PROPAGATED_MASKS",
         "propagation_confidence": "TRAIN_PROPAGATION_CONFIDENCE",
+        "patience": "TRAIN_PATIENCE",
         "image_size": "TRAIN_IMAGE_SIZE",
         "seed": "TRAIN_SEED",
         "device": "TRAIN_DEVICE",
@@ -187,8 +199,7 @@ class TrainOptions:
         """Job defaults (``JOB_DEFAULTS``: ``auto``) <- ``base`` (the backend's seed/device/fetch workers) <- ``env`` (``TRAIN_*`` values,
         as read by the settings module) <- ``overrides`` (job options). Raises OptionsError naming any
         bad or unknown option."""
-        raw: dict[str, Any] = {**JOB_DEFAULTS, "noise_mode": JOB_NOISE_MODE, "max_regression": JOB_MAX_REGRESSION,
-                               **JOB_PAIRED, **(base or {})}
+        raw: dict[str, Any] = dict(base or {})  # the rest: the field defaults, which are the job's
         for name, var in cls.ENV.items():
             v = (env or {}).get(var)
             if v not in (None, ""):
@@ -203,6 +214,13 @@ class TrainOptions:
         return cls.coerce(raw)
 
     @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "TrainOptions":
+        """A named recipe (``PRESETS``: ``robustar``, the original method) over the defaults, then ``overrides``."""
+        if name not in PRESETS:
+            raise OptionsError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.coerce({**PRESETS[name], **overrides})
+
+    @classmethod
     def coerce(cls, raw: dict[str, Any]) -> "TrainOptions":
         """Build options from strings or values, validating each."""
         kw: dict[str, Any] = {}
@@ -214,7 +232,7 @@ class TrainOptions:
                 if f.name in AUTO_FIELDS and isinstance(v, str) and v.strip().lower() == AUTO:
                     v = AUTO
                 elif f.name in ("epochs", "batch_size", "seed", "num_workers", "image_size", "memory_budget",
-                                "loader_workers"):
+                                "loader_workers", "patience"):
                     if isinstance(v, float) and not v.is_integer():
                         raise ValueError
                     v = int(v)
@@ -261,7 +279,7 @@ class TrainOptions:
             raise OptionsError(f"propagation_confidence must be in [0, 1], got {self.propagation_confidence}")
         if self.label_source not in LABEL_SOURCES:
             raise OptionsError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1)):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("patience", 0)):
             if getattr(self, name) != AUTO and getattr(self, name) < low:
                 raise OptionsError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:

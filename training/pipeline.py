@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult
+from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, ExportResult
 from training import distributed as dist
 from training import input_size, propagation, report
 from training.checkpoints import (
@@ -38,6 +37,7 @@ from training.checkpoints import (
 )
 from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate_splits, fit
+from training.gate import gate
 from training.image_cache import ImageCache, VersionedSource
 from training.images import ImageSource
 from training.input_size import InputSize
@@ -187,21 +187,6 @@ def _delta(new: dict[str, Any], parent: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def regression(new: dict[str, Any], parent: dict[str, Any], max_drop: float) -> str | None:
-    """Why a new version must not be published (None: publish): its accuracy on the held-out split fell
-    below its parent's by more than ``max_drop`` and more than the split's size can explain (1/√n, about
-    two binomial standard deviations at 50%, so a handful of test images never blocks a version)."""
-    n, old = new.get(TEST_SPLIT, {}), parent.get(TEST_SPLIT)
-    if not (isinstance(old, dict) and old.get("accuracy") is not None and n.get("accuracy") is not None and n.get("n")):
-        return None
-    allowed = max(max_drop, 1.0 / math.sqrt(n["n"]))
-    drop = old["accuracy"] - n["accuracy"]
-    if drop <= allowed:
-        return None
-    return (f"{TEST_SPLIT} accuracy {n['accuracy']:.3f} is {drop:.3f} below the parent's {old['accuracy']:.3f} "
-            f"(allowed {allowed:.3f}: TRAIN_MAX_REGRESSION {max_drop:g}, 1/sqrt({n['n']}) test images)")
-
-
 def save_version(store: CheckpointStore, model: nn.Module, meta: CheckpointMeta, run_dir: Path,
                  publish: bool = True) -> tuple[Path, CheckpointMeta, Path]:
     """Save ``meta.version`` (the next free name if another job took it meanwhile) and publish it
@@ -287,9 +272,9 @@ def _load_images(export: ExportResult, load_image: ImageSource, image_size: int,
     return splits, data
 
 
-def _recipe(opts: TrainOptions, n_train: int, start: StartModel) -> Recipe:
+def _recipe(opts: TrainOptions, n_train: int, start: StartModel, n_val: int = 0) -> Recipe:
     """The concrete options (no ``auto``) for this run, the architecture's reason first."""
-    recipe = resolve_recipe(opts, n_train, pretrained=start.pretrained)
+    recipe = resolve_recipe(opts, n_train, pretrained=start.pretrained, n_val=n_val)
     size = [start.image_size, start.size.reason if start.size else ""]
     recipe.reasons = {"arch": [start.arch, start.arch_reason], "image_size": size, **recipe.reasons}
     return recipe
@@ -421,6 +406,13 @@ def _write_report(store: CheckpointStore, summary: dict[str, Any], start: StartM
     summary["timings"]["report"] = round(time.perf_counter() - t, 3)
 
 
+def decisions(decision, history: dict[str, Any]) -> dict[str, Any]:
+    """Which split decided what (the job result, the model card and the report page show it): the
+    publish gate and the kept epoch on val; test is only reported. The suspicion ranking is added by
+    the job when it builds the influence index."""
+    return {"gate": decision.to_dict(), "epoch": history.get("selection"), "reported": TEST_SPLIT}
+
+
 def run_pipeline(
     store: CheckpointStore,
     classes: list[str],
@@ -452,7 +444,7 @@ def run_pipeline(
 
     splits, data = _load_images(export, load_image, start.image_size, classes, opts, cache, source, progress, timings)
     train = _require_train(splits, export)
-    recipe = _recipe(opts, len(train), start)
+    recipe = _recipe(opts, len(train), start, n_val=len(splits[VAL_SPLIT]) if VAL_SPLIT in splits else 0)
     opts = recipe.opts
     train_fit, mask_net, propagated = _propagate(train, opts, device, timings)
     log.info("recipe: %s", "; ".join(f"{k}={v[0]} ({v[1]})" for k, v in recipe.reasons.items()))
@@ -472,7 +464,8 @@ def run_pipeline(
     delta = _delta(new_metrics, parent_metrics)
     metrics = {**new_metrics, "parent": parent_metrics, "delta_accuracy": delta, "epochs": history["epochs"]}
     meta = _version_meta(version, parent_version, start, classes, recipe, device, counts, metrics, extra_config)
-    held_back = regression(new_metrics, parent_metrics, opts.max_regression)
+    decision = gate(new_metrics, parent_metrics, opts.max_regression)
+    held_back = decision.held_back
     path, meta, run_dir = _publish(store, start.model, meta, run_dir, held_back, mask_net, propagated)
     version = meta.version
     timings["save"] = time.perf_counter() - t
@@ -490,7 +483,7 @@ def run_pipeline(
         "counts": counts, "history": history["epochs"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
-        "data": data,
+        "data": data, "decisions": decisions(decision, history),
     }
     _write_report(store, summary, start, opts, history, parent_metrics, run_dir)
     if dist.active():

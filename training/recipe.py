@@ -17,7 +17,9 @@ A user does not tune optimizers, so a job's defaults are chosen from what it tra
   set without TRAIN_OPTIMIZER (an explicit lr has always meant SGD here), lr 0.1 x batch/256;
 - **schedule** ``warmup_cosine``: linear warm-up over 5% of the steps (at least 1), then cosine to 0;
 - **epochs**: enough for ``TARGET_STEPS`` optimizer steps, bounded to ``EPOCH_BOUNDS`` (a 300-image
-  set gets 30 epochs, 10k images 10);
+  set gets 30 epochs, 10k images 10); with a val split twice that (at most ``VAL_EPOCH_CAP``) as a
+  budget: training stops when val has not improved for ``patience`` epochs and the best val epoch is
+  kept (``training.best_epoch``), so it trains until learned, decided on val;
 - **augmentation** ``crop_flip`` (``training.augment``: mild random resized crop + horizontal flip,
   image and painted mask together);
 - **backbone lr scale** 0.1 when the start weights were trained elsewhere (``MODEL_CHECKPOINT`` v0,
@@ -39,6 +41,8 @@ SMALL_IMAGE_MAX = 96
 SMALL_IMAGE_DEFAULTS = ("resnet-18",)  # MODEL_ARCH values a fresh start replaces by a small CNN at <= SMALL_IMAGE_MAX px
 TARGET_STEPS = 600
 EPOCH_BOUNDS = (10, 30)
+VAL_EPOCH_FACTOR, VAL_EPOCH_CAP = 2, 60  # with a val split: up to twice the epochs, stopped when val stops improving
+MIN_PATIENCE = 5
 ADAMW_LR, ADAMW_WD = 1e-3, 0.05
 SGD_LR_PER_256, SGD_WD, ADAM_WD = 0.1, 5e-4, 5e-4
 LR_CAP = {"adamw": 4e-3, "adam": 4e-3, "sgd": 0.4}
@@ -82,8 +86,41 @@ def warmup_steps(total: int) -> int:
     return max(1, round(WARMUP_FRACTION * total)) if total > 1 else 0
 
 
-def resolve_recipe(opts: TrainOptions, n_train: int, *, pretrained: bool = False) -> Recipe:
-    """Turn every ``auto`` option into a value for a training split of ``n_train`` images.
+def _epochs_and_patience(opts: TrainOptions, n_train: int, steps_per_epoch: int, n_val: int,
+                         reasons: dict[str, list[Any]], chosen: dict[str, Any]) -> None:
+    """``epochs`` (the budget) and ``patience`` (early stopping on val, ``training.best_epoch``)."""
+    set_by_user = "set (TRAIN_* / job option)"
+    lo, hi = EPOCH_BOUNDS
+    base = min(hi, max(lo, math.ceil(TARGET_STEPS / steps_per_epoch)))
+    if opts.epochs == AUTO:
+        why = (f"{n_train} images / batch {opts.batch_size} = {steps_per_epoch} steps per epoch; "
+               f"~{TARGET_STEPS} steps, bounded to {lo}..{hi} epochs")
+        epochs = base
+        if n_val:
+            epochs = min(VAL_EPOCH_CAP, VAL_EPOCH_FACTOR * base)
+            why = f"up to {epochs} epochs ({base} = {why}; x{VAL_EPOCH_FACTOR}, at most {VAL_EPOCH_CAP}, as val decides)"
+        chosen["epochs"] = epochs
+        reasons["epochs"] = [epochs, why]
+    else:
+        reasons["epochs"] = [opts.epochs, set_by_user]
+    if opts.patience == AUTO:
+        if n_val and opts.epochs == AUTO:
+            patience = max(MIN_PATIENCE, base // 3)
+            why = (f"{n_val} val images decide: stop after {patience} epochs without a val improvement "
+                   f"(not before epoch {max(1, chosen['epochs'] // 2)}); the best val epoch is kept")
+        elif n_val:
+            patience, why = 0, "epochs set: all of them run; the best val epoch is kept"
+        else:
+            patience, why = 0, "no val split: every epoch runs and the last one is kept"
+        chosen["patience"] = patience
+        reasons["patience"] = [patience, why]
+    else:
+        reasons["patience"] = [opts.patience, set_by_user]
+
+
+def resolve_recipe(opts: TrainOptions, n_train: int, *, pretrained: bool = False, n_val: int = 0) -> Recipe:
+    """Turn every ``auto`` option into a value for a training split of ``n_train`` images (``n_val``:
+    images in the val split, which decides the epoch; none: a fixed number of epochs).
 
     ``pretrained``: the start weights were trained elsewhere (lower backbone lr). Explicit options are
     kept and reported as set."""
@@ -122,14 +159,7 @@ def resolve_recipe(opts: TrainOptions, n_train: int, *, pretrained: bool = False
         reasons["weight_decay"] = [opts.weight_decay, set_by_user]
 
     steps_per_epoch = max(1, math.ceil(n_train / b))
-    if opts.epochs == AUTO:
-        lo, hi = EPOCH_BOUNDS
-        epochs = min(hi, max(lo, math.ceil(TARGET_STEPS / steps_per_epoch)))
-        chosen["epochs"] = epochs
-        reasons["epochs"] = [epochs, (f"{n_train} images / batch {b} = {steps_per_epoch} steps per epoch; "
-                                      f"~{TARGET_STEPS} steps, bounded to {lo}..{hi} epochs")]
-    else:
-        reasons["epochs"] = [opts.epochs, set_by_user]
+    _epochs_and_patience(opts, n_train, steps_per_epoch, n_val, reasons, chosen)
     total = steps_per_epoch * chosen.get("epochs", opts.epochs)
 
     if opts.lr_schedule == AUTO:

@@ -25,6 +25,18 @@ def training_version(store: CheckpointStore) -> str:
     return store.next_version() if store.versions() else "v1"
 
 
+def decision_line(summary: dict[str, Any]) -> str:
+    """The card's one line on which split decided: ``decided on val (gate, epoch N, suspicion)`` or why
+    nothing was gated (no val split)."""
+    d = summary.get("decisions") or {}
+    gate, epoch, susp = (d.get(k) or {} for k in ("gate", "epoch", "suspicion"))
+    if gate.get("split") is None and epoch.get("split") is None:
+        return f"{gate.get('note') or 'not gated'}; test reported only"
+    on_val = [name for name, part in (("gate", gate), (f"epoch {epoch.get('kept_epoch')}", epoch),
+                                      ("suspicion", susp)) if part.get("split")]
+    return f"decided on val ({', '.join(on_val)}); test reported only"
+
+
 def progress_text(state: dict[str, Any], version: str | None) -> str | None:
     """A short status from the job's progress state; None when nothing worth showing changed."""
     phase = state.get("phase")

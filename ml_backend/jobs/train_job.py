@@ -23,13 +23,13 @@ from typing import Any
 
 from rq import get_current_job
 
-from label_config.export import TEST_SPLIT, TRAIN_SPLIT, parse_export
+from label_config.export import TRAIN_SPLIT, VAL_SPLIT, parse_export
 from label_config.render import parse_config
 from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
 from ml_backend.predict.influence import build_influence_index
 from ml_backend.jobs.queue import rq_progress_sink
 from ml_backend.labelstudio.client import fetch_export, fetch_project, make_client
-from ml_backend.jobs.model_card import ModelCard, training_version
+from ml_backend.jobs.model_card import ModelCard, decision_line, training_version
 from ml_backend.predict.pages import report_url
 from ml_backend.jobs.push_predictions import backend_predictor, push_predictions
 from ml_backend.predict.registry import model_defaults
@@ -62,17 +62,28 @@ def image_cache(settings: Settings, project_id: int | None = None) -> ImageCache
     return ImageCache(root, settings.train_cache_max_bytes, grace_s=settings.train_job_timeout, namespace=namespace)
 
 
+def suspicion_decision(result: PipelineResult) -> dict[str, Any]:
+    """Which split the suspicion ranking is built from: the val split's errors, never test's."""
+    val = result.splits.get(VAL_SPLIT)
+    if val is not None and len(val):
+        return {"split": VAL_SPLIT, "note": f"suspicion ranks training tasks by their harm to the misclassified "
+                                            f"{VAL_SPLIT} tasks ({len(val)} val images); test is not used"}
+    return {"split": None, "note": f"no {VAL_SPLIT} split: suspicion is self-influence only (test is not used)"}
+
+
 def build_index(settings: Settings, store: CheckpointStore, result: PipelineResult) -> str | None:
     """Build vN's influence index from the images already in memory, so the predictions pushed next
-    carry influence and suspicion. Best effort: the backend can still build it lazily."""
+    carry influence and suspicion (ranked on the val split's errors). Best effort: the backend can still
+    build it lazily."""
     if "influence" not in settings.predict_parts:
         return None
     version = result.meta.version
+    val = result.splits.get(VAL_SPLIT)
     try:
         build_influence_index(
-            store, version, result.splits[TRAIN_SPLIT], result.splits.get(TEST_SPLIT), model=result.model.eval(),
-            meta=result.meta, device=result.device, batch_size=settings.influence_batch_size,
-            score=settings.influence_score,
+            store, version, result.splits[TRAIN_SPLIT], val if val is not None and len(val) else None,
+            model=result.model.eval(), meta=result.meta, device=result.device,
+            batch_size=settings.influence_batch_size, score=settings.influence_score, ranked_on=VAL_SPLIT,
         )
         return "built"
     except Exception as e:
@@ -137,12 +148,13 @@ def _train(settings: Settings, client, store: CheckpointStore, card: ModelCard, 
         summary = train_tasks(settings, store, project_id, label_config, tasks, opts, progress, client=client,
                               timings={"export": time.perf_counter() - t}, t_start=t_start)
     version = summary["version"]
+    decided = decision_line(summary)
     if summary["published"]:
         card.show(f"serving {version}", force=True,
-                  description=f"{version}: report {summary['report']}" if summary["report"] else None)
+                  description=f"{version}: report {summary['report']} · {decided}" if summary["report"] else decided)
     else:
         card.show(f"serving {summary['parent']} · {version} kept, not published: {summary['not_published']}",
-                  force=True)
+                  force=True, description=decided)
     return summary
 
 
@@ -199,6 +211,8 @@ def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, lab
 
     t = time.perf_counter()
     summary["influence_index"] = build_index(settings, store, result) if summary["published"] else None
+    if summary["influence_index"] is not None:
+        summary.setdefault("decisions", {})["suspicion"] = suspicion_decision(result)
     timings["index"] = time.perf_counter() - t
 
     predictions: dict[str, Any] = {"skipped": "push_predictions is off"}

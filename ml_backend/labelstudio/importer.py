@@ -1,4 +1,6 @@
-"""Import an ImageFolder dataset (``train/<class>/*``, ``test/<class>/*``) into a Label Studio project.
+"""Import an ImageFolder dataset (``train/<class>/*``, ``val/<class>/*``, ``test/<class>/*``) into a Label
+Studio project. Without a ``val/`` folder a stratified part of the test split is set aside as val
+(``ml_backend.labelstudio.val_split``) and the report says so: val decides, test is only reported.
 
 One task per image with ``split``, ground-truth ``label`` and a stable ``key`` (the path inside the
 dataset) in its data. The images are uploaded to Label Studio (so it serves them), or left where they
@@ -28,13 +30,14 @@ from ml_backend.credentials import SECRET_HEADER, basic_auth_header, signed_page
 from ml_backend.settings import Settings
 from training.input_size import SETUP_PARAM, InputSize, file_sizes, from_image_sizes, sample
 from ml_backend.labelstudio.storage import ImportErrorWithHint, LocalFilesSource, S3Source, StorageSource, register_storage, split_key
+from ml_backend.labelstudio.val_split import VAL_FRACTION, set_aside_val
 
 NO_BACKEND_PAGE = "data:text/html,<i>no ML backend connected: no influence page</i>"
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -58,6 +61,8 @@ class ImportReport:
     storage_id: int | None = None
     seconds: float = 0.0  # creating the tasks (and uploading the files)
     input_size: InputSize | None = None  # measured from the training images (None: not on this machine)
+    n_val: int = 0  # val tasks in the dataset (imported or already there)
+    val: str = ""  # where the val split came from (its own folder, set aside from test, none)
 
 
 IMPORT_MEASURE_SAMPLE = 256  # training images whose headers the importer reads to choose the input size
@@ -80,7 +85,8 @@ def scan_dataset(root: str | Path) -> tuple[list[str], list[DatasetItem], list[s
         raise ImportErrorWithHint(f"dataset folder {root} does not exist")
     split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
     if not split_dirs:
-        raise ImportErrorWithHint(f"{root} has neither train/ nor test/ (expected train/<class>/*, test/<class>/*)")
+        raise ImportErrorWithHint(f"{root} has no train/, val/ or test/ (expected train/<class>/*, val/<class>/*, "
+                                  "test/<class>/*)")
     classes = sorted({d.name for s in split_dirs for d in s.iterdir() if d.is_dir()})
     if not classes:
         raise ImportErrorWithHint(f"{root}: no class folders under {', '.join(d.name for d in split_dirs)}/")
@@ -309,6 +315,7 @@ def import_dataset(
     progress: bool = True,
     predict: bool = True,
     task_batch: int = 500,
+    val_fraction: float = VAL_FRACTION,
 ) -> ImportReport:
     """Import a dataset into Label Studio (idempotent, resumable) and connect the backend when given.
 
@@ -316,13 +323,20 @@ def import_dataset(
     ``LocalFilesSource``/``S3Source`` (registered as the project's storage; the tasks reference the images
     in place). Tasks are created ``task_batch`` per import call, each batch as soon as its files are
     uploaded, so an interrupted import loses at most one batch of uploads and a re-run goes on from there.
+    ``val_fraction``: the part of each class's test images set aside as val when there is no ``val/``
+    folder (0: none; then no version is gated, and the job says so).
     """
     classes, items, bad = _scan(dataset)
+    n_val, val_note = set_aside_val(items, val_fraction)
+    log.info("%s", val_note)
+    if progress:
+        print(f"import: {val_note}", file=sys.stderr, flush=True)
     for message in bad:
         log.error(message)
     importer = LabelStudioImporter(url, api_key)
     project_id = importer.find_or_create_project(title, classes)
-    report = ImportReport(project_id, classes, unreadable=bad, input_size=measure_input_size(items))
+    report = ImportReport(project_id, classes, unreadable=bad, n_val=n_val, val=val_note,
+                          input_size=measure_input_size(items))
     if not isinstance(dataset, (str, Path)):
         report.storage = dataset.kind
         report.storage_id = register_storage(importer.http, importer.url, project_id, dataset, importer.timeout)

@@ -69,7 +69,7 @@ def influence_page(version: str, prediction: str, score: str, proponents: list[N
 
 def suspicion_page(version: str, suspicion: float, formula: str, harmed: list[Neighbour],
                    report_url: str | None = None, class_rank: float | None = None) -> str:
-    """A training task: its suspicion score and the misclassified test tasks it harms most."""
+    """A training task: its suspicion score and the misclassified val tasks it harms most."""
     ranked = (f" — more suspicious than {100 * class_rank:.0f}% of its class (the prediction score, so the Data "
               "Manager's sort takes the top of every class in turn)" if class_rank is not None else "")
     body = (f"Suspicion <b>{suspicion:.3f}</b> ({escape(version)}){ranked}.{_report_link(version, report_url)} "
@@ -77,7 +77,7 @@ def suspicion_page(version: str, suspicion: float, formula: str, harmed: list[Ne
             f"image teaches the model a shortcut; sort the Data Manager by it), not a confidence: {escape(formula)}."
             "</span>")
     if harmed:
-        body += f"<table><tr><th>harms test task</th><th>class</th><th>influence</th></tr>{_rows(harmed)}</table>"
+        body += f"<table><tr><th>harms val task</th><th>class</th><th>influence</th></tr>{_rows(harmed)}</table>"
     return _page(f"suspicion {version}", body)
 
 
@@ -95,6 +95,23 @@ def _number(x: Any, spec: str = "") -> str:
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return format(x, spec)
     return escape(str(x))
+
+
+DECISION_NAMES = {"gate": "publish gate", "epoch": "kept epoch", "suspicion": "suspicion ranking"}
+
+
+def decisions_table(summary: dict[str, Any]) -> str:
+    """Which split decided what (``summary["decisions"]``): val decides, test is only reported."""
+    decisions = summary.get("decisions") or {}
+    rows = "".join(
+        f"<tr><td>{escape(DECISION_NAMES[k])}</td><td>{escape(str((d or {}).get('split') or 'nothing (no val split)'))}"
+        f"</td><td>{escape(str((d or {}).get('note', '')))}</td></tr>"
+        for k, d in ((k, decisions.get(k)) for k in DECISION_NAMES) if isinstance(d, dict))
+    if not rows:
+        return ""
+    return (f"<table><tr><th>decision</th><th>decided on</th><th>how</th></tr>{rows}</table>"
+            f"<p class=note>The {escape(str(decisions.get('reported', 'test')))} split is reported only: it "
+            "decides nothing.</p>")
 
 
 def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> str:
@@ -133,6 +150,7 @@ def report_page(summary: dict[str, Any], versions: list[str], curves: bool) -> s
     if isinstance(size, dict) and size.get("size"):
         body += (f"<p>Model input: <b>{int(size['size'])} px</b> <span class=note>({escape(str(size.get('source', '')))}: "
                  f"{escape(str(size.get('reason', '')))})</span></p>")
+    body += decisions_table(summary)
     if skip_rows:
         body += f"<table><tr><th>tasks skipped: why</th><th>n</th><th>tasks</th></tr>{skip_rows}</table>"
     if ignored_rows:

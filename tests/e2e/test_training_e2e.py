@@ -91,7 +91,7 @@ def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
         # training is visible in Label Studio: the model card, its versions, the job's status, the report
         card = client.ml.get(id=ml.id)
         assert card.title == "Robustar · serving v1", [line for line in worker.stderr.splitlines() if "card" in line][-5:]
-        assert card.description == f"v1: report {backend.url}/report/{pid}/v1"
+        assert card.description.startswith(f"v1: report {backend.url}/report/{pid}/v1 · decided on val (gate, epoch")
         assert http.get(f"{label_studio.url}/api/ml/{ml.id}/versions").json()["versions"] == ["v1", "v0"]
         status = requests.post(backend.url + "/job_status", json={"job": job_id}, timeout=10).json()
         assert status["job_status"] == "finished" and status["version"] == "v1"
@@ -146,7 +146,9 @@ def test_start_training_with_readme_defaults_trains_the_small_image_model(label_
         assert result["version"] == "v1" and result["arch"] == "small-cnn-5", worker.stderr[-3000:]
         arch, why = result["recipe"]["arch"]
         assert arch == "small-cnn-5" and "78 px receptive field" in why and "resnet-18" in why
-        assert result["recipe"]["optimizer"][0] == "adamw" and result["recipe"]["epochs"][0] == 30
+        # the importer set one test image per class aside as val: up to 2 x 30 epochs, stopped on val
+        assert result["recipe"]["optimizer"][0] == "adamw" and result["recipe"]["epochs"][0] == 60
+        assert result["decisions"]["epoch"]["split"] == "val"
         http = requests.Session()
         http.headers["Authorization"] = f"Token {label_studio.token}"
         preds = http.get(f"{label_studio.url}/api/predictions", params={"project": report.project_id}).json()

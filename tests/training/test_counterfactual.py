@@ -174,10 +174,10 @@ def test_options_accept_the_fill_modes():
     assert FILL_MODES[: len(NOISE_MODES)] == NOISE_MODES
     for mode in FILL_MODES:
         assert TrainOptions.resolve(env={"TRAIN_NOISE_MODE": mode}).noise_mode == mode
-    # a job's default fill is the counterfactual one the efficacy benchmark chose; code-built options keep noise
-    assert TrainOptions.resolve().noise_mode == "counterfactual_mixture"
+    # one default fill for jobs and code (the counterfactual one); Robustar's noise is the named preset's
+    assert TrainOptions.resolve().noise_mode == "counterfactual_mixture" == TrainOptions().noise_mode
     assert TrainOptions.resolve(env={"TRAIN_NOISE_MODE": "noise"}).noise_mode == "noise"
-    assert TrainOptions().noise_mode == "noise"
+    assert TrainOptions.preset("robustar").noise_mode == "noise"
     with pytest.raises(OptionsError, match="counterfactual"):
         TrainOptions.resolve(overrides={"noise_mode": "counterfactual_pink"})
     with pytest.raises(ValueError, match="unknown counterfactual mode"):

@@ -134,7 +134,9 @@ def test_a_torchrun_shard_streams_in_its_order(both):
     for name in ("memory", "stream"):
         torch.manual_seed(0)
         model = build_model("tiny-cnn", len(CLASSES))
-        opts = TrainOptions(epochs=1, batch_size=4, device="cpu", loader_workers=0, noise_mode="noise")
+        opts = TrainOptions(epochs=1, batch_size=4, device="cpu", loader_workers=0, noise_mode="noise", optimizer="sgd",
+                            lr=0.01, lr_schedule="cosine", weight_decay=5e-4, augment="none", backbone_lr_scale=1.0,
+                            patience=0)
         shard = dist.shard_indices(27, epoch=1, seed=0, rank_=1, world=2)
         state = {"step": 0, "total": 4, "t0": 0.0, "steps": [], "shuffle_gen": torch.Generator().manual_seed(0),
                  "noise_gen": torch.Generator().manual_seed(1)}

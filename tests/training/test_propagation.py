@@ -27,7 +27,7 @@ from training.checkpoints import CheckpointStore
 from training.dataset import PairedDataset
 from training.paired import alignment, paired_loss
 from training.pipeline import run_pipeline
-from training.sampling import epoch_order
+from training.sampling import epoch_batches, epoch_order
 from training.synthetic import make_spurious_dataset
 
 CLASSES = ["circle", "square", "triangle"]
@@ -90,11 +90,16 @@ def test_epoch_order_gives_painted_images_their_share():
     painted[:5] = True
     g = torch.Generator().manual_seed(0)
     order = epoch_order(painted, 10, g, share=0.5)
-    assert order.numel() == 100  # as many batches as a plain epoch
-    for batch in order.split(10):
+    assert epoch_batches(painted, 10, 0.5) == 19  # 95 unpainted images, 5 per batch
+    batches = order.split(10)
+    assert len(batches) == 19
+    for batch in batches:
         assert int(painted[batch].sum()) == 5
     unpainted = order[~painted[order]]
-    assert unpainted.unique().numel() == unpainted.numel()  # each unpainted image at most once per epoch
+    assert sorted(unpainted.tolist()) == list(range(5, 100))  # every unpainted image exactly once per epoch
+    odd = epoch_order(painted[:98], 8, g, share=0.5)  # 93 unpainted, 4 per batch: the last batch is short
+    assert sorted(odd[~painted[odd]].tolist()) == list(range(5, 98))
+    assert all(int(painted[b].sum()) == 4 for b in odd.split(8))
     plain = epoch_order(painted, 10, g, share=0.0)
     assert sorted(plain.tolist()) == list(range(100))
     assert sorted(epoch_order(torch.ones(7, dtype=torch.bool), 4, g, share=0.5).tolist()) == list(range(7))

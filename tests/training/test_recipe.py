@@ -26,12 +26,28 @@ def job(env: dict | None = None, overrides: dict | None = None) -> TrainOptions:
 # ---------------------------------------------------------------- options
 
 
-def test_job_defaults_are_auto_and_code_defaults_stay_fixed():
+def test_job_defaults_are_auto_and_the_same_in_code():
     o = job()
-    assert (o.epochs, o.lr, o.optimizer, o.lr_schedule, o.weight_decay, o.augment, o.backbone_lr_scale) == (AUTO,) * 7
+    assert (o.epochs, o.lr, o.optimizer, o.lr_schedule, o.weight_decay, o.augment, o.backbone_lr_scale,
+            o.patience) == (AUTO,) * 8
     assert not o.is_resolved
-    fixed = TrainOptions()  # code that pins a recipe (benchmarks/efficacy.py) keeps the earlier one
-    assert (fixed.optimizer, fixed.lr, fixed.epochs, fixed.augment) == ("sgd", 0.01, 10, "none") and fixed.is_resolved
+    assert TrainOptions(device="cpu") == job()  # one set of defaults: built in code == what a job runs
+    robustar = TrainOptions.preset("robustar", epochs=3)
+    assert (robustar.noise_mode, robustar.align, robustar.painted_share, robustar.propagated_masks, robustar.epochs) \
+        == ("noise", "l2", 0.0, "off", 3)
+    with pytest.raises(OptionsError, match="preset"):
+        TrainOptions.preset("nope")
+
+
+def test_val_split_doubles_the_epoch_budget_and_stops_on_val():
+    plain = resolve_recipe(job(), 300)
+    with_val = resolve_recipe(job(), 300, n_val=30)
+    assert (plain.opts.epochs, plain.opts.patience) == (30, 0) and "no val" in plain.reasons["patience"][1]
+    assert (with_val.opts.epochs, with_val.opts.patience) == (60, 10)
+    assert "val" in with_val.reasons["epochs"][1] and "best val epoch" in with_val.reasons["patience"][1]
+    fixed = resolve_recipe(job({"TRAIN_EPOCHS": "7"}), 300, n_val=30)
+    assert (fixed.opts.epochs, fixed.opts.patience) == (7, 0)
+    assert resolve_recipe(job({"TRAIN_PATIENCE": "3"}), 300, n_val=30).opts.patience == 3
 
 
 def test_env_and_job_options_win_over_auto():
@@ -61,7 +77,8 @@ def test_auto_recipe_small_dataset():
     assert (o.optimizer, o.lr, o.weight_decay, o.lr_schedule, o.augment, o.backbone_lr_scale) == \
         ("adamw", 1e-3, 0.05, "warmup_cosine", "crop_flip", 1.0)
     assert o.epochs == EPOCH_BOUNDS[1]  # 10 steps per epoch: capped
-    assert set(r.reasons) == {"optimizer", "lr", "weight_decay", "epochs", "lr_schedule", "augment", "backbone_lr_scale"}
+    assert set(r.reasons) == {"optimizer", "lr", "weight_decay", "epochs", "lr_schedule", "augment", "backbone_lr_scale",
+                              "patience"}
     assert all(isinstance(v, list) and len(v) == 2 and v[1] for v in r.reasons.values())
 
 

@@ -158,14 +158,16 @@ def build_influence_index(
     meta: CheckpointMeta | None = None,
     save: bool = True,
     score: str = "cosine",
+    ranked_on: str | None = None,
 ) -> InfluenceIndex:
     """Embed every training record with the checkpoint ``version`` and store the index beside it.
 
     ``records``: the training tasks — the training job's ``PairedDataset`` (``images``,
     ``targets``, ``task_ids``), or ``TaskRecord``/``InfluenceRecord``-like items (``task_id``,
     ``target`` class name or index, ``image`` or ``image_url`` + ``fetcher``). ``test_records``
-    (same forms, ground-truth ``target``) feed the harmful-influence suspicion; without them the
-    suspicion is self-influence. Records whose class is not one of the model's are skipped.
+    (same forms, ground-truth ``target``) feed the harmful-influence suspicion: the job and the backend
+    pass the **val** split (``ranked_on="val"``, recorded in ``info``), never test, which is only
+    reported; without them the suspicion is self-influence. Records whose class is not one of the model's are skipped.
     ``score`` (``cosine`` | ``tracin``) is the influence score the suspicion is computed with.
     """
     if score not in SCORES:
@@ -209,7 +211,8 @@ def build_influence_index(
         test_delta=t_delta,
         test_feats=t_feats,
         info={"n_train": int(known.sum()), "n_test": n_test, "n_test_misclassified": int(t_ids.numel()),
-              "built_at": time.time(), "seconds": round(time.perf_counter() - t0, 3), "arch": meta.arch},
+              "built_at": time.time(), "seconds": round(time.perf_counter() - t0, 3), "arch": meta.arch,
+              "ranked_on": ranked_on if test_records is not None else None},
     )
     if save:
         index.save(index_path(store, version))

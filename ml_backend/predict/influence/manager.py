@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from label_config.export import TRAIN_SPLIT
+from label_config.export import TRAIN_SPLIT, VAL_SPLIT
 from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
 from ml_backend.predict.influence.embedding import InfluenceRecord
 from ml_backend.predict.influence.index import InfluenceIndex, build_influence_index, index_path
@@ -22,18 +22,22 @@ BUILD_MODES = ("background", "sync", "off")
 
 def label_studio_records(origin: tuple[str | None, str | None], project_id: int, image_value: str = "image"
                          ) -> tuple[list[InfluenceRecord], list[InfluenceRecord]]:
-    """The project's training and test tasks (``data.split``), with ``data.label`` as class, via the SDK
-    (``origin``: Label Studio's URL and credential, as ``ls_client.label_studio_origin`` decides)."""
+    """The project's training and val tasks (``data.split``), with ``data.label`` as class, via the SDK
+    (``origin``: Label Studio's URL and credential, as ``ls_client.label_studio_origin`` decides). The
+    suspicion ranking is built from the val tasks' errors; test tasks are only reported, never used."""
     client = make_client(*origin)
-    train, test = [], []
+    train, val = [], []
     for task in client.tasks.list(project=project_id, fields="task_only", page_size=1000):
         data = getattr(task, "data", None) or {}
         url = data.get(image_value)
         if not isinstance(url, str):
             continue
         rec = InfluenceRecord(int(task.id), data.get("label"), image_url=url)
-        (train if data.get("split") == TRAIN_SPLIT else test).append(rec)
-    return train, test
+        if data.get("split") == TRAIN_SPLIT:
+            train.append(rec)
+        elif data.get("split") == VAL_SPLIT:
+            val.append(rec)
+    return train, val
 
 
 RecordSource = Callable[[int, Any], tuple[Iterable, Iterable]]
@@ -81,11 +85,11 @@ class IndexManager:
                 if path.is_file():
                     index = InfluenceIndex.load(path)
                 else:
-                    train, test = self._records(project_id, config, origin)
+                    train, val = self._records(project_id, config, origin)  # val ranks; test never does
                     index = build_influence_index(
-                        store, served.version, train, test, fetcher=self._fetcher(origin, fetcher), device=served.device,
-                        batch_size=self.settings.influence_batch_size, model=served.model, meta=served.meta,
-                        score=self.settings.influence_score,
+                        store, served.version, train, val or None, fetcher=self._fetcher(origin, fetcher),
+                        device=served.device, batch_size=self.settings.influence_batch_size, model=served.model,
+                        meta=served.meta, score=self.settings.influence_score, ranked_on=VAL_SPLIT,
                     )
             except Exception:
                 self._failed[key] = time.monotonic()

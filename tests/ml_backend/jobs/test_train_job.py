@@ -382,17 +382,26 @@ def test_worker_fetches_under_the_backends_image_policy(tmp_path, synthetic, mon
 
 
 def test_a_regression_is_kept_but_not_published(tmp_path, synthetic):
-    """A version clearly worse than its parent on the held-out split is saved (with its report) but not
-    published; the parent stays served. A drop a small test set can explain (1/sqrt(n)) publishes."""
-    from training.pipeline import regression, save_version
+    """A version clearly worse than its parent on the val split is saved (with its report) but not
+    published; the parent stays served. A drop a small val set can explain (1/sqrt(n)) publishes. The
+    test split never decides; without a val split the gate says it did not gate."""
+    from training.gate import NO_VAL, gate, regression
+    from training.pipeline import save_version
 
-    parent = {"test": {"accuracy": 0.90, "n": 400}}
-    assert regression({"test": {"accuracy": 0.89, "n": 400}}, parent, 0.02) is None  # within the margin
-    why = regression({"test": {"accuracy": 0.70, "n": 400}}, parent, 0.02)
-    assert why and "0.700" in why and "0.900" in why and "TRAIN_MAX_REGRESSION" in why
-    assert regression({"test": {"accuracy": 0.70, "n": 9}}, parent, 0.02) is None  # 1/sqrt(9) = 0.33 allowed
-    assert regression({"test": {"accuracy": 0.10, "n": 400}}, {}, 0.02) is None  # no parent metrics: publish
-    assert regression({"test": {"accuracy": 0.10, "n": 400}}, parent, float("inf")) is None
+    parent = {"val": {"accuracy": 0.90, "n": 400}, "test": {"accuracy": 0.90, "n": 400}}
+    assert regression({"val": {"accuracy": 0.89, "n": 400}}, parent, 0.02) is None  # within the margin
+    why = regression({"val": {"accuracy": 0.70, "n": 400}}, parent, 0.02)
+    assert why and "0.700" in why and "0.900" in why and "TRAIN_MAX_REGRESSION" in why and "val" in why
+    assert regression({"val": {"accuracy": 0.70, "n": 9}}, parent, 0.02) is None  # 1/sqrt(9) = 0.33 allowed
+    assert regression({"val": {"accuracy": 0.10, "n": 400}}, {}, 0.02) is None  # no parent metrics: publish
+    assert regression({"val": {"accuracy": 0.10, "n": 400}}, parent, float("inf")) is None
+    # a test drop decides nothing (test is reported); only val gates
+    test_drop = gate({"val": {"accuracy": 0.91, "n": 400}, "test": {"accuracy": 0.10, "n": 400}}, parent, 0.02)
+    assert test_drop.held_back is None and test_drop.split == "val" and "test is reported" in test_drop.note
+    val_drop = gate({"val": {"accuracy": 0.50, "n": 400}, "test": {"accuracy": 0.99, "n": 400}}, parent, 0.02)
+    assert val_drop.held_back and val_drop.split == "val"
+    no_val = gate({"test": {"accuracy": 0.10, "n": 400}}, parent, 0.02)
+    assert no_val.held_back is None and no_val.split is None and no_val.note == NO_VAL
 
     tasks, _ = synthetic_export(synthetic)
     settings = Settings(model_dir=tmp_path / "models", model_arch="tiny-cnn", image_size=32, seed=0)
@@ -402,4 +411,14 @@ def test_a_regression_is_kept_but_not_published(tmp_path, synthetic):
     meta.version, meta.parent_version = "v2", "v1"
     path, meta, run = save_version(store, model, meta, store.root / "runs" / "v2", publish=False)
     assert path.is_file() and store.versions() == ["v0", "v1", "v2"] and store.published() == "v1"
-    assert options().max_regression == 0.02 and TrainOptions().max_regression == float("inf")
+    assert options().max_regression == 0.02 == TrainOptions().max_regression
+
+
+def test_code_defaults_are_what_a_job_runs(monkeypatch):
+    """One set of defaults: ``TrainOptions()`` built in code equals the options a job resolves with no
+    TRAIN_* variable and no job option (the backend's default seed, device and fetch workers)."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("TRAIN_") or k in ("SEED", "DEVICE", "FETCH_WORKERS")]:
+        monkeypatch.delenv(name)
+    assert job_options(Settings.from_env(), None) == TrainOptions()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from training.checkpoints import (
 from training.dataset import PairedDataset
 from training.engine import evaluate_splits, fit
 from training.images import decode_image, resize_rgb
-from training.models import build_model, load_pretrained_backbone
+from training.models import build_model, load_pretrained_backbone, torch_threads
 from training.options import TrainOptions
 from training.progress import Progress
 
@@ -66,19 +65,6 @@ def load_image_folder(root: str | Path, split: str, classes: list[str], size: in
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     masks = torch.zeros(len(images), 1, size, size, dtype=torch.bool)
     return PairedDataset(x, masks, torch.tensor(targets, dtype=torch.long), keys)
-
-
-@contextmanager
-def _torch_threads(n: int | None):
-    """torch's intra-op threads set to ``n`` for the block (None: unchanged), restored afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
 
 
 def plain_options(epochs: int, seed: int, device: str, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -132,7 +118,7 @@ def train_initial_version(
         skipped = load_pretrained_backbone(model, defaults.checkpoint)
         start = f"{defaults.checkpoint} (not loaded: {skipped or 'none'})"
     opts = plain_options(epochs, seed, device)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         history = fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device, progress=progress)
         model.eval()
         metrics = evaluate_splits(model, {k: v for k, v in splits.items() if len(v)}, IMAGENET_MEAN, IMAGENET_STD,

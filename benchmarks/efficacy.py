@@ -212,10 +212,10 @@ class CachingFetcher(ImageFetcher):
         self._cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def fetch_bytes(self, url: str) -> bytes:
+    def fetch_bytes(self, url: str, deadline: float | None = None) -> bytes:
         data = self._cache.get(url)
         if data is None:
-            data = super().fetch_bytes(url)
+            data = super().fetch_bytes(url, deadline)
             with self._lock:
                 self._cache[url] = data
         return data

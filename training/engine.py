@@ -20,6 +20,7 @@ from training.augment import augment_batch
 from training.best_epoch import BestEpoch
 from training.dataset import PairedDataset
 from training.images import make_normalizer, resize_batch
+from training.loader import release_persistent_loaders
 from training.models import classifier_head
 from training.options import TrainOptions
 from training.paired import paired_step
@@ -228,6 +229,7 @@ def fit(
             progress.log_every(0.0, "early stop at epoch %d/%d: %s has not improved for %d epochs", epoch,
                                opts.epochs, VAL_SPLIT, opts.patience)
             break
+    release_persistent_loaders(train.images)  # a streamed split's workers end with the training
     if best is not None and dist.is_main():
         best.restore(model)  # the best val epoch's weights are the version
     selection = best.summary(epoch) if best is not None else BestEpoch(opts.epochs, 0).summary(epoch)

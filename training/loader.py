@@ -143,6 +143,15 @@ def _persistent_loader(images, masks, targets, weights, batch_size: int, workers
     return loaders[key]
 
 
+def release_persistent_loaders(images) -> None:
+    """Stop the worker processes the split ``images`` keeps for its persistent loaders (a forked worker
+    holds copies of the parent's file descriptors: pipes to other processes stay open while it lives)."""
+    for _, loader in getattr(images, "__dict__", {}).pop("_persistent_loaders", {}).values():
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
 def stream_batches(images, masks, targets: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
                    batch_size: int, device: torch.device, workers: int = 2, persistent: bool | None = None,
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:

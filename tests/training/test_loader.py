@@ -251,19 +251,24 @@ def test_a_job_over_a_set_several_times_its_memory_budget_stays_within_it(tmp_pa
 def test_persistent_workers_keep_their_processes_across_epochs_and_give_the_same_batches(both):
     """What CUDA gets (``training.accel.persistent_workers``), forced on the CPU: the split's loader and its
     worker processes outlive an epoch, and each epoch's order is honoured."""
-    from training.loader import stream_batches
+    from training.loader import release_persistent_loaders, stream_batches
 
     mem, st = both["memory"]["train"], both["stream"]["train"]
     iterators = []
-    for seed in (1, 2):
-        order = torch.randperm(len(mem), generator=torch.Generator().manual_seed(seed))
-        got = list(stream_batches(st.images, st.masks, st.targets, st.mask_weight, order, 5, torch.device("cpu"),
-                                  workers=1, persistent=True))
-        want = list(mem.batches(5, "cpu", order=order, weights=True))
-        assert all(torch.equal(a, b) for xa, xb in zip(got, want) for a, b in zip(xa, xb)) and len(got) == len(want)
-        ((_, loader),) = st.images._persistent_loaders.values()
-        iterators.append(loader._iterator)
-    assert iterators[0] is not None and iterators[0] is iterators[1]  # the same workers served both epochs
+    try:
+        for seed in (1, 2):
+            order = torch.randperm(len(mem), generator=torch.Generator().manual_seed(seed))
+            got = list(stream_batches(st.images, st.masks, st.targets, st.mask_weight, order, 5,
+                                      torch.device("cpu"), workers=1, persistent=True))
+            want = list(mem.batches(5, "cpu", order=order, weights=True))
+            assert all(torch.equal(a, b) for xa, xb in zip(got, want) for a, b in zip(xa, xb)) and len(got) == len(want)
+            ((_, loader),) = st.images._persistent_loaders.values()
+            iterators.append(loader._iterator)
+        assert iterators[0] is not None and iterators[0] is iterators[1]  # the same workers served both epochs
+        workers = [w for w in iterators[0]._workers]
+    finally:
+        release_persistent_loaders(st.images)  # else the worker outlives the test (and holds the run's pipes)
+    assert not st.images.__dict__.get("_persistent_loaders") and not any(w.is_alive() for w in workers)
     assert not accel.persistent_workers("cpu", 4) and accel.persistent_workers("cuda", 4)
     assert not accel.persistent_workers("cuda", 0)
 

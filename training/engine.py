@@ -216,15 +216,7 @@ def fit(
             stop = dist.broadcast(stop)  # rank 0 decides; every rank stops at the same epoch
         row["seconds"] = round(time.perf_counter() - state["t0"], 3)
         epochs.append(row)
-        if writer is not None:
-            for k, v in row.items():
-                if k not in ("epoch", "step", "seconds") and isinstance(v, float):
-                    writer.add_scalar(f"epoch/{k}", v, epoch)
-            writer.flush()
-        progress.log_every(0.0, "epoch %d/%d: %s", epoch, opts.epochs,
-                           ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in row.items() if k != "epoch"))
-        progress.update(force=True, epoch=epoch)
+        _log_epoch(row, opts.epochs, writer, progress)
         if stop:
             progress.log_every(0.0, "early stop at epoch %d/%d: %s has not improved for %d epochs", epoch,
                                opts.epochs, VAL_SPLIT, opts.patience)
@@ -235,6 +227,20 @@ def fit(
     selection = best.summary(epoch) if best is not None else BestEpoch(opts.epochs, 0).summary(epoch)
     return {"steps": state["steps"], "epochs": epochs, "total_steps": total,
             "seconds": time.perf_counter() - state["t0"], "options": opts.to_dict(), "selection": selection}
+
+
+def _log_epoch(row: dict[str, Any], epochs: int, writer: Any, progress: Progress) -> None:
+    """An epoch's row to TensorBoard (its float metrics), the log and the progress sink."""
+    epoch = row["epoch"]
+    if writer is not None:
+        for k, v in row.items():
+            if k not in ("epoch", "step", "seconds") and isinstance(v, float):
+                writer.add_scalar(f"epoch/{k}", v, epoch)
+        writer.flush()
+    progress.log_every(0.0, "epoch %d/%d: %s", epoch, epochs,
+                       ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in row.items() if k != "epoch"))
+    progress.update(force=True, epoch=epoch)
 
 
 def _score_epoch(model: nn.Module, row: dict[str, Any], eval_sets: dict[str, PairedDataset] | None,

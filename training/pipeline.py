@@ -1,7 +1,7 @@
 """Records + an image source -> a new published version (the part of a training job that needs no
 Label Studio, no HTTP and no queue).
 
-``run_pipeline`` reads top to bottom: start model (``start_model``), images (``load_splits``), parent
+``run_pipeline`` reads top to bottom: start model (``training.start_model``), images (``load_splits``), parent
 metrics, paired training (``engine.fit``), new metrics, checkpoint vN saved and published
 (``save_version``), report (``curves.png``, ``summary.json`` under ``runs/<version>/``).
 
@@ -21,15 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, ExportResult
 from training import distributed as dist
 from training import input_size, propagation, report
 from training.checkpoints import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CheckpointMeta,
     CheckpointStore,
     ModelDefaults,
@@ -41,31 +38,16 @@ from training.gate import gate
 from training.image_cache import ImageCache, VersionedSource
 from training.images import ImageSource
 from training.input_size import InputSize
-from training.models import build_model, classifier_head, load_pretrained_backbone
-from training.options import OptionsError, TrainOptions
+from training.options import TrainOptions
 from training.progress import Progress
-from training.recipe import Recipe, choose_arch, resolve_recipe
+from training.recipe import Recipe, resolve_recipe
+from training.start_model import StartModel, is_untrained, start_model
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDataError(ValueError):
     """The project has nothing to train on (no usable training tasks); the message says why."""
-
-
-@dataclass
-class StartModel:
-    """The model training starts from, and what it inherits."""
-
-    model: nn.Module
-    arch: str
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    init: str  # human-readable description of where the weights came from
-    pretrained: bool = False  # the weights were trained elsewhere (MODEL_CHECKPOINT v0, pretrained:<path>)
-    arch_reason: str = ""
-    size: InputSize | None = None  # how image_size was chosen (training.input_size)
 
 
 @dataclass
@@ -77,76 +59,6 @@ class PipelineResult:
     meta: CheckpointMeta
     splits: dict[str, PairedDataset]
     device: str
-
-
-def _head_keys(model: nn.Module) -> set[str]:
-    head = classifier_head(model)
-    prefix = next(name for name, mod in model.named_modules() if mod is head)
-    return {f"{prefix}.{k}" for k in head.state_dict()}
-
-
-def _untrained(meta: CheckpointMeta) -> bool:
-    """A v0 of seeded random weights (no MODEL_CHECKPOINT): fine-tuning it is training from scratch."""
-    return meta.version == "v0" and str((meta.config or {}).get("source", "")).startswith("random init")
-
-
-def _given_weights(meta: CheckpointMeta) -> bool:
-    """A v0 of the weights at MODEL_CHECKPOINT (trained elsewhere; ``create_initial_version`` names the file
-    and what it did not load), as opposed to a random init or a v0 trained here (the demo's)."""
-    return meta.version == "v0" and "(not loaded:" in str((meta.config or {}).get("source", ""))
-
-
-def _finetune_parent(opts: TrainOptions, classes: list[str], parent: tuple[nn.Module, CheckpointMeta] | None) -> StartModel:
-    if parent is None:
-        raise OptionsError("mode finetune needs a published version to start from")
-    pmodel, pmeta = parent
-    size = opts.image_size or pmeta.image_size
-    if _untrained(pmeta) and not opts.arch:
-        arch, why = choose_arch(None, pmeta.arch, size)
-        if arch != pmeta.arch:  # nothing to keep from random weights: start the better-suited model
-            torch.manual_seed(opts.seed)
-            init = f"random init (seed {opts.seed}; {pmeta.version} is untrained)"
-            return StartModel(build_model(arch, len(classes)), arch, size, tuple(pmeta.mean), tuple(pmeta.std), init,
-                              arch_reason=f"{pmeta.version} is untrained; {why}")
-    if opts.arch and opts.arch != pmeta.arch:
-        raise OptionsError(
-            f"mode finetune keeps the parent's architecture ({pmeta.arch}); "
-            f"use mode scratch or pretrained:<path> to train a {opts.arch}"
-        )
-    model = build_model(pmeta.arch, len(classes))
-    state = pmodel.state_dict()
-    if list(pmeta.classes) == list(classes):
-        model.load_state_dict(state)
-        init = f"fine-tuned from {pmeta.version}"
-    else:
-        head = _head_keys(model)
-        model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
-        init = f"fine-tuned from {pmeta.version} with a new classifier head (classes {pmeta.classes} -> {classes})"
-        log.warning("finetune: %s", init)
-    given = _given_weights(pmeta)
-    return StartModel(model, pmeta.arch, size, tuple(pmeta.mean), tuple(pmeta.std), init, pretrained=given,
-                      arch_reason=f"finetune keeps the parent's ({pmeta.version})")
-
-
-def start_model(opts: TrainOptions, defaults: ModelDefaults, classes: list[str],
-                parent: tuple[nn.Module, CheckpointMeta] | None) -> StartModel:
-    """Build the model for ``opts.mode``: finetune the parent, random init, or pretrained weights."""
-    if opts.mode == "finetune":
-        return _finetune_parent(opts, classes, parent)
-    torch.manual_seed(opts.seed)
-    size = opts.image_size or defaults.image_size
-    arch, arch_reason = choose_arch(opts.arch, defaults.arch, size, fresh=not opts.pretrained_path)
-    model = build_model(arch, len(classes))
-    if opts.pretrained_path:
-        path = Path(opts.pretrained_path)
-        if not path.is_file():
-            raise OptionsError(f"mode pretrained: no weights file at {path}")
-        skipped = load_pretrained_backbone(model, path)
-        init = f"pretrained weights {path} (not loaded: {skipped or 'none'})"
-    else:
-        init = f"random init (seed {opts.seed})"
-    return StartModel(model, arch, size, IMAGENET_MEAN, IMAGENET_STD, init, pretrained=bool(opts.pretrained_path),
-                      arch_reason=arch_reason)
 
 
 def _open_writer(run_dir: Path):
@@ -228,7 +140,7 @@ def _input_size(opts: TrainOptions, defaults: ModelDefaults, parent: tuple[nn.Mo
     pmeta = parent[1] if parent is not None else None
     urls = [r.image_url for r in export.records if r.split == TRAIN_SPLIT]
     return input_size.for_job(opts.image_size, opts.mode == "finetune",
-                              (pmeta.image_size, pmeta.config, _untrained(pmeta)) if pmeta else None,
+                              (pmeta.image_size, pmeta.config, is_untrained(pmeta)) if pmeta else None,
                               defaults.image_size, lambda: input_size.measure(urls, load_image))
 
 

@@ -15,7 +15,7 @@ from training.dataset import PairedDataset
 from training.engine import fit, make_optimizer, make_scheduler
 from training.models import SMALL_CNN_ARCHS, SmallCNN, build_model, classifier_head, small_cnn_for, small_cnn_receptive_field
 from training.options import AUTO, OptionsError, TrainOptions
-from training.pipeline import start_model
+from training.start_model import start_model
 from training.recipe import EPOCH_BOUNDS, choose_arch, resolve_recipe
 
 

@@ -193,7 +193,7 @@ def test_finetune_keeps_the_parent_arch(tmp_path, synthetic):
 def test_finetune_with_changed_classes_gets_a_new_head():
     from training.checkpoints import CheckpointMeta
     from training.models import build_model
-    from training.pipeline import start_model
+    from training.start_model import start_model
 
     parent = build_model("tiny-cnn", 3)
     meta = CheckpointMeta(version="v4", arch="tiny-cnn", classes=CLASSES, image_size=32)

@@ -245,8 +245,8 @@ class LabelStudioImporter:
                 backend = self.client.ml.create(
                     project=project_id, url=backend_url, title=title, is_interactive=True, auto_update=True, **auth
                 )
-            elif auth:
-                self.client.ml.update(id=backend.id, **auth)
+            elif auth:  # Label Studio 1.23 answers 500 to a PATCH without url and project (its checks need both)
+                self.client.ml.update(id=backend.id, url=backend_url, project=project_id, **auth)
         except Exception as e:
             raise ImportErrorWithHint(f"Label Studio could not connect the ML backend at {backend_url}: {e}") from e
         self.secure_webhook(project_id, backend_url)

@@ -61,7 +61,7 @@ def test_import_connect_predict(label_studio, backend, dataset):
 
     tasks = http.get(f"{label_studio.url}/api/tasks", params={"project": pid, "page_size": 100}).json()["tasks"]
     assert len(tasks) == 18
-    assert {t["data"]["split"] for t in tasks} == {"train", "test"}
+    assert {t["data"]["split"] for t in tasks} == {"train", "val", "test"}  # val: set aside from test by the importer
     assert all(t["data"]["label"] in classes and t["data"]["image"].startswith("/data/upload/") for t in tasks)
 
     # one ML backend, and exactly one webhook to it (Label Studio's own)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import re
 import subprocess
 import time
 import uuid
@@ -208,7 +209,10 @@ def test_interrupted_import_resumes(label_studio, storage):
     cmd = [str(BIN / "robustar"), "import", str(folder), "--url", label_studio.url, "--api-key", label_studio.token,
            "--title", title, "--storage", storage, "--document-root", str(root), "--batch", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    line = proc.stderr.readline()  # the first batch is in: kill it there, as Ctrl-C or a crash would
+    line = proc.stderr.readline()
+    while line and not re.match(r"import: \d+/", line):  # what the importer says first (the val split it sets aside)
+        line = proc.stderr.readline()
+    # the first batch is in: kill it there, as Ctrl-C or a crash would
     proc.kill()
     proc.wait(30)
     assert line.startswith("import: 3/"), line + proc.stderr.read()

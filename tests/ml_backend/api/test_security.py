@@ -195,7 +195,7 @@ def test_importer_passes_basic_auth_and_secures_the_webhook(monkeypatch, existin
     auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": USER, "basic_auth_pass": PASSWORD}
     first = imp.client.calls[0]
     if existing:
-        assert first == ("ml.update", 5, auth)
+        assert first == ("ml.update", 5, {"url": "http://backend:9090/", "project": 1, **auth})  # LS 1.23 needs both
     else:
         assert first[0] == "ml.create" and auth.items() <= first[1].items() and first[1]["url"] == "http://backend:9090/"
     assert imp.client.calls[1] == ("webhooks.update", 11, {"headers": {

@@ -13,10 +13,10 @@ from devkit.servers import LocalServer
 
 
 class DripServer(LocalServer):
-    """Answers every GET 200 with ``size`` bytes, one every ``interval`` seconds; counts the GETs
-    (``requests``: their paths)."""
+    """Answers every GET 200 with ``size`` bytes, one every ``interval`` seconds, with a Content-Length or
+    ``chunked``; counts the GETs (``requests``: their paths)."""
 
-    def __init__(self, size: int = 10_000, interval: float = 2.0) -> None:
+    def __init__(self, size: int = 10_000, interval: float = 2.0, chunked: bool = False) -> None:
         self.stop = threading.Event()
         self.requests: list[str] = []
         self._lock = threading.Lock()
@@ -30,14 +30,19 @@ class DripServer(LocalServer):
                     outer.requests.append(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(size))
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(size))
                 self.end_headers()
                 try:
                     for _ in range(size):
                         if outer.stop.wait(interval):
                             return
-                        self.wfile.write(b"x")
+                        self.wfile.write(b"1\r\nx\r\n" if chunked else b"x")
                         self.wfile.flush()
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
                 except OSError:
                     pass
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from label_config.rle import RLEError, decode_rle
-from ml_backend.predict.parts import PartOutput, PredictContext, spurious_proposals
+from ml_backend.predict.parts import PartOutput, PredictContext, no_regions, spurious_proposals
 from training import propagation
 from training.checkpoints import CheckpointStore
 from training.images import resize_rgb
@@ -122,15 +122,14 @@ class PropagationPart:
         return out
 
     def __call__(self, ctx: PredictContext) -> PartOutput:
-        control = ctx.config.spurious_control
-        if not control:
-            return PartOutput(regions=[[] for _ in ctx.tasks])  # no Spurious brush in the config
+        if not ctx.config.spurious_control:
+            return no_regions(ctx)
         net = self.net(ctx.project_id, ctx.served.version)
         if net is None:
             if ctx.context:
                 log.info("project %s: no mask net for %s yet (a training job with painted images makes one); "
                          "no interactive proposal", ctx.project_id, ctx.served.version)
-            return PartOutput(regions=[[] for _ in ctx.tasks])
+            return no_regions(ctx)
         probs = self.probabilities(net, ctx.images, ctx.served.meta.image_size)
         return spurious_proposals(ctx, probs, lambda task, img, prob: self.propose(ctx, img, prob), "propagated",
                                   "propagated")

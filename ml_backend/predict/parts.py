@@ -61,6 +61,11 @@ class PredictionPart(Protocol):
 MaskProposer = Callable[[dict, Image.Image, Any], tuple[np.ndarray | None, float | None]]
 
 
+def no_regions(ctx: PredictContext) -> PartOutput:
+    """No region for any task (e.g. the config has no ``Spurious`` brush to put a proposal in)."""
+    return PartOutput(regions=[[] for _ in ctx.tasks])
+
+
 def spurious_proposals(ctx: PredictContext, items: Iterable[Any], propose: MaskProposer, region_id: str,
                        what: str) -> PartOutput:
     """One ``Spurious`` brush region per task where ``propose`` finds a mask, at the image's original size;

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml_backend.predict.parts import PartOutput, PredictContext, spurious_proposals
+from ml_backend.predict.parts import PartOutput, PredictContext, no_regions, spurious_proposals
 from training import pretrained
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,8 @@ class SegmentationPart:
         return out
 
     def __call__(self, ctx: PredictContext) -> PartOutput:
-        control = ctx.config.spurious_control
-        if not control:
-            return PartOutput(regions=[[] for _ in ctx.tasks])  # no Spurious brush in the config
+        if not ctx.config.spurious_control:
+            return no_regions(ctx)
         detections = self.detect(ctx.images, ctx.served.device)
         return spurious_proposals(ctx, detections, self.propose, f"maskrcnn-{self.mode}", "segmentation")
 

@@ -31,6 +31,7 @@ from ml_backend.credentials import basic_auth_header, signed_page_url
 from ml_backend.settings import Settings
 from devkit.builders import data_uri, png_bytes
 from tests.e2e.backend import BackendProcess
+from devkit.attack_servers import DripServer
 from devkit.servers import FileServer, LocalServer
 
 CLASSES = ["cat", "dog"]
@@ -309,54 +310,13 @@ def test_head_where_get_is(tmp_path, redis_url):
 # 7. one deadline per download
 
 
-class DripServer(LocalServer):
-    """Answers 200 with a body of ``size`` bytes, one byte every ``interval`` seconds (chunked or not)."""
-
-    def __init__(self, size: int = 60, interval: float = 0.1, chunked: bool = False) -> None:
-        self.stop = threading.Event()
-
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                if chunked:
-                    self.send_header("Transfer-Encoding", "chunked")
-                else:
-                    self.send_header("Content-Length", str(size))
-                self.end_headers()
-                try:
-                    for _ in range(size):
-                        if outer.stop.is_set():
-                            return
-                        self.wfile.write(b"1\r\nx\r\n" if chunked else b"x")
-                        self.wfile.flush()
-                        time.sleep(interval)
-                    if chunked:
-                        self.wfile.write(b"0\r\n\r\n")
-                except OSError:
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self._serve(Handler)
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        super().__exit__(*exc)
-
-
 @pytest.mark.parametrize("chunked", [False, True])
 def test_fetch_timeout_bounds_the_whole_download(chunked):
     """Before: each read waited at most FETCH_TIMEOUT, so a host dripping a byte every 0.1 s held the fetch
     for the whole body (6 s here; 60 s in the attack). After: cut off at FETCH_TIMEOUT (1 s)."""
     policy = FetchPolicy(allowed_hosts=("127.0.0.1",), image_root=None, max_bytes=1_000_000, max_pixels=10**6,
                          timeout=1.0, allow_private=True)  # the drip server is on loopback: opt in
-    with DripServer(chunked=chunked) as drip:
+    with DripServer(size=60, interval=0.1, chunked=chunked) as drip:
         fetcher = ImageFetcher(None, None, policy)
         start = time.monotonic()
         with pytest.raises(ImageError, match="FETCH_TIMEOUT"):

@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 LS_VENV := .venv-ls
 PYTEST_ARGS ?=
+# pytest-xdist workers (one per core of the 2-core CI machine); each takes its share of the cores (tests/conftest.py)
+# and a module's tests stay on one worker (--dist loadscope), so module fixtures are built once. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 # Debian's chromium for the browser tests (tests/browser, driven by Playwright by executable path;
 # `playwright install` is never used). Installed with apt-get, through `sudo -n` when not root.
 CHROMIUM ?= /usr/bin/chromium
@@ -40,10 +44,10 @@ demo: setup
 	$(VENV)/bin/robustar demo
 
 test: setup browser
-	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow" $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .robustar

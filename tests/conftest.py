@@ -20,6 +20,21 @@ from devkit.servers import redis_answers, start_redis_server
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 
 
+def _share_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``), each worker and the processes it starts use
+    their share of the cores: torch's default (one thread per core) in every worker only adds contention."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_cores_between_xdist_workers()
+
+
 @pytest.fixture(scope="session")
 def redis_base_url(tmp_path_factory) -> Iterator[str]:
     """``redis://host:port`` of a running Redis: 127.0.0.1:6379 if it answers, else a private one."""

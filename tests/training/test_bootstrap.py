@@ -42,7 +42,8 @@ def load(root: Path, keys: list[str]) -> torch.Tensor:
     return to_batch([decode_image((root / k).read_bytes(), k) for k in keys], SIZE)
 
 
-@pytest.fixture(scope="module", params=[0, 1, 2])
+@pytest.fixture(scope="module", params=[0, pytest.param(1, marks=pytest.mark.slow),
+                                        pytest.param(2, marks=pytest.mark.slow)])
 def trained(request, tmp_path_factory):
     seed = request.param
     root = tmp_path_factory.mktemp(f"demo-v0-{seed}")
@@ -125,6 +126,7 @@ def test_v0_has_learned_the_shortcut(trained):
     assert follows_patch >= 0.55
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_never_repeated(tmp_path, monkeypatch):
     make_demo_dataset(tmp_path / "dataset", 0)
     classes = ["circle", "square", "triangle"]

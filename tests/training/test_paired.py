@@ -233,6 +233,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_paired_training_ignores_the_spurious_patch(one_thread):
     plain_acc, plain_gap = evaluate(*train(paired=False))
     paired_acc, paired_gap = evaluate(*train(paired=True))

@@ -37,7 +37,8 @@ CLASSES = ["circle", "square", "triangle"]
 LABEL_CONFIG = render_config(CLASSES)
 CONFIG = parse_config(LABEL_CONFIG)
 TOKEN = LS_TOKEN  # the key FakeLabelStudio accepts
-FAST = {"epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu", "num_workers": 2}
+# mask propagation off except in the one test of the whole default job (it fits a net: a third of a small job)
+FAST = {"epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu", "num_workers": 2, "propagated_masks": "off"}
 POLICY = FetchPolicy.from_settings(Settings())
 
 
@@ -276,7 +277,7 @@ def test_train_project_in_rq_simple_worker(tmp_path, synthetic, redis_conn, monk
     with FakeLabelStudio(tasks, files, LABEL_CONFIG) as ls:
         # the pushed predictions come from the backend's own predict (with a prediction part on)
         _worker_env(monkeypatch, ls.url, tmp_path / "models", parts="saliency")
-        job, wall = _run_in_worker(redis_conn, {**FAST, "epochs": 3})
+        job, wall = _run_in_worker(redis_conn, {**FAST, "epochs": 3, "propagated_masks": "confident"})
         assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string if job.latest_result() else None
         result = job.return_value()
 

@@ -110,6 +110,7 @@ def detector_weights(tmp_path_factory):
 FAST = {"rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50, "box_detections_per_img": 5}
 
 
+@pytest.mark.slow  # two full-size Mask R-CNNs on the CPU
 @pytest.mark.parametrize("arch", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
 def test_real_maskrcnn_from_local_weights(detector_weights, arch):
     """A real torchvision Mask R-CNN, weights from a local file, permissive threshold: valid regions."""
@@ -133,6 +134,7 @@ def test_real_maskrcnn_from_local_weights(detector_weights, arch):
     assert len(part._names) == (91 if arch.endswith("fpn") else 4)
 
 
+@pytest.mark.slow  # builds full-size Mask R-CNN weights
 def test_detector_weights_that_do_not_fit_the_arch_are_refused(detector_weights, tmp_path):
     with pytest.raises(ValueError, match="does not fit maskrcnn_resnet50_fpn_v2"):
         load_detector(detector_weights["maskrcnn_resnet50_fpn"], "maskrcnn_resnet50_fpn_v2")

@@ -188,20 +188,10 @@ def fit(
     sharded = dist.active()
     net = dist.wrap(model, device)  # DDP under a process group, else ``model``
     optimizer = make_optimizer(model, opts)
-    if sharded:
-        total = math.ceil(math.ceil(len(train) / dist.world_size()) / dist.local_batch_size(opts.batch_size)) * opts.epochs
-    else:
-        total = epoch_batches(train.painted.cpu(), opts.batch_size, opts.painted_share) * opts.epochs
+    total = _total_steps(train, opts, sharded)
     scheduler = make_scheduler(optimizer, opts, total)
     norm = make_normalizer(mean, std)
-    rank = dist.rank()  # each rank draws its own noise and augmentation (rank 0: the single-process draws)
-    state: dict[str, Any] = {
-        "step": 0, "total": total, "t0": time.perf_counter(), "steps": [],
-        "shuffle_gen": torch.Generator().manual_seed(opts.seed),
-        "noise_gen": torch.Generator(device=device).manual_seed(opts.seed + 1 + 1000 * rank),
-    }
-    if rank:
-        state["aug_gen"] = torch.Generator().manual_seed(opts.seed + 2 + 1000 * rank)
+    state = _loop_state(opts, device, total)
     epochs: list[dict[str, Any]] = []
     progress.update(force=True, epoch=0, epochs=opts.epochs, step=0, total_steps=total, loss=None, eta_s=None)
     epoch = 0
@@ -227,6 +217,28 @@ def fit(
     selection = best.summary(epoch) if best is not None else BestEpoch(opts.epochs, 0).summary(epoch)
     return {"steps": state["steps"], "epochs": epochs, "total_steps": total,
             "seconds": time.perf_counter() - state["t0"], "options": opts.to_dict(), "selection": selection}
+
+
+def _total_steps(train: PairedDataset, opts: TrainOptions, sharded: bool) -> int:
+    """Optimizer steps of the whole run: a rank's shard in per-rank batches, or every unpainted image once
+    per epoch with the painted share on top (``training.sampling.epoch_batches``)."""
+    if sharded:
+        return math.ceil(math.ceil(len(train) / dist.world_size()) / dist.local_batch_size(opts.batch_size)) * opts.epochs
+    return epoch_batches(train.painted.cpu(), opts.batch_size, opts.painted_share) * opts.epochs
+
+
+def _loop_state(opts: TrainOptions, device: str, total: int) -> dict[str, Any]:
+    """The training loop's counters and random generators: each rank draws its own noise and augmentation
+    (rank 0: the single-process draws)."""
+    rank = dist.rank()
+    state: dict[str, Any] = {
+        "step": 0, "total": total, "t0": time.perf_counter(), "steps": [],
+        "shuffle_gen": torch.Generator().manual_seed(opts.seed),
+        "noise_gen": torch.Generator(device=device).manual_seed(opts.seed + 1 + 1000 * rank),
+    }
+    if rank:
+        state["aug_gen"] = torch.Generator().manual_seed(opts.seed + 2 + 1000 * rank)
+    return state
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, writer: Any, progress: Progress) -> None:

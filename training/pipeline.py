@@ -25,7 +25,7 @@ from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, ExportResult
 from training import distributed as dist
-from training import input_size, propagation, report
+from training import changes, input_size, propagation, report
 from training.checkpoints import (
     CheckpointMeta,
     CheckpointStore,
@@ -336,11 +336,13 @@ def run_pipeline(
     extra_config: dict | None = None,
     cache: ImageCache | None = None,
     source: VersionedSource | None = None,
+    saliency_method: str = "grad",
 ) -> PipelineResult:
     """Records -> new published version. ``summary`` keys: version, parent, published, arch,
     image_size, classes, init, device, metrics (parent/new/delta_accuracy), counts, history,
     timings, options (as used: no ``auto`` left), recipe (per chosen option ``[value, reason]``),
-    checkpoint, run_dir, curves, data (per split ``memory`` or ``stream``; ``cache``: its counts).
+    checkpoint, run_dir, curves, data (per split ``memory`` or ``stream``; ``cache``: its counts), changes
+    and attention (``training.changes.compare_versions``, with ``saliency_method``'s maps).
 
     ``cache``: images go through this on-disk cache, fetched with ``source`` (the worker's
     ``ImageFetcher.fetch_versioned``; default ``load_image``, always fetched), and a split larger than
@@ -362,7 +364,6 @@ def run_pipeline(
     log.info("recipe: %s", "; ".join(f"{k}={v[0]} ({v[1]})" for k, v in recipe.reasons.items()))
 
     parent_metrics = _eval_parent(parent, classes, splits, device, main, progress, timings)
-    parent = None  # release
     history, run_dir = _train(store, version, start, train_fit, splits, opts, device, progress, parent_version,
                               extra_config, main, timings)
     if not main:  # rank 0 evaluates, saves, publishes and reports; wait until it has
@@ -384,6 +385,10 @@ def run_pipeline(
     if cache is not None:  # keep the cache within its bound (entries of running jobs are spared)
         data["cache"]["pruned"] = cache.prune()[0]
     _log_outcome(store, version, parent_version, held_back, parent_metrics, new_metrics)
+    t = time.perf_counter()
+    compared = changes.compare_versions(parent, changes.Looker.of(start.model, start.mean, start.std, start.image_size,
+                                        saliency_method, device), splits, train_fit, classes, run_dir)
+    timings["compare"] = time.perf_counter() - t
 
     summary = {
         "version": version, "parent": parent_version, "published": held_back is None,
@@ -395,7 +400,7 @@ def run_pipeline(
         "counts": counts, "history": history["epochs"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
-        "data": data, "decisions": decisions(decision, history),
+        "data": data, "decisions": decisions(decision, history), **compared,
     }
     _write_report(store, summary, start, opts, history, parent_metrics, run_dir)
     if dist.active():

@@ -307,7 +307,8 @@ def _write_report(store: CheckpointStore, summary: dict[str, Any], start: StartM
     ``summary["curves"]`` and the time taken."""
     t = time.perf_counter()
     version, parent_version = summary["version"], summary["parent"]
-    title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"
+    title = (f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam} {opts.align.upper()} "
+             f"alignment, {opts.noise_mode} fill)")
     try:
         baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
         png = report.save_curves(history, run_dir / "curves.png", title, baseline, align=opts.align)

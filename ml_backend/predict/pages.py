@@ -13,7 +13,7 @@ STYLE = ("body{font:13px/1.45 system-ui,sans-serif;margin:.4em;color:#222}"
          "table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
          "th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.neg{color:#b00}.pos{color:#070}"
          ".note{color:#666;font-size:12px}.thumbs{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0}"
-         "figcaption{font-size:12px}figure img{width:288px;image-rendering:pixelated}details{margin:.4em 0}")
+         "figcaption{font-size:12px}figure img{width:288px;image-rendering:pixelated}details{margin:.4em 0}td.text{text-align:left}")
 
 
 @dataclass
@@ -45,9 +45,10 @@ def _rows(items: list[Neighbour]) -> str:
 
 
 def html_page(title: str, body: str) -> str:
-    """A whole page: ``body`` under the shared style (``body`` is already escaped HTML)."""
+    """A whole page: ``body`` under the shared style (``body`` is already escaped HTML). An empty icon, so a
+    browser opening the page on its own asks for no ``/favicon.ico`` (a 404 in its console)."""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+            f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body>{body}</body></html>')
 
 
 def _report_link(version: str, report_url: str | None) -> str:

@@ -30,7 +30,7 @@ def decisions_table(summary: dict[str, Any]) -> str:
     decisions = summary.get("decisions") or {}
     rows = "".join(
         f"<tr><td>{escape(DECISION_NAMES[k])}</td><td>{escape(str((d or {}).get('split') or 'nothing (no val split)'))}"
-        f"</td><td>{escape(str((d or {}).get('note', '')))}</td></tr>"
+        f"</td><td class=text>{escape(str((d or {}).get('note', '')))}</td></tr>"
         for k, d in ((k, decisions.get(k)) for k in DECISION_NAMES) if isinstance(d, dict))
     if not rows:
         return ""
@@ -103,7 +103,8 @@ def recipe_section(summary: dict[str, Any]) -> str:
     line = ", ".join(f"{k} {number(options[k])}" for k in RECIPE_KEYS if options.get(k) is not None)
     rows = "".join(
         f"<tr><td>{escape(str(k))}</td><td>{number(options[k])}</td>"
-        f"<td>{escape(str(reasons[k][1]) if isinstance(reasons.get(k), list) and len(reasons[k]) > 1 else '')}</td></tr>"
+        f"<td class=text>{escape(str(reasons[k][1]) if isinstance(reasons.get(k), list) and len(reasons[k]) > 1 else '')}"
+        "</td></tr>"
         for k in sorted(options))
     return (f"<p>Recipe: {escape(str(summary.get('arch', '')))} · {line}</p>"
             f"<details><summary>all options</summary><table><tr><th>option</th><th>value</th><th>why</th></tr>"

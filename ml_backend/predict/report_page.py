@@ -67,9 +67,12 @@ def changes_section(summary: dict[str, Any]) -> str:
              f"({method} saliency, each for its own predicted class).</span></p>")
     shown = changes.get("shown") or {}
     for kind in ("fixed", "broken"):
-        figures = "".join(_figure(v, parent, kind, row) for row in (shown.get(kind) or []))
+        rows = shown.get(kind) or []
+        figures = "".join(_figure(v, parent, kind, row) for row in rows)
         if figures:
-            body += f'<p><b>{kind}</b></p><div class="thumbs" id="{kind}">{figures}</div>'
+            more = (f" <span class=note>(the {len(rows)} largest changes of the true class's probability of "
+                    f"{number(changes.get(kind))})</span>" if len(rows) != changes.get(kind) else "")
+            body += f'<p><b>{kind}</b>{more}</p><div class="thumbs" id="{kind}">{figures}</div>'
     return body
 
 

@@ -35,7 +35,7 @@ SUMMARY = {
 
 def test_the_page_shows_what_changed_and_the_attention_before_and_after():
     html = report_page(SUMMARY, ["v0", "v1"], curves=True)
-    assert "What changed" in html and "fixed 17" in html and "broke 1" in html
+    assert "What changed" in html and "fixed 17" in html and "broke 1" in html and "the 1 largest changes" in html
     assert '<img src="v1/changes/fixed-00.png"' in html and '<img src="v1/changes/broken-00.png"' in html
     assert "true <b>circle</b> · v0: <span class=\"neg\">square</span> → v1: <span class=\"pos\">circle</span>" in html
     assert "Attention on spurious pixels" in html and '<table id="attention">' in html
@@ -43,7 +43,7 @@ def test_the_page_shows_what_changed_and_the_attention_before_and_after():
     assert "<td><b>all</b></td><td>50.0%</td><td>4.0%</td>" in html
     # a short recipe line; every option, with the recipe's reason, folded away (not a raw dump)
     assert "Recipe: tiny-cnn · mode finetune, epochs 20, lr 0.001, align kl" in html
-    assert "<details><summary>all options</summary>" in html and "<td>about 600 steps</td>" in html
+    assert "<details><summary>all options</summary>" in html and "<td class=text>about 600 steps</td>" in html
     assert "curves.png" in html and '<a href="v0">v0</a>' in html
 
 

@@ -339,16 +339,13 @@ def run_pipeline(
     source: VersionedSource | None = None,
     saliency_method: str = "grad",
 ) -> PipelineResult:
-    """Records -> new published version. ``summary`` keys: version, parent, published, arch,
-    image_size, classes, init, device, metrics (parent/new/delta_accuracy), counts, history,
-    timings, options (as used: no ``auto`` left), recipe (per chosen option ``[value, reason]``),
-    checkpoint, run_dir, curves, data (per split ``memory`` or ``stream``; ``cache``: its counts), changes
-    and attention (``training.changes.compare_versions``, with ``saliency_method``'s maps).
-
-    ``cache``: images go through this on-disk cache, fetched with ``source`` (the worker's
-    ``ImageFetcher.fetch_versioned``; default ``load_image``, always fetched), and a split larger than
-    ``opts.memory_budget`` streams from it (``training.dataset.load_splits``); the cache is pruned to its
-    bound after training."""
+    """Records -> new published version. ``summary`` keys: version, parent, published, arch, image_size,
+    classes, init, device, metrics (parent/new/delta_accuracy), counts, history, timings, options (as used:
+    no ``auto`` left), recipe (per chosen option ``[value, reason]``), checkpoint, run_dir, curves, data (per
+    split ``memory`` or ``stream``; ``cache``: its counts), changes and attention (``training.changes``,
+    with ``saliency_method``'s maps). ``cache``: images go through this on-disk cache, fetched with
+    ``source`` (the worker's ``ImageFetcher.fetch_versioned``; default ``load_image``, always fetched), and a
+    split larger than ``opts.memory_budget`` streams from it (``load_splits``); pruned after training."""
     progress = progress or Progress()
     device = opts.torch_device()
     timings: dict[str, float] = {}

@@ -25,7 +25,7 @@ from torch import nn
 
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, ExportResult
 from training import distributed as dist
-from training import input_size, propagation, report
+from training import changes, input_size, propagation, report
 from training.checkpoints import (
     CheckpointMeta,
     CheckpointStore,
@@ -307,7 +307,8 @@ def _write_report(store: CheckpointStore, summary: dict[str, Any], start: StartM
     ``summary["curves"]`` and the time taken."""
     t = time.perf_counter()
     version, parent_version = summary["version"], summary["parent"]
-    title = f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam}, {opts.noise_mode})"
+    title = (f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam} {opts.align.upper()} "
+             f"alignment, {opts.noise_mode} fill)")
     try:
         baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
         png = report.save_curves(history, run_dir / "curves.png", title, baseline, align=opts.align)
@@ -336,16 +337,15 @@ def run_pipeline(
     extra_config: dict | None = None,
     cache: ImageCache | None = None,
     source: VersionedSource | None = None,
+    saliency_method: str = "grad",
 ) -> PipelineResult:
-    """Records -> new published version. ``summary`` keys: version, parent, published, arch,
-    image_size, classes, init, device, metrics (parent/new/delta_accuracy), counts, history,
-    timings, options (as used: no ``auto`` left), recipe (per chosen option ``[value, reason]``),
-    checkpoint, run_dir, curves, data (per split ``memory`` or ``stream``; ``cache``: its counts).
-
-    ``cache``: images go through this on-disk cache, fetched with ``source`` (the worker's
-    ``ImageFetcher.fetch_versioned``; default ``load_image``, always fetched), and a split larger than
-    ``opts.memory_budget`` streams from it (``training.dataset.load_splits``); the cache is pruned to its
-    bound after training."""
+    """Records -> new published version. ``summary`` keys: version, parent, published, arch, image_size,
+    classes, init, device, metrics (parent/new/delta_accuracy), counts, history, timings, options (as used:
+    no ``auto`` left), recipe (per chosen option ``[value, reason]``), checkpoint, run_dir, curves, data (per
+    split ``memory`` or ``stream``; ``cache``: its counts), changes and attention (``training.changes``,
+    with ``saliency_method``'s maps). ``cache``: images go through this on-disk cache, fetched with
+    ``source`` (the worker's ``ImageFetcher.fetch_versioned``; default ``load_image``, always fetched), and a
+    split larger than ``opts.memory_budget`` streams from it (``load_splits``); pruned after training."""
     progress = progress or Progress()
     device = opts.torch_device()
     timings: dict[str, float] = {}
@@ -362,7 +362,6 @@ def run_pipeline(
     log.info("recipe: %s", "; ".join(f"{k}={v[0]} ({v[1]})" for k, v in recipe.reasons.items()))
 
     parent_metrics = _eval_parent(parent, classes, splits, device, main, progress, timings)
-    parent = None  # release
     history, run_dir = _train(store, version, start, train_fit, splits, opts, device, progress, parent_version,
                               extra_config, main, timings)
     if not main:  # rank 0 evaluates, saves, publishes and reports; wait until it has
@@ -384,6 +383,10 @@ def run_pipeline(
     if cache is not None:  # keep the cache within its bound (entries of running jobs are spared)
         data["cache"]["pruned"] = cache.prune()[0]
     _log_outcome(store, version, parent_version, held_back, parent_metrics, new_metrics)
+    t = time.perf_counter()
+    compared = changes.compare_versions(parent, changes.Looker.of(start.model, start.mean, start.std, start.image_size,
+                                        saliency_method, device), splits, train_fit, classes, run_dir)
+    timings["compare"] = time.perf_counter() - t
 
     summary = {
         "version": version, "parent": parent_version, "published": held_back is None,
@@ -395,7 +398,7 @@ def run_pipeline(
         "counts": counts, "history": history["epochs"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
-        "data": data, "decisions": decisions(decision, history),
+        "data": data, "decisions": decisions(decision, history), **compared,
     }
     _write_report(store, summary, start, opts, history, parent_metrics, run_dir)
     if dist.active():

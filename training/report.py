@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def save_curves(history: dict[str, Any], path: Path, title: str = "", baseline: dict[str, float] | None = None,
-                align: str = "l2") -> Path | None:
+                align: str = "kl") -> Path | None:
     """PNG of the training loss per step and the accuracies per epoch (matplotlib Agg).
 
     ``baseline`` (split -> parent accuracy) is drawn at epoch 0; ``align`` names the alignment term in the

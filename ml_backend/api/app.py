@@ -390,6 +390,8 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
                       response_class=Response, responses=route_responses(html, 404, 422))
     app.add_api_route("/report/{project_id}/{version}/curves.png", views.report_curves, methods=["GET", "HEAD"],
                       response_class=Response, responses=route_responses(png, 404, 422))
+    app.add_api_route("/report/{project_id}/{version}/changes/{name}", views.report_change, methods=["GET", "HEAD"],
+                      response_class=Response, responses=route_responses(png, 404, 422))
     app.openapi = with_components(app)
     app.add_exception_handler(PayloadError, on_payload_error)
     app.add_exception_handler(ClassMismatchError, on_class_mismatch)

@@ -1,6 +1,7 @@
 """What the browser loads from the backend, always for the served version: a task's saliency heatmap
 (``GET /saliency/{project}/{key}``), its influence or suspicion page (``GET /influence/{project}/{key}``)
-and a version's training report (``GET /report/{project}/{version}`` and its ``curves.png``).
+and a version's training report (``GET /report/{project}/{version}``, its ``curves.png`` and its fixed/broken
+pictures ``changes/<name>``).
 
 Project ids outside the range ``/setup`` accepts are 404 (never a file name from an arbitrary string);
 task keys are hashed into file names (``ml_backend.predict.task_files``); versions must be ``v<N>``. A heatmap
@@ -23,9 +24,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from ml_backend.predict.heatmaps import HeatmapCache
 from ml_backend.predict.lazy_views import make_views
-from ml_backend.predict.pages import pending_page, report_page
+from ml_backend.predict.pages import pending_page
+from ml_backend.predict.report_page import report_page
 from ml_backend.predict.task_files import InfluencePages
 from ml_backend.api.validation import MAX_PROJECT_ID
+from training.changes import CHANGES_DIR, FILE_NAME
 from training.checkpoints import CheckpointStore, version_number
 
 VERSION_HEADER = "X-Robustar-Model-Version"
@@ -130,4 +133,14 @@ def report_html(request: Request, project_id: str, version: str):
 
 def report_curves(request: Request, project_id: str, version: str):
     found = _run_file(request, project_id, version, "curves.png")
+    return found if isinstance(found, JSONResponse) else FileResponse(found, media_type="image/png")
+
+
+def report_change(request: Request, project_id: str, version: str, name: str):
+    """A fixed or broken test image's side-by-side picture (``runs/vN/changes/<name>``; ``name`` must be one
+    ``training.changes`` writes: ``fixed-NN.png`` or ``broken-NN.png``, never a path)."""
+    if not FILE_NAME.fullmatch(name):
+        return JSONResponse({"status": "error", "message": f"no picture {name[:40]!r}: names are fixed-NN.png or "
+                             "broken-NN.png"}, status_code=404)
+    found = _run_file(request, project_id, version, f"{CHANGES_DIR}/{name}")
     return found if isinstance(found, JSONResponse) else FileResponse(found, media_type="image/png")

@@ -202,7 +202,8 @@ def train_tasks(settings: Settings, store: CheckpointStore, project_id: int, lab
                     "until the pin is removed", settings.pinned_version)
     result = run_pipeline(store, config.classes, export, opts, fetcher.fetch, model_defaults(settings), progress,
                           extra_config={"project_id": project_id, "job_id": progress.job_id},
-                          cache=image_cache(settings, project_id), source=fetcher.fetch_versioned)
+                          cache=image_cache(settings, project_id), source=fetcher.fetch_versioned,
+                          saliency_method=settings.saliency_method)
     summary = result.summary
     if summary.get("rank", 0):  # a rank other than 0 under torchrun: rank 0 does the rest
         return summary

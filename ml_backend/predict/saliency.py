@@ -1,12 +1,8 @@
 """Saliency part: where the served model looks, as a "Model attention" brush region and a heatmap PNG.
 
-Methods (captum, on the served classifier, for the predicted class):
-
-- ``grad``: vanilla gradient, |d logit / d pixel| summed over the colour channels;
-- ``max_grad``: Robustar's "max gradient": |gradient| maxed over the colour channels;
-- ``ig``: integrated gradients from a black image (``SALIENCY_IG_STEPS`` steps), |attribution|
-  summed over channels;
-- ``gradcam``: Grad-CAM on the last convolutional block (ReLU'd, bilinearly upsampled).
+Methods (``SALIENCY_METHOD``; captum, on the served classifier, for the predicted class): those of
+``training.saliency`` (``grad``, ``max_grad``, ``ig`` with ``SALIENCY_IG_STEPS`` steps, ``gradcam``), the one
+implementation the training report uses too.
 
 Maps are computed for the whole batch at the model's input size, resized to each task image's
 decoded size (at most ``PREDICT_MAX_SIDE``: ``decode_image`` downscaled it), then (a) the top
@@ -17,7 +13,6 @@ PNG at the decoded size is cached for ``GET /saliency/<project>/<key>``.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -32,73 +27,11 @@ from label_config.render import ATTENTION_LABEL
 from ml_backend.predict.heatmaps import HeatmapCache, overlay_png, task_key
 from ml_backend.predict.parts import PartOutput, PredictContext
 from training.images import normalize, original_size, to_batch
+from training.saliency import METHODS, attribution_copy, saliency_maps
+
+__all__ = ["METHODS", "SaliencyPart", "resize_map", "saliency_maps", "top_q_mask"]
 
 log = logging.getLogger(__name__)
-
-METHODS = ("grad", "max_grad", "ig", "gradcam")
-
-
-def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The module whose output is the last convolutional feature map (ResNet ``layer4``, ``features``, …)."""
-    for name in ("layer4", "features"):
-        layer = getattr(model, name, None)
-        if isinstance(layer, nn.Module):
-            return layer
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"Grad-CAM needs a convolutional layer; {type(model).__name__} has none")
-    return convs[-1]
-
-
-def _no_inplace(model: nn.Module):
-    """Temporarily turn in-place ReLUs off (captum's layer/input hooks and in-place ops do not mix)."""
-    changed = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6)) and m.inplace]
-    for m in changed:
-        m.inplace = False
-    return changed
-
-
-def saliency_maps(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    method: str = "grad",
-    ig_steps: int = 16,
-    baseline: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Non-negative saliency maps ``N x S x S`` (at the input size) of normalised inputs ``x`` for ``target``."""
-    from captum.attr import (
-        IntegratedGradients,
-        LayerAttribution,
-        LayerGradCam,
-        Saliency,
-    )
-
-    if method not in METHODS:
-        raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
-    x = x.detach().clone().requires_grad_(True)
-    target = target.to(x.device)
-    changed = _no_inplace(model)
-    try:
-        with torch.enable_grad():
-            if method in ("grad", "max_grad"):
-                attr = Saliency(model).attribute(x, target=target, abs=True)
-                out = attr.amax(dim=1) if method == "max_grad" else attr.sum(dim=1)
-            elif method == "ig":
-                base = baseline if baseline is not None else torch.zeros_like(x)
-                attr = IntegratedGradients(model).attribute(
-                    x, baselines=base.expand_as(x), target=target, n_steps=ig_steps,
-                    internal_batch_size=max(x.shape[0], 64),  # bounds memory: 64 interpolated images per pass
-                )
-                out = attr.abs().sum(dim=1)
-            else:
-                cam = LayerGradCam(model, gradcam_layer(model)).attribute(x, target=target, relu_attributions=True)
-                out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
-                out = out.clamp_min(0)
-    finally:
-        for m in changed:
-            m.inplace = True
-    return out.detach().float()
 
 
 def resize_map(saliency: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -149,10 +82,7 @@ class SaliencyPart:
         the model other request threads classify with; its weights need no gradients)."""
         cached = self._models.get(project_id)
         if cached is None or cached[0] is not model:
-            clone = copy.deepcopy(model).eval()
-            for p in clone.parameters():
-                p.requires_grad_(False)
-            self._models[project_id] = cached = (model, clone)
+            self._models[project_id] = cached = (model, attribution_copy(model))
         return cached[1]
 
     def maps(self, ctx: PredictContext) -> list[np.ndarray]:

@@ -314,6 +314,7 @@ def test_the_new_versions_report_is_one_click_from_a_task(logged_in, stack, loop
     shot(report, f"report-{new}")
     assert f"/report/{stack.project_id}/{new}" in report.url
     assert "Δ accuracy" in text and "test" in text and "Training images used" in text, text[:500]
+    assert "What changed" in text and "Attention on spurious pixels" in text, text[:800]  # issue 23
     assert curves_width > 0, "the training curves image did not load"
     report.close()
 

@@ -99,6 +99,16 @@ def test_records_to_published_version(tmp_path, synthetic):
     assert run == store.root / "runs" / "v1"
     assert list(run.glob("events.out.tfevents.*")) and (run / "curves.png").stat().st_size > 1000
     assert json.loads((run / "summary.json").read_text())["version"] == "v1"
+    # issue 23: what v1 changed against v0 on test, with pictures beside the report, and the attention share
+    changes, attention = summary["changes"], summary["attention"]
+    assert changes["split"] == "test" and changes["method"] == settings.saliency_method
+    assert changes["fixed"] >= len(changes["shown"]["fixed"]) and changes["broken"] >= len(changes["shown"]["broken"])
+    for row in changes["shown"]["fixed"] + changes["shown"]["broken"]:
+        assert set(row) == {"task", "true", "parent", "new", "image"} and (run / row["image"]).stat().st_size > 100
+    assert attention["painted"] == 18 and attention["measured"] == attention["masked"] >= 18
+    assert set(attention["classes"]) == set(CLASSES) and attention["overall"]["images"] == attention["measured"]
+    assert all(0.0 <= attention["overall"][k] <= 1.0 for k in ("before", "after", "area"))
+    assert "compare" in summary["timings"]
 
     # a loaded v1 predicts like the trained model did
     model, _ = store.load("v1")

@@ -67,3 +67,10 @@ def gate(new: dict[str, Any], parent: dict[str, Any], max_drop: float) -> GateDe
     note = (f"gated on {VAL_SPLIT} ({n} images): {old:.3f} -> {acc:.3f}; "
             f"{'held back' if held else 'published'}; {TEST_SPLIT} is reported, not used to decide")
     return GateDecision(held, note, VAL_SPLIT)
+
+
+def decisions(decision, history: dict[str, Any]) -> dict[str, Any]:
+    """Which split decided what (the job result, the model card and the report page show it): the
+    publish gate and the kept epoch on val; test is only reported. The suspicion ranking is added by
+    the job when it builds the influence index."""
+    return {"gate": decision.to_dict(), "epoch": history.get("selection"), "reported": TEST_SPLIT}

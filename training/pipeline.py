@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, ExportResult
+from label_config.export import TRAIN_SPLIT, VAL_SPLIT, ExportResult
 from training import distributed as dist
 from training import changes, input_size, propagation, report
 from training.checkpoints import (
@@ -34,7 +34,7 @@ from training.checkpoints import (
 )
 from training.dataset import PairedDataset, load_splits
 from training.engine import evaluate_splits, fit
-from training.gate import gate
+from training.gate import decisions, gate
 from training.image_cache import ImageCache, VersionedSource
 from training.images import ImageSource
 from training.input_size import InputSize
@@ -301,31 +301,6 @@ def _log_outcome(store: CheckpointStore, version: str, parent_version: str, held
                        f" -> {m['accuracy']}" for s, m in new_metrics.items()))
 
 
-def _write_report(store: CheckpointStore, summary: dict[str, Any], start: StartModel, opts: TrainOptions,
-                  history: dict[str, Any], parent_metrics: dict[str, Any], run_dir: Path) -> None:
-    """``curves.png`` and ``summary.json`` under ``run_dir`` (a failure is logged, never raised); records
-    ``summary["curves"]`` and the time taken."""
-    t = time.perf_counter()
-    version, parent_version = summary["version"], summary["parent"]
-    title = (f"{store.root.name} {version} (from {parent_version}, {start.arch}, λ={opts.lam} {opts.align.upper()} "
-             f"alignment, {opts.noise_mode} fill)")
-    try:
-        baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
-        png = report.save_curves(history, run_dir / "curves.png", title, baseline, align=opts.align)
-        summary["curves"] = str(png) if png else None
-        report.write_summary(run_dir, summary)
-    except Exception as e:  # reporting must not fail a published version
-        log.warning("could not write curves/summary under %s: %s", run_dir, e)
-    summary["timings"]["report"] = round(time.perf_counter() - t, 3)
-
-
-def decisions(decision, history: dict[str, Any]) -> dict[str, Any]:
-    """Which split decided what (the job result, the model card and the report page show it): the
-    publish gate and the kept epoch on val; test is only reported. The suspicion ranking is added by
-    the job when it builds the influence index."""
-    return {"gate": decision.to_dict(), "epoch": history.get("selection"), "reported": TEST_SPLIT}
-
-
 def run_pipeline(
     store: CheckpointStore,
     classes: list[str],
@@ -400,7 +375,7 @@ def run_pipeline(
         "options": opts.to_dict(), "recipe": recipe.reasons, "checkpoint": str(path), "run_dir": str(run_dir),
         "data": data, "decisions": decisions(decision, history), **compared,
     }
-    _write_report(store, summary, start, opts, history, parent_metrics, run_dir)
+    report.write_version_report(store.root.name, summary, start.arch, opts, history, parent_metrics, run_dir)
     if dist.active():
         summary["world_size"] = dist.world_size()
         dist.barrier()  # the checkpoint and the report are there: the other ranks may return

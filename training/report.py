@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,21 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     path = run_dir / "summary.json"
     path.write_text(json.dumps(jsonable(summary), indent=1))
     return path
+
+
+def write_version_report(project: str, summary: dict[str, Any], arch: str, opts: Any,
+                         history: dict[str, Any], parent_metrics: dict[str, Any], run_dir: Path) -> None:
+    """A version's ``curves.png`` and ``summary.json`` under ``run_dir`` (a failure is logged, never raised); records
+    ``summary["curves"]`` and the time taken."""
+    t = time.perf_counter()
+    version, parent_version = summary["version"], summary["parent"]
+    title = (f"{project} {version} (from {parent_version}, {arch}, λ={opts.lam} {opts.align.upper()} "
+             f"alignment, {opts.noise_mode} fill)")
+    try:
+        baseline = {k: v.get("accuracy") for k, v in parent_metrics.items() if isinstance(v, dict)}
+        png = save_curves(history, run_dir / "curves.png", title, baseline, align=opts.align)
+        summary["curves"] = str(png) if png else None
+        write_summary(run_dir, summary)
+    except Exception as e:  # reporting must not fail a published version
+        log.warning("could not write curves/summary under %s: %s", run_dir, e)
+    summary["timings"]["report"] = round(time.perf_counter() - t, 3)

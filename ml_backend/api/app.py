@@ -20,7 +20,7 @@ import weakref
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -360,7 +360,6 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
     # an explicit response class (not only the default) keeps FastAPI off its pydantic fast path, whose
     # encoder raises on what SafeJSONResponse escapes
     body_errors = (400, 408, 413, 415)
-    png, html = {"image/png": {"schema": {"type": "string", "format": "binary"}}}, {"text/html": {"schema": {"type": "string"}}}
     app.add_api_route("/health", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse,
                       responses=route_responses({"application/json": {"schema": {"type": "object"}}}))
     app.add_api_route("/", health, methods=["GET", "HEAD"], response_class=SafeJSONResponse,
@@ -382,16 +381,7 @@ def create_app(settings: Settings | None = None, parts: list[PredictionPart] | N
                                                 *body_errors, 410, 503))
     app.add_api_route("/metrics", prometheus, methods=["GET", "HEAD"], response_class=PlainTextResponse,
                       responses=route_responses({"text/plain": {"schema": {"type": "string"}}}))
-    app.add_api_route("/saliency/{project_id}/{key:path}", views.saliency_png, methods=["GET", "HEAD"],
-                      response_class=Response, responses=route_responses(png, 404, 422))
-    app.add_api_route("/influence/{project_id}/{key:path}", views.influence_html, methods=["GET", "HEAD"],
-                      response_class=Response, responses=route_responses(html, 404, 422))
-    app.add_api_route("/report/{project_id}/{version}", views.report_html, methods=["GET", "HEAD"],
-                      response_class=Response, responses=route_responses(html, 404, 422))
-    app.add_api_route("/report/{project_id}/{version}/curves.png", views.report_curves, methods=["GET", "HEAD"],
-                      response_class=Response, responses=route_responses(png, 404, 422))
-    app.add_api_route("/report/{project_id}/{version}/changes/{name}", views.report_change, methods=["GET", "HEAD"],
-                      response_class=Response, responses=route_responses(png, 404, 422))
+    views.add_routes(app)
     app.openapi = with_components(app)
     app.add_exception_handler(PayloadError, on_payload_error)
     app.add_exception_handler(ClassMismatchError, on_class_mismatch)

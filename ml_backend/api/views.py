@@ -19,14 +19,15 @@ import asyncio
 import json
 from pathlib import Path
 
-from fastapi import Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from ml_backend.predict.heatmaps import HeatmapCache
 from ml_backend.predict.lazy_views import make_views
 from ml_backend.predict.pages import pending_page
 from ml_backend.predict.report_page import report_page
 from ml_backend.predict.task_files import InfluencePages
+from ml_backend.api.openapi import route_responses
 from ml_backend.api.validation import MAX_PROJECT_ID
 from training.changes import CHANGES_DIR, FILE_NAME
 from training.checkpoints import CheckpointStore, version_number
@@ -144,3 +145,20 @@ def report_change(request: Request, project_id: str, version: str, name: str):
                              "broken-NN.png"}, status_code=404)
     found = _run_file(request, project_id, version, f"{CHANGES_DIR}/{name}")
     return found if isinstance(found, JSONResponse) else FileResponse(found, media_type="image/png")
+
+
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def add_routes(app: FastAPI) -> None:
+    """The browser's routes: heatmaps, influence pages, a version's report and its pictures."""
+    for path, view, media in (
+        ("/saliency/{project_id}/{key:path}", saliency_png, PNG),
+        ("/influence/{project_id}/{key:path}", influence_html, HTML),
+        ("/report/{project_id}/{version}", report_html, HTML),
+        ("/report/{project_id}/{version}/curves.png", report_curves, PNG),
+        ("/report/{project_id}/{version}/changes/{name}", report_change, PNG),
+    ):
+        app.add_api_route(path, view, methods=["GET", "HEAD"], response_class=Response,
+                          responses=route_responses(media, 404, 422))

@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--strokes", action="store_true", help="rough-stroke rows: exact, rough and snapped masks")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.strokes:
+    if args.strokes:  # one thread, as the job fits the net: on shared cores more threads only wait on each other
+        torch.set_num_threads(1)
         print_stroke_rows(args.kinds.split(","), args.n, args.size, [int(p) for p in args.painted.split(",")],
                           args.seeds)
         return

@@ -10,7 +10,6 @@ from xml.sax.saxutils import quoteattr
 IMAGE_OBJECT = "image"
 SALIENCY_OBJECT = "saliency"
 SPURIOUS_CONTROL = "spurious"
-WAND_LABEL_CONTROL = "spurious_wand"  # the <Labels> next to <MagicWand>: labels wand regions Spurious as drawn
 SPURIOUS_LABEL = "Spurious"
 ATTENTION_CONTROL = "attention"
 ATTENTION_LABEL = "Model attention"

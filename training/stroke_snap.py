@@ -9,13 +9,15 @@ graph cut):
 2. the *region* histogram comes from the stroke's core: its deepest ``CORE_SHARE`` of pixels (depth =
    distance to the stroke's edge; the image border is no edge), where spill, a band along the stroke's
    edge, is rare;
-3. the *rest* histogram comes from every pixel outside the current region (first: outside the stroke);
+3. the *other* histogram comes from every pixel outside the current region (first: outside the stroke),
+   less the region's own histogram times the share of it the rest still holds (``unmix_share``: the
+   uncovered part of the region is there too);
 4. a pixel belongs to the region where its colour is likelier under the region's histogram than under the
-   rest's (log-ratio clamped to +-``CLAMP``, summed over its 3 x 3 neighbourhood with its own counting
+   other's (log-ratio clamped to +-``CLAMP``, summed over its 3 x 3 neighbourhood with its own counting
    ``CENTRE_WEIGHT`` times, so lone pixels follow their neighbours), and only if connected
    (8-neighbourhood) to the stroke's core;
-5. steps 3-4 repeat ``iterations`` times: the uncovered part of the region leaves the rest histogram, which
-   sharpens the next decision.
+5. steps 3-4 repeat ``iterations`` times: the uncovered part of the region leaves the rest, which sharpens
+   the next decision.
 
 A stroke with (nearly) no pixels, or (nearly) all, or whose snapped region comes out empty, is kept as
 painted. Pure torch; images ``uint8 [3, H, W]``, masks ``bool [H, W]``.

@@ -6,6 +6,14 @@ patch) — and the seconds the fit takes (it dominates small jobs).
 
 Rows: kind, painted images, augmentation (``flip``: mirrored images and masks, ``none``), median IoU over
 the unpainted images (mean over seeds), fit seconds. Targets: >= 0.7 on the demo's patch, >= 0.8 per kind.
+
+    python -m benchmarks.bench_proposals --strokes [--painted 5] [--seeds 2]
+
+Rough-stroke rows (issue 23): the painted masks are simulated rough strokes (``devkit.rough_strokes``:
+31-64 % of the region covered, a 3-6 px spill outside it), as painted (``rough``), snapped to the region
+they cover (``snapped``, ``training.stroke_snap``) or exact (``exact``). Columns: median IoU of those masks
+against the true ones (over ``STROKE_SAMPLE`` images), median IoU of the mask net's proposals fitted to
+them (over the unpainted images), fit seconds; each the mean over seeds.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import time
 import numpy as np
 import torch
 
+from devkit.rough_strokes import rough_strokes
 from training import propagation
+from training.stroke_snap import snap_masks
 from training.synthetic import KINDS, render_sample
 
 CLASSES = ("circle", "square", "triangle")
+STROKE_SAMPLE = 60  # images whose simulated strokes are scored against the true masks
 
 
 def dataset(kind: str, n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +58,35 @@ def median_iou(kind: str, n: int, size: int, painted: int, seed: int, flip: bool
     return float(propagation.iou(proposal.masks, m[painted:]).median()), fit_s
 
 
+def stroke_rows(kind: str, n: int, size: int, painted: int, seed: int) -> dict[str, tuple[float, float, float]]:
+    """Per painted-mask source (``exact``, ``rough``, ``snapped``): (median IoU of those masks vs the true ones,
+    median IoU of the proposals fitted to them, fit seconds)."""
+    x, m = dataset(kind, n, size, seed)
+    k = max(painted, min(STROKE_SAMPLE, n))
+    rough = rough_strokes(m[:k], seed)
+    sources = {"exact": m[:k], "rough": rough, "snapped": snap_masks(x[:k], rough)}
+    out = {}
+    for name, masks in sources.items():
+        t = time.perf_counter()
+        net = propagation.train_mask_net(x[:painted], masks[:painted], seed=seed)
+        fit_s = time.perf_counter() - t
+        proposal = propagation.predict_masks(net, x[painted:])
+        out[name] = (float(propagation.iou(masks, m[:k]).median()),
+                     float(propagation.iou(proposal.masks, m[painted:]).median()), fit_s)
+    return out
+
+
+def print_stroke_rows(kinds: list[str], n: int, size: int, painted_counts: list[int], seeds: int) -> None:
+    print(f"{'kind':>10} {'painted':>7} {'masks':>7} {'mask IoU':>8} {'proposal IoU':>12} {'fit s':>6}")
+    for kind in kinds:
+        for painted in painted_counts:
+            runs = [stroke_rows(kind, n, size, painted, seed) for seed in range(seeds)]
+            for name in runs[0]:
+                print(f"{kind:>10} {painted:>7} {name:>7} {statistics.mean(r[name][0] for r in runs):8.3f} "
+                      f"{statistics.mean(r[name][1] for r in runs):12.3f} "
+                      f"{statistics.mean(r[name][2] for r in runs):6.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64)
@@ -54,8 +94,14 @@ def main() -> None:
     parser.add_argument("--painted", default="3,5,10")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--strokes", action="store_true", help="rough-stroke rows: exact, rough and snapped masks")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.strokes:  # one thread, as the job fits the net: on shared cores more threads only wait on each other
+        torch.set_num_threads(1)
+        print_stroke_rows(args.kinds.split(","), args.n, args.size, [int(p) for p in args.painted.split(",")],
+                          args.seeds)
+        return
     print(f"{'kind':>10} {'painted':>7} {'augment':>7} {'median IoU':>10} {'fit s':>6}")
     for kind in args.kinds.split(","):
         for painted in (int(p) for p in args.painted.split(",")):

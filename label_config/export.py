@@ -12,7 +12,9 @@ What a record says about a task:
   ``pred_class``, is never a training label in configs that have ``class_fix``;
 - ``mask``: the union of the ``Spurious`` brush regions of that annotation, decoded with
   ``label_config.rle.decode_rle`` at the region's ``original_height x original_width`` (``None`` when
-  nothing is painted).
+  nothing is painted). Magic-wand regions paint too; Label Studio stores a labelled wand region as two
+  results with the same id and RLE (``magicwand`` plus the label's ``labels``/``brushlabels``), which
+  count as one region (``spurious_regions``).
 
 A task that cannot be used (no image URL, a class not in the label config, a malformed or
 inconsistently sized RLE) is skipped with a log line naming its id and counted by reason; one bad
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
 VAL_SPLIT = "val"  # decides (publish gate, best epoch, suspicion); test is only reported
-KNOWN_REGION_TYPES = ("choices", "brushlabels", "magicwand", "textarea")  # what our configs produce
+KNOWN_REGION_TYPES = ("choices", "brushlabels", "magicwand", "labels", "textarea")  # what our configs produce
 MAX_LISTED_IDS = 100  # skipped task ids listed per reason in a job result
 MAX_MASK_PIXELS = 64_000_000  # a brush region claiming a larger image is refused (decoding it could exhaust memory)
 
@@ -140,21 +142,44 @@ def _class_choice(annotation: dict, config: ParsedConfig) -> str | None:
 
 
 def _is_spurious_brush(region: dict, config: ParsedConfig) -> bool:
-    """A region that paints spurious pixels: a ``Spurious`` brush stroke, or a magic-wand region (Label
-    Studio stores those unlabelled, ``type: "magicwand"``; the wand is a painting tool of the spurious
-    pixels in our config)."""
-    if not isinstance(region, dict):
+    """A result that paints spurious pixels: a ``Spurious`` brush stroke; a magic-wand result (``type:
+    "magicwand"``, unlabelled: the wand paints only spurious pixels in our configs); or the ``Spurious``
+    label of the wand's ``<Labels>`` on a region with an RLE (``type: "labels"``, the twin of a wand result)."""
+    if not isinstance(region, dict) or region.get("to_name") not in (None, config.image_name):
         return False
-    if region.get("type") == "magicwand":
-        return config.magicwand_control is not None and region.get("from_name") == config.magicwand_control \
-            and region.get("to_name") in (None, config.image_name)
-    if region.get("type") != "brushlabels":
-        return False
+    kind, value = region.get("type"), _dict(region.get("value"))
+    if kind == "magicwand":
+        return config.magicwand_control is not None and region.get("from_name") == config.magicwand_control
+    if kind == "labels":
+        return config.wand_label_control is not None and region.get("from_name") == config.wand_label_control \
+            and SPURIOUS_LABEL in _list(value.get("labels")) and "rle" in value
+    return kind == "brushlabels" and SPURIOUS_LABEL in _list(value.get("brushlabels"))
+
+
+def _region_key(region: dict) -> tuple | None:
+    """What makes two results one painted region: Label Studio's region id and the RLE (None: no id)."""
+    rid = region.get("id")
+    if not isinstance(rid, str) or not rid:
+        return None
     value = _dict(region.get("value"))
-    if SPURIOUS_LABEL not in _list(value.get("brushlabels")):
-        return False
-    to_name = region.get("to_name")
-    return to_name is None or to_name == config.image_name
+    rle = value.get("rle")
+    return rid, region.get("original_height"), region.get("original_width"), \
+        tuple(rle) if isinstance(rle, list) else repr(rle)
+
+
+def spurious_regions(results: Iterable[Any], config: ParsedConfig) -> list[dict]:
+    """The results of one annotation (or several) that paint spurious pixels, one per painted region: the
+    results Label Studio stores for one labelled wand region (same id, same RLE) are kept once."""
+    out, seen = [], set()
+    for r in results:
+        if not _is_spurious_brush(r, config):
+            continue
+        key = _region_key(r)
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
 
 
 def _brush_mask(region: dict) -> np.ndarray:
@@ -252,7 +277,8 @@ def _note_ignored_regions(results: list[dict], config: ParsedConfig, task_id: An
         if why is not None and not _is_spurious_brush(r, config):
             log.warning("task %s: %s; region ignored", task_id, why)
             out.ignored_regions.setdefault("unknown_brush_label", []).append(task_id)
-        elif r.get("type") not in KNOWN_REGION_TYPES or (r.get("type") == "magicwand" and not _is_spurious_brush(r, config)):
+        elif r.get("type") not in KNOWN_REGION_TYPES or (r.get("type") in ("magicwand", "labels")
+                                                         and not _is_spurious_brush(r, config)):
             log.warning("task %s: a %r region on %r does not paint spurious pixels; region ignored",
                         task_id, r.get("type"), r.get("from_name"))
             out.ignored_regions.setdefault("unsupported_region", []).append(task_id)
@@ -265,8 +291,7 @@ def _annotation_mask(task: dict, annotation: dict, config: ParsedConfig, merge_a
     anns = _annotations(task) if merge_annotations else [annotation]
     results = [r for a in anns for r in _list(a.get("result")) if isinstance(r, dict)]
     _note_ignored_regions(results, config, task_id, out)
-    regions = [r for r in results if _is_spurious_brush(r, config)]
-    return _union_mask(regions)
+    return _union_mask(spurious_regions(results, config))
 
 
 def _task_record(task: Any, config: ParsedConfig, classes: set[str], out: ExportResult, *, label_key: str,

@@ -37,6 +37,7 @@ class ParsedConfig:
     has_saliency_view: bool
     correction_control: str | None = None  # Choices for the expert's class correction
     magicwand_control: str | None = None  # MagicWand: its (unlabelled) regions paint spurious pixels
+    wand_label_control: str | None = None  # Labels with Spurious: its ``labels`` results with an RLE paint too
     has_influence_view: bool = False  # a HyperText loading the influence/suspicion page of the task
 
 
@@ -90,6 +91,9 @@ def parse_config(xml: str) -> ParsedConfig:
                 return el.get("name")
         return None
 
+    def on_image(el: ET.Element) -> bool:
+        return (el.get("toName") or image_name) == image_name
+
     textareas = {el.get("name") for el in root.iter("TextArea")}
     hypertexts = {el.get("name") for el in root.iter("HyperText")}
     corrections = [c for c in choices if c.get("name") == CORRECTION_CONTROL and (c.get("toName") or image_name) == image_name]
@@ -103,7 +107,8 @@ def parse_config(xml: str) -> ParsedConfig:
         influence_control=INFLUENCE_CONTROL if INFLUENCE_CONTROL in textareas else None,
         has_saliency_view=SALIENCY_OBJECT in images,
         correction_control=CORRECTION_CONTROL if corrections else None,
-        magicwand_control=next((el.get("name") for el in root.iter("MagicWand")
-                                if (el.get("toName") or image_name) == image_name), None),
+        magicwand_control=next((el.get("name") for el in root.iter("MagicWand") if on_image(el)), None),
+        wand_label_control=next((el.get("name") for el in root.iter("Labels") if on_image(el)
+                                 and any(lb.get("value") == SPURIOUS_LABEL for lb in el.iter("Label"))), None),
         has_influence_view=INFLUENCE_CONTROL in hypertexts,
     )

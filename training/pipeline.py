@@ -25,7 +25,7 @@ from torch import nn
 
 from label_config.export import TRAIN_SPLIT, VAL_SPLIT, ExportResult
 from training import distributed as dist
-from training import changes, input_size, propagation, report
+from training import changes, input_size, propagation, report, stroke_snap
 from training.checkpoints import (
     CheckpointMeta,
     CheckpointStore,
@@ -194,13 +194,16 @@ def _recipe(opts: TrainOptions, n_train: int, start: StartModel, n_val: int = 0)
 
 def _propagate(train: PairedDataset, opts: TrainOptions, device: str,
                timings: dict[str, float]) -> tuple[Any, Any, dict]:
-    """``(train_fit, mask_net, propagated)``: the training set with propagated masks (``propagation_step``)."""
+    """``(train_fit, mask_net, propagated)``: the training set with its painted masks snapped to the regions
+    they cover (``stroke_snap``) and propagated masks (``propagation_step``); the counts of both."""
     t = time.perf_counter()
-    # trained with the propagated masks; evaluated, indexed and counted as the expert painted it
-    result = propagation.propagation_step(
-        train, opts.propagated_masks, opts.propagation_confidence, seed=opts.seed, device=device)
-    timings["propagate"] = time.perf_counter() - t
-    return result
+    # trained with the snapped and propagated masks; evaluated, indexed and counted as the expert painted it
+    snapped_train, snapped = stroke_snap.snap_painted(train, opts.stroke_snap)
+    timings["snap"] = time.perf_counter() - t
+    train_fit, net, propagated = propagation.propagation_step(
+        snapped_train, opts.propagated_masks, opts.propagation_confidence, seed=opts.seed, device=device)
+    timings["propagate"] = time.perf_counter() - t - timings["snap"]
+    return train_fit, net, {**snapped, **propagated}
 
 
 def _eval_parent(parent: tuple[nn.Module, CheckpointMeta] | None, classes: list[str],

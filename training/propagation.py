@@ -171,7 +171,7 @@ def load(path: Path, device: str | torch.device = "cpu") -> MaskNet | None:
     return net.to(device).eval()
 
 
-def _with_proposals(train, rows: Tensor, masks: Tensor, weights: Tensor):
+def with_masks(train, rows: Tensor, masks: Tensor, weights: Tensor):
     """``train`` with the masks of ``rows`` set to ``masks`` and their twin weights to ``weights``."""
     from training.dataset import PairedDataset
     from training.loader import PackedMasks
@@ -213,7 +213,7 @@ def propagation_step(train, policy: str, min_confidence: float, *, seed: int = 0
     counts.update(propagated=int(nonempty.sum()), propagated_used=int(use.sum()),
                   propagated_confidence=round(float(proposal.confidence.mean()), 4) if rest.numel() else None)
     if use.any():
-        train = _with_proposals(train, rest[use], proposal.masks[use], proposal.confidence[use])
+        train = with_masks(train, rest[use], proposal.masks[use], proposal.confidence[use])
     counts["propagation_s"] = round(time.perf_counter() - t, 3)
     log.info("mask propagation: %d painted -> %d proposals, %d used (%s, confidence >= %.2f) in %.1fs",
              idx.numel(), counts["propagated"], counts["propagated_used"], policy, min_confidence,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from label_config.rle import decode_rle
 from tests.browser import ui
-from tests.browser.ui import AnnotationSettingsPage, LabelingView, shot
+from tests.browser.ui import AnnotationSettingsPage, LabelingView, own_errors, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,19 +25,6 @@ SPURIOUS = "Spurious"
 AUTO_ANNOTATION = "[data-testid=bottombar-auto-annotation-toggle]"
 ACCEPT_SUGGESTIONS = "[data-testid=bottombar-accept-suggestions-button]"
 VERSION = re.compile(r"^v\d+$")
-# Label Studio's own console noise (docs/label-studio-ui.md): none of it comes from our answers
-# Label Studio 1.23.2 draws accept/reject buttons beside a suggested region on the canvas and sets their
-# icon (a React component) as an Image src: one 404 for "<page dir>/[object Object]" per suggestion shown
-LS_ICON_404 = "/[object%20Object]"
-NOISE = ("heidi-tips", "mobx-state-tree", "deprecated", "Content Security Policy", "violates", "favicon")
-
-
-def own_errors(log: ui.PageLog) -> list[str]:
-    """Console errors, page errors and failed loads that are not Label Studio's own known noise."""
-    console = [e for e in log.errors() if not any(n in e for n in NOISE) and not e.startswith("Failed to load resource")]
-    loads = [f"http {status}: {url}" for status, url in log.http_errors
-             if "heidi-tips" not in url and not url.endswith(LS_ICON_404)]
-    return console + [f"pageerror: {e}" for e in log.page_errors] + loads
 
 
 def patch_of(stack, task_id: int) -> np.ndarray:
@@ -68,12 +55,12 @@ def test_a_click_on_the_patch_proposes_its_whole_region(logged_in, stack):
     ui.write_artifact("toolbar.txt", f"tools {tools}\nlabels {labels}")
     shot(page, "auto-annotation-on")
     before = len(spurious_masks(view.regions()))  # what the draft holds from the prediction (v0 proposes nothing)
-    page.locator(".lsf-label", has_text=SPURIOUS).nth(1).click()  # the smart keypoint's label
+    view.spurious_label("spurious_point").click()  # the smart keypoint's label
     page.wait_for_timeout(300)
     active = view.active_tools()
     choose_smart_tool(page, "key-point-tool")
     if not page.locator(".lsf-label_selected", has_text=SPURIOUS).count():
-        page.locator(".lsf-label", has_text=SPURIOUS).nth(1).click()
+        view.spurious_label("spurious_point").click()
     ui.write_artifact("active-tools.txt", f"after the label: {active}; now {view.active_tools()}; selected labels "
                       f"{page.locator('.lsf-label_selected').all_inner_texts()}")
     shot(page, "smart-keypoint-chosen")

@@ -84,6 +84,21 @@ class PageLog:
         return "\n".join(out)
 
 
+# Label Studio's own console noise (docs/label-studio-ui.md): none of it comes from our answers
+# Label Studio 1.23.2 draws accept/reject buttons beside a suggested region on the canvas and sets their
+# icon (a React component) as an Image src: one 404 for "<page dir>/[object Object]" per suggestion shown
+LS_ICON_404 = "/[object%20Object]"
+NOISE = ("heidi-tips", "mobx-state-tree", "deprecated", "Content Security Policy", "violates", "favicon")
+
+
+def own_errors(log: PageLog) -> list[str]:
+    """Console errors, page errors and failed loads that are not Label Studio's own known noise."""
+    console = [e for e in log.errors() if not any(n in e for n in NOISE) and not e.startswith("Failed to load resource")]
+    loads = [f"http {status}: {url}" for status, url in log.http_errors
+             if "heidi-tips" not in url and not url.endswith(LS_ICON_404)]
+    return console + [f"pageerror: {e}" for e in log.page_errors] + loads
+
+
 _LOGS: dict[int, PageLog] = {}
 
 
@@ -177,6 +192,8 @@ def login(page: Any, ls_url: str, email: str, password: str, next_path: str = "/
 MAIN_VIEW = ".lsf-main-view"
 OBJECTS = ".lsf-main-view .lsf-object"  # one per object tag that draws an image: [0] $image, [1] $saliency
 SUBMIT = "[data-testid=bottombar-submit-button]"
+# the controls with a Spurious label in label_config/robustar.xml, in config order: brush, magic wand, smart keypoint, box
+SPURIOUS_CONTROLS = ("spurious", "spurious_wand", "spurious_point", "spurious_box")
 UPDATE = "[data-testid=bottombar-update-button]"
 
 
@@ -255,6 +272,10 @@ class LabelingView:
         """Click a BrushLabels label (e.g. "Spurious"): selects it and activates that control's brush."""
         self.page.locator(".lsf-label", has_text=text).first.click()
         self.page.wait_for_timeout(200)
+
+    def spurious_label(self, control: str) -> Any:
+        """The ``Spurious`` label of one control (``SPURIOUS_CONTROLS``: the labels are drawn in config order)."""
+        return self.page.locator(".lsf-label", has_text="Spurious").nth(SPURIOUS_CONTROLS.index(control))
 
     def tool(self, aria_label: str) -> Any:
         """A toolbar button: ``brush-tool`` (one per BrushLabels), ``magicwand``, ``eraser``, ``move-tool`` ..."""

@@ -14,7 +14,8 @@ def test_render_and_parse_round_trip():
     assert parsed.attention_control is None and xml.count("<BrushLabels") == 1  # one paint tool
     assert parsed.influence_control is None and parsed.has_influence_view  # read-only page, not a form
     assert parsed.has_saliency_view
-    assert "<MagicWand" in xml
+    assert "<MagicWand" in xml and parsed.magicwand_control == "magicwand"
+    assert parsed.wand_label_control == "spurious_wand"  # labels wand regions Spurious as they are drawn
 
 
 def test_single_object_variant_drops_only_the_views():

@@ -159,6 +159,8 @@ def test_job_propagates_saves_the_net_and_the_backend_proposes(tmp_path, backgro
     result = run_pipeline(store, CLASSES, export, opts, fetch, model_defaults(settings))
     counts = result.summary["counts"]
     assert counts["train_painted"] == 6 and counts["propagated_used"] > 30
+    # the painted masks (exact here) went through the stroke snap (TRAIN_STROKE_SNAP=colour) nearly unchanged
+    assert counts["snapped"] == 6 and counts["snap_pixels"] < 6 * 24 * 24 * 0.05
     version = result.summary["version"]
     assert propagation.net_path(store.root, version).is_file()
 

@@ -27,7 +27,7 @@ from training.image_cache import ImageCache
 from training.images import make_normalizer
 from training import accel
 from training.loader import CachedImages, PackedMasks
-from training.models import TinyCNN
+from training.models import build_model
 from training.options import TrainOptions
 from training.progress import Progress
 from training.synthetic import make_spurious_dataset

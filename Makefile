@@ -4,9 +4,10 @@ VENV := .venv
 LS_VENV := .venv-ls
 PYTEST_ARGS ?=
 # pytest-xdist workers (one per core of the 2-core CI machine); each takes its share of the cores (tests/conftest.py)
-# and a module's tests stay on one worker (--dist loadscope), so module fixtures are built once. TEST_WORKERS=0: serial.
+# and a module's tests stay on one worker (--dist loadscope), so module fixtures are built once; the modules go out
+# longest first (tests/scheduling.py, from tests/durations.json), not by test count. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 # Debian's chromium for the browser tests (tests/browser, driven by Playwright by executable path;
 # `playwright install` is never used). Installed with apt-get, through `sudo -n` when not root.
 CHROMIUM ?= /usr/bin/chromium

@@ -18,6 +18,7 @@ from ml_backend.local.label_studio_server import LabelStudioServer, default_venv
 from devkit.servers import redis_answers, start_redis_server
 
 LOCAL_REDIS = "redis://127.0.0.1:6379"
+pytest_plugins = ["tests.scheduling"]  # longest modules first under xdist
 
 
 def _share_cores_between_xdist_workers() -> None:

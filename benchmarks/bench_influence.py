@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from ml_backend.predict.influence import build_influence_index, delta_for, embed
 from ml_backend.predict.influence.suspicion import pair_scores
 from training.checkpoints import IMAGENET_MEAN, IMAGENET_STD, CheckpointMeta
 from training.models import build_model, classifier_head
+from benchmarks import clock
 
 NUM_CLASSES = 10
 
@@ -90,10 +90,10 @@ def run(n_train: int, args, model, tmp: Path) -> dict:
     out: dict = {"n": n_train}
 
     # ours
-    t = _clock()
+    t = clock.now()
     index = build_influence_index(None, "v0", _Records(images, labels), model=model, meta=meta,
                                   batch_size=args.batch, save=False, score="tracin")
-    out["ours_build"] = _clock() - t
+    out["ours_build"] = clock.now() - t
 
     def ours_query():
         p, h = embed_batch(model, xq)
@@ -102,14 +102,14 @@ def run(n_train: int, args, model, tmp: Path) -> dict:
 
     times = []
     for _ in range(args.repeats):
-        t = _clock()
+        t = clock.now()
         (ours_vals, ours_idx), pred = ours_query()
-        times.append(_clock() - t)
+        times.append(clock.now() - t)
     out["ours_query"] = statistics.median(times)
-    t = _clock()
+    t = clock.now()
     for _ in range(20):
         pair_scores(index.delta[: args.queries], index.feats[: args.queries], index.delta, index.feats, "tracin")
-    out["ours_product"] = (_clock() - t) / 20
+    out["ours_product"] = (clock.now() - t) / 20
 
     # captum
     from captum.influence import TracInCPFast, TracInCPFastRandProj
@@ -129,22 +129,22 @@ def run(n_train: int, args, model, tmp: Path) -> dict:
                               loss_fn=loss)
         times = []
         for _ in range(args.captum_repeats):
-            t = _clock()
+            t = clock.now()
             c_idx, c_vals = tracin.influence((xq, pred), k=args.k, proponents=True)
-            times.append(_clock() - t)
+            times.append(clock.now() - t)
         out["fast_query"] = statistics.median(times)
         out["fast_same"] = bool(torch.equal(c_idx, ours_idx))
         out["fast_maxdiff"] = float((c_vals - ours_vals).abs().max() / ours_vals.abs().max())
     if n_train <= args.randproj_max:
-        t = _clock()
+        t = clock.now()
         rp = TracInCPFastRandProj(model, classifier_head(model), loader, [str(ckpt)], checkpoints_load_func=load,
                                   loss_fn=loss, nearest_neighbors=_ExactNN(), projection_dim=None)
-        out["rp_build"] = _clock() - t
+        out["rp_build"] = clock.now() - t
         times = []
         for _ in range(args.repeats):
-            t = _clock()
+            t = clock.now()
             r_idx, r_vals = rp.influence((xq, pred), k=args.k, proponents=True)
-            times.append(_clock() - t)
+            times.append(clock.now() - t)
         out["rp_query"] = statistics.median(times)
         out["rp_same"] = bool(torch.equal(r_idx, ours_idx))
     return out
@@ -163,8 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--captum-repeats", type=int, default=3)
     ap.add_argument("--captum-fast-max", type=int, default=10_000, help="skip TracInCPFast above this size")
     ap.add_argument("--randproj-max", type=int, default=10_000, help="skip TracInCPFastRandProj above this size")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall: elapsed seconds; cpu: CPU seconds of this process (steadier on a shared machine)")
+    clock.add_argument(ap)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
@@ -173,19 +172,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_clock = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process, all its threads)
-
-
-def _set_clock(name: str) -> None:
-    global _clock
-    _clock = time.process_time if name == "cpu" else time.perf_counter
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _set_clock(args.clock)
+    clock.use(args.clock)
     torch.manual_seed(0)
     model = build_model(args.arch, NUM_CLASSES).eval()
     sizes = [int(s) for s in args.train.split(",") if s.strip()]

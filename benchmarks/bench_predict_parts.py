@@ -21,7 +21,6 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from ml_backend.predict.registry import ServedModel
 from ml_backend.settings import Settings
 from training.checkpoints import CheckpointMeta, CheckpointStore
 from training.models import build_model
+from benchmarks import clock
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -76,8 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="torchvision's box_detections_per_img (random-init weights fill all 100 slots; "
                          "real weights find a handful of objects per image)")
     ap.add_argument("--index-size", type=int, default=1000, help="training tasks in the influence index")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall: elapsed seconds; cpu: CPU seconds of this process (steadier on a shared machine)")
+    clock.add_argument(ap)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu / cuda (timings synchronise CUDA after each part)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 32 px, batch 4, 1 repeat")
@@ -88,19 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_clock = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process, all its threads)
-
-
-def _set_clock(name: str) -> None:
-    global _clock
-    _clock = time.process_time if name == "cpu" else time.perf_counter
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _set_clock(args.clock)
+    clock.use(args.clock)
     torch.manual_seed(0)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-parts-"))
@@ -147,9 +138,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[float],
         elif name == "influence":
             train = [{"task_id": 10_000 + i, "target": i % len(CLASSES), "image": img}
                      for i, img in enumerate(_images(args.index_size, args.size, seed=1))]
-            t = _clock()
+            t = clock.now()
             build_influence_index(store, "v0", train, model=model, meta=meta, batch_size=64, device=args.device)
-            note = f"index of {args.index_size} (built in {_clock() - t:.1f}s)"
+            note = f"index of {args.index_size} (built in {clock.now() - t:.1f}s)"
             part = InfluencePart(settings, mode="off")
             fn = lambda part=part: part(ctx)  # noqa: E731
         else:
@@ -163,10 +154,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[float],
     times: dict[str, list[float]] = {spec: [] for spec, _, _ in parts}
     for r in range(args.repeats):  # each round times every part once, so other load hits them alike
         for spec, fn, _ in parts:
-            t = _clock()
+            t = clock.now()
             fn()
             sync()
-            times[spec].append((_clock() - t) * 1000.0)
+            times[spec].append((clock.now() - t) * 1000.0)
         print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in times.items()), flush=True)
     return [(spec, times[spec], note) for spec, _, note in parts]
 

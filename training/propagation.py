@@ -6,11 +6,11 @@ spurious region of every other image, with a per-image confidence.  The net need
 weights, trains in seconds on a CPU, and is saved beside the version (``net_path``, ``save``, ``load``) so the
 backend can show its proposals in Label Studio.
 
-``MaskNet`` works at a fixed resolution (``WORK_SIZE``, 64 px, or the images' size when smaller): the
+``MaskNet`` works at a fixed resolution (``WORK_SIZE``, 48 px, or the images' size when smaller): the
 input is resized to it and the per-pixel logits are resized back, so its cost does not grow with the
-model's image size and its
-receptive field (dilations 1..16, plus two coordinate channels for "which corner") covers the whole
-image: a background is "everything but the object", which a local filter cannot tell.
+model's image size, and its receptive field (a stride-2 stem, dilations 1, 2, 4 and 8, plus two coordinate
+channels for "which corner") covers the whole working image: a background is "everything but the
+object", which a local filter cannot tell.
 
 Confidence of an image = mean over its pixels of ``|2p - 1|`` (1: every pixel surely in or out).
 """

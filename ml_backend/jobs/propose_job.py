@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -126,9 +127,9 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
     t = time.perf_counter()
     by_id = {int(task["id"]): task for task in tasks if isinstance(task, dict) and "id" in task}
     targets = [by_id[r.task_id] for r in unpainted if r.task_id in by_id]
-    old = version_predictions(client, project_id, served)
-    predict = replacing(backend_predictor(settings, project_id, label_config, served), client, old,
-                        progress(card, served, len(targets), job))
+    old, others = version_predictions(client, project_id, served)
+    predict = replacing(proposal_predictor(settings, project_id, label_config, served, config), client, project_id,
+                        old, others, progress(card, served, len(targets), job))
     pushed = push_predictions(client, project_id, targets, predict, served, batch_size=PUSH_BATCH,
                               set_project_version=False)
     timings["push"] = time.perf_counter() - t
@@ -171,13 +172,30 @@ def train_mask_net(images: torch.Tensor, masks: torch.Tensor, seed: int) -> prop
     return propagation.train_mask_net(images, masks, seed=seed, device="cpu")
 
 
-def version_predictions(client, project_id: int, version: str) -> dict[int, list[int]]:
-    """Task id -> ids of its stored predictions of ``version`` (one listing of the project)."""
+def proposal_predictor(settings: Settings, project_id: int, label_config: str, version: str, config) -> PredictFn:
+    """The backend's prediction of ``version`` as the training job pushes it, less the influence part when
+    the config shows it as a page (it then adds no region, only the suspicion of a classifier this job does
+    not change: already in the tasks' data, and scoring it would write every task again)."""
+    parts = settings.predict_parts
+    if config.has_influence_view:
+        parts = tuple(p for p in parts if p.strip().lower() != "influence")
+    return backend_predictor(replace(settings, predict_parts=parts), project_id, label_config, version)
+
+
+def version_predictions(client, project_id: int, version: str) -> tuple[dict[int, list[int]], set[int]]:
+    """Task id -> ids of its stored predictions of ``version``, and the tasks that also hold predictions
+    of other versions (one listing of the project)."""
     out: dict[int, list[int]] = {}
+    others: set[int] = set()
     for p in client.predictions.list(project=project_id):
-        if getattr(p, "model_version", None) == version and getattr(p, "task", None) is not None:
-            out.setdefault(int(p.task), []).append(int(p.id))
-    return out
+        task = getattr(p, "task", None)
+        if task is None:
+            continue
+        if getattr(p, "model_version", None) == version:
+            out.setdefault(int(task), []).append(int(p.id))
+        else:
+            others.add(int(task))
+    return out, others
 
 
 def progress(card: ModelCard, version: str, total: int, job) -> Callable[[int], None]:
@@ -192,10 +210,23 @@ def progress(card: ModelCard, version: str, total: int, job) -> Callable[[int], 
     return done
 
 
-def replacing(predict: PredictFn, client, old: dict[int, list[int]], done: Callable[[int], None]) -> PredictFn:
-    """``predict``, deleting each predicted task's old predictions of the version (``old``) before
-    ``push_predictions`` stores the new one: one prediction of the version per task. Counts in ``.replaced``."""
-    count = {"tasks": 0}
+def delete_predictions(client, project_id: int, old: dict[int, list[int]], others: set[int],
+                       task_ids: list[int]) -> int:
+    """Delete the old predictions (``old``) of ``task_ids``: in one Data Manager action for the tasks that hold
+    no other version's prediction (it deletes all of a task's predictions), one by one for the rest (other
+    versions' predictions are kept). Returns how many were deleted."""
+    whole = [t for t in task_ids if t in old and t not in others]
+    single = [pid for t in task_ids if t in old and t in others for pid in old[t]]
+    deleted = 0
+    if whole:
+        try:
+            client.actions.create(id="delete_tasks_predictions", project=project_id,
+                                  selected_items={"all": False, "included": whole})
+            deleted += sum(len(old[t]) for t in whole)
+        except Exception as e:  # then one by one
+            log.warning("project %s: bulk delete of %d tasks' predictions failed (%s); one by one", project_id,
+                        len(whole), e)
+            single += [pid for t in whole for pid in old[t]]
 
     def delete(pid: int) -> int:
         try:
@@ -205,11 +236,22 @@ def replacing(predict: PredictFn, client, old: dict[int, list[int]], done: Calla
             log.warning("prediction %s not deleted: %s", pid, e)
             return 0
 
+    if single:
+        with ThreadPoolExecutor(DELETE_THREADS) as pool:
+            deleted += sum(pool.map(delete, single))
+    return deleted
+
+
+def replacing(predict: PredictFn, client, project_id: int, old: dict[int, list[int]], others: set[int],
+              done: Callable[[int], None]) -> PredictFn:
+    """``predict``, deleting each predicted task's old predictions of the version (``old``) before
+    ``push_predictions`` stores the new one: one prediction of the version per task. Counts in ``.replaced``."""
+    count = {"tasks": 0}
+
     def run(tasks: list[dict]) -> list[dict]:
         results = predict(tasks)
-        stale = [pid for task, res in zip(tasks, results) if res.get("result") for pid in old.get(int(task["id"]), [])]
-        with ThreadPoolExecutor(DELETE_THREADS) as pool:
-            run.replaced += sum(pool.map(delete, stale))  # type: ignore[attr-defined]
+        predicted = [int(task["id"]) for task, res in zip(tasks, results) if res.get("result")]
+        run.replaced += delete_predictions(client, project_id, old, others, predicted)  # type: ignore[attr-defined]
         count["tasks"] += len(tasks)
         done(count["tasks"])
         return results

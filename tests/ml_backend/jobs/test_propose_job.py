@@ -105,6 +105,9 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     assert below.return_value()["status"] == "skipped"
     assert below.return_value()["reason"].startswith("2 of 3 training images painted")
 
+    # another version's prediction on one task is kept (only the served version's is replaced)
+    other = client.predictions.create(task=train[3].id, result=[regions.choices("circle")], score=0.5,
+                                      model_version="v1")
     paint(client, train[2], dataset)
     t0 = time.perf_counter()
     (job,) = run_worker(redis)
@@ -118,6 +121,8 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     assert propagation.newest_net_path(root, "v0") == propagation.proposals_path(root, "v0")
 
     stored = predictions_by_task(client, pid)
+    assert [p.id for p in stored.pop(train[3].id) if p.model_version == "v1"] == [other.id]
+    stored[train[3].id] = [p for p in predictions_by_task(client, pid)[train[3].id] if p.model_version == "v0"]
     for task in train[3:]:
         (pred,) = stored[task.id]  # the old v0 prediction replaced, not joined
         assert pred.model_version == "v0"

@@ -18,6 +18,7 @@ Skipped, with the reason in the result, when fewer than ``PROPOSE_AFTER_PAINTED`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,9 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
         return _skip(f"{len(painted)} of {min_painted} training images painted (PROPOSE_AFTER_PAINTED)", summary)
     if not unpainted:
         return _skip("every training image is painted", summary)
+    fingerprint = painted_fingerprint(painted)
+    if saved_fingerprint(propagation.proposals_path(store.root, served)) == fingerprint:
+        return _skip(f"the painted masks did not change since the last proposals of {served}", summary)
 
     card.show(f"serving {served} · proposing masks: fitting on {len(painted)} painted images", force=True)
     t = time.perf_counter()
@@ -120,9 +124,12 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
         net = train_mask_net(images, masks, settings.seed)
     path = propagation.save(net, propagation.proposals_path(store.root, served),
                             {"version": served, "painted": len(images), "stroke_snap": snap,
-                             "job_id": summary["job_id"], "created": time.time()})
+                             "job_id": summary["job_id"], "created": time.time(), "fingerprint": fingerprint})
     timings["fit"] = time.perf_counter() - t
     summary.update(stroke_snap=snap, net=str(path))
+    now = settings.pinned_version or store.published()
+    if now != served:  # a training job published meanwhile: its own push carries its proposals
+        return _skip(f"{now} was published while fitting; its predictions are the project's now", summary)
 
     t = time.perf_counter()
     by_id = {int(task["id"]): task for task in tasks if isinstance(task, dict) and "id" in task}
@@ -165,6 +172,23 @@ def fetch_painted(settings: Settings, project_id: int, painted: list[TaskRecord]
     images = torch.from_numpy(np.stack([np.asarray(x) for x, _ in ok])).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.stack([m for _, m in ok]).astype(bool))[:, None]
     return images, masks, bad
+
+
+def painted_fingerprint(painted: list[TaskRecord]) -> str:
+    """A digest of the painted tasks and their masks: unchanged, a new fit would propose the same."""
+    digest = hashlib.sha256()
+    for r in sorted(painted, key=lambda r: r.task_id):
+        digest.update(f"{r.task_id}:{r.mask.shape}:".encode())
+        digest.update(np.packbits(r.mask).tobytes())
+    return digest.hexdigest()
+
+
+def saved_fingerprint(path) -> str | None:
+    """The fingerprint the proposals net at ``path`` was fitted to (None: no net, or unreadable)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["info"].get("fingerprint")
+    except Exception:
+        return None
 
 
 def train_mask_net(images: torch.Tensor, masks: torch.Tensor, seed: int) -> propagation.MaskNet:

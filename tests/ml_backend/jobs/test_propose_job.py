@@ -141,6 +141,16 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     assert {p.model_version for ps in stored.values() for p in ps} == {"v0"}
     (ml,) = client.ml.list(project=pid)
     assert ml.title == "Robustar · serving v0 · proposals from 3 painted images"
+    # an event that changes no painted mask (a class fix on a painted task): no new fit, nothing pushed again
+    queue = stack["app"].state.queue
+    assert queue.handle_event(pid, "ANNOTATION_UPDATED")["proposals"]["status"] == "queued"
+    (again,) = run_worker(redis)
+    assert again.return_value()["status"] == "skipped" and "did not change" in again.return_value()["reason"]
+    # the expert corrects a proposal (paints the task): the correction trains the next fit
+    paint(client, train[4], dataset)
+    (corrected,) = run_worker(redis)
+    assert corrected.return_value()["painted"] == 4 and corrected.return_value()["predictions"]["pushed"] == 11
+    assert all(len(ps) == 1 for t, ps in predictions_by_task(client, pid).items() if t != train[3].id)
     print(f"\n[propose] 3 painted -> 12 proposals: worker {took:.2f}s, timings {result['timings']}")
 
 

@@ -132,3 +132,11 @@ def test_the_part_serves_the_newer_proposals_net_and_reloads_it(tmp_path):
     assert newer is not first and newer.work_size == 32
     os.utime(own, ns=(proposals.stat().st_mtime_ns + 10**9,) * 2)  # a training job saved the version's net later
     assert part.net(3, "v1").work_size == propagation.WORK_SIZE
+
+
+def test_region_ids_are_unique_per_answer():
+    from ml_backend.predict.predictor import unique_region_ids
+
+    result = [{"id": "propagated"}, {"id": "pred_class"}, {"id": "propagated"}, {"from_name": "x"}, {"id": "propagated"}]
+    assert [r["id"] for r in unique_region_ids(result)] == ["propagated", "pred_class", "propagated-2", "x",
+                                                            "propagated-3"]

@@ -23,6 +23,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -40,6 +41,7 @@ from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
 from ml_backend.settings import Settings
 from training import propagation
 from training.checkpoints import CheckpointStore
+from training.files import atomic_write
 from training.images import resize_mask, resize_rgb
 from training.models import torch_threads
 from training.stroke_snap import snap_masks
@@ -104,7 +106,7 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
     if not unpainted:
         return _skip("every training image is painted", summary)
     fingerprint = painted_fingerprint(painted)
-    if saved_fingerprint(propagation.proposals_path(store.root, served)) == fingerprint:
+    if saved_fingerprint(store.root, served) == fingerprint:
         return _skip(f"the painted masks did not change since the last proposals of {served}", summary)
 
     card.show(f"serving {served} · proposing masks: fitting on {len(painted)} painted images", force=True)
@@ -124,7 +126,7 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
         net = train_mask_net(images, masks, settings.seed)
     path = propagation.save(net, propagation.proposals_path(store.root, served),
                             {"version": served, "painted": len(images), "stroke_snap": snap,
-                             "job_id": summary["job_id"], "created": time.time(), "fingerprint": fingerprint})
+                             "job_id": summary["job_id"], "created": time.time()})
     timings["fit"] = time.perf_counter() - t
     summary.update(stroke_snap=snap, net=str(path))
     now = settings.pinned_version or store.published()
@@ -134,15 +136,12 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
     t = time.perf_counter()
     by_id = {int(task["id"]): task for task in tasks if isinstance(task, dict) and "id" in task}
     targets = [by_id[r.task_id] for r in unpainted if r.task_id in by_id]
-    old, others = version_predictions(client, project_id, served)
-    predict = replacing(proposal_predictor(settings, project_id, label_config, served, config), client, project_id,
-                        old, others, progress(card, served, len(targets), job))
-    pushed = push_predictions(client, project_id, targets, predict, served, batch_size=PUSH_BATCH,
-                              set_project_version=False)
+    pushed, replaced = push_proposals(settings, client, card, job, project_id, served, label_config, targets)
+    save_fingerprint(store.root, served, fingerprint)  # after the push: a failed one is redone by the next event
     timings["push"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     card.show(f"serving {served} · proposals from {len(images)} painted images", force=True)
-    summary.update(status="proposed", predictions=pushed, replaced=predict.replaced,  # type: ignore[attr-defined]
+    summary.update(status="proposed", predictions=pushed, replaced=replaced,
                    timings={k: round(v, 3) for k, v in timings.items()})
     log.info("project %s: proposals of %s for %d tasks from %d painted images; timings %s", project_id, served,
              pushed["pushed"], len(images), summary["timings"])
@@ -183,12 +182,32 @@ def painted_fingerprint(painted: list[TaskRecord]) -> str:
     return digest.hexdigest()
 
 
-def saved_fingerprint(path) -> str | None:
-    """The fingerprint the proposals net at ``path`` was fitted to (None: no net, or unreadable)."""
+def _fingerprint_path(store_root: Path, version: str) -> Path:
+    return propagation.proposals_path(store_root, version).with_suffix(".pushed")
+
+
+def saved_fingerprint(store_root: Path, version: str) -> str | None:
+    """The fingerprint of the painted masks whose proposals were last pushed for ``version`` (None: none)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)["info"].get("fingerprint")
-    except Exception:
+        return _fingerprint_path(store_root, version).read_text().strip() or None
+    except OSError:
         return None
+
+
+def save_fingerprint(store_root: Path, version: str, fingerprint: str) -> None:
+    atomic_write(_fingerprint_path(store_root, version), lambda f: f.write(fingerprint.encode()), durable=False)
+
+
+def push_proposals(settings: Settings, client, card: ModelCard, job, project_id: int, version: str,
+                   label_config: str, targets: list[dict]) -> tuple[dict[str, Any], int]:
+    """``targets``' predictions of ``version`` replaced by the backend's (with the new proposals); returns
+    ``push_predictions``' counts and how many old predictions were deleted."""
+    old, others = version_predictions(client, project_id, version)
+    predict = replacing(proposal_predictor(settings, project_id, label_config, version, parse_config(label_config)),
+                        client, project_id, old, others, progress(card, version, len(targets), job))
+    pushed = push_predictions(client, project_id, targets, predict, version, batch_size=PUSH_BATCH,
+                              set_project_version=False)
+    return pushed, predict.replaced  # type: ignore[attr-defined]
 
 
 def train_mask_net(images: torch.Tensor, masks: torch.Tensor, seed: int) -> propagation.MaskNet:

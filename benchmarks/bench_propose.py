@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_propose              # 1000 training images at 64 px (the issue's size)
     python -m benchmarks.bench_propose --n 200
+    python -m benchmarks.bench_propose --after-training   # v1 served: every task also holds a v0 prediction
 
 The product's path, one run: a real Label Studio 1.23 (fresh SQLite data dir), the backend app (uvicorn in
 this process), ``robustar import`` of a generated dataset (``training.synthetic``, ``--n`` training images
@@ -78,19 +79,39 @@ def work(redis: Redis) -> list:
     return jobs
 
 
-def check(client, pid: int, unpainted: list[int]) -> int:
-    """Unpainted training tasks with exactly one v0 prediction, which holds a Spurious brush region."""
+def publish_v1(client, model_dir: Path, pid: int, label_config: str) -> str:
+    """``--after-training``: v1 (v0's weights) published and its predictions pushed as a job does, so every
+    task also holds an older version's prediction (v0), which the proposal push must keep."""
+    from ml_backend.jobs.push_predictions import backend_predictor, push_predictions
+    from ml_backend.settings import Settings
+    from training.checkpoints import CheckpointStore
+
+    store = CheckpointStore(model_dir, pid)
+    model, meta = store.load("v0")
+    meta.version, meta.parent_version = "v1", "v0"
+    store.save(model, meta)
+    store.publish("v1")
+    tasks = [{"id": t.id, "data": t.data} for t in client.tasks.list(project=pid, fields="all")]
+    push_predictions(client, pid, tasks, backend_predictor(Settings.from_env(), pid, label_config, "v1"), "v1")
+    return "v1"
+
+
+def check(client, pid: int, unpainted: list[int], version: str) -> int:
+    """Unpainted training tasks with exactly one prediction of ``version``, which holds a Spurious brush region
+    (and, ``version`` past v0, still their one v0 prediction)."""
     by_task: dict[int, list] = {}
     for p in client.predictions.list(project=pid):
         by_task.setdefault(p.task, []).append(p)
     ok = 0
     for tid in unpainted:
-        preds = [p for p in by_task.get(tid, []) if p.model_version == "v0"]
-        ok += len(preds) == 1 and any(r.get("type") == "brushlabels" for r in preds[0].result)
+        preds = [p for p in by_task.get(tid, []) if p.model_version == version]
+        older = [p for p in by_task.get(tid, []) if p.model_version != version]
+        ok += (len(preds) == 1 and any(r.get("type") == "brushlabels" for r in preds[0].result)
+               and len(older) == (version != "v0"))
     return ok
 
 
-def run(n: int, size: int, tmp: Path) -> dict:
+def run(n: int, size: int, tmp: Path, after_training: bool = False) -> dict:
     from ml_backend.api.app import create_app
     from ml_backend.settings import Settings
 
@@ -109,6 +130,10 @@ def run(n: int, size: int, tmp: Path) -> dict:
                                         progress=False)
                 import_s = time.perf_counter() - t
                 client, redis = ls.client(), Redis.from_url(url)
+                version = "v0"
+                if after_training:
+                    config = client.projects.get(id=report.project_id).label_config
+                    version = publish_v1(client, tmp / "models", report.project_id, config)
                 tasks = list(client.tasks.list(project=report.project_id, fields="all"))
                 train = sorted([t for t in tasks if t.data["split"] == "train"],
                                key=lambda t: (t.data["key"].rsplit("_", 1)[-1], t.data["label"]))
@@ -122,25 +147,27 @@ def run(n: int, size: int, tmp: Path) -> dict:
                 result = job.return_value()
                 if result is None:
                     raise RuntimeError(f"the proposal job failed: {job.latest_result().exc_string}")
-                ok = check(client, report.project_id, [t.id for t in train[3:]])
+                ok = check(client, report.project_id, [t.id for t in train[3:]], version)
                 project_version = client.projects.get(id=report.project_id).model_version
     finally:
         if private is not None:
             private.terminate()
-    return {"train": len(train), "import_s": import_s, "wall_s": wall, "result": result, "ok": ok,
+    return {"train": len(train), "version": version, "import_s": import_s, "wall_s": wall, "result": result, "ok": ok,
             "project_version": project_version}
 
 
 def table(out: dict, size: int) -> str:
     r, t = out["result"], out["result"]["timings"]
     lines = [f"proposals for {r['unpainted']} unpainted of {out['train']} training images at {size} px, "
-             f"{r['painted']} painted (tiny-cnn v0, default PREDICT_PARTS), one run on {os.cpu_count()} cores",
+             f"{r['painted']} painted (tiny-cnn {out['version']} served, default PREDICT_PARTS"
+             f"{', every task also holding a v0 prediction' if out['version'] != 'v0' else ''}), one run on {os.cpu_count()} cores",
              "", "| phase | seconds |", "|---|---:|"]
     lines += [f"| {k} | {t[k]:.2f} |" for k in ("export", "fetch", "fit", "push", "total")]
     lines += [f"| third paint → job ended, proposals on every training image (wall) | {out['wall_s']:.2f} |",
               f"| (not timed above) robustar import with v0 predictions | {out['import_s']:.2f} |", "",
-              f"{out['ok']} of {r['unpainted']} unpainted training tasks hold exactly one v0 prediction with a "
-              f"proposal; {r['replaced']} old v0 predictions replaced; project model_version {out['project_version']}"]
+              f"{out['ok']} of {r['unpainted']} unpainted training tasks hold exactly one {out['version']} prediction "
+              f"with a proposal; {r['replaced']} old {out['version']} predictions replaced; project model_version "
+              f"{out['project_version']}"]
     return "\n".join(lines)
 
 
@@ -148,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="training images")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
+    ap.add_argument("--after-training", action="store_true",
+                    help="serve a v1 first (every task then also holds a v0 prediction, kept by the push)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-propose-") as tmp:
-        out = run(args.n, args.size, Path(tmp))
+        out = run(args.n, args.size, Path(tmp), args.after_training)
     print(table(out, args.size))
     return 0 if out["ok"] == out["result"]["unpainted"] else 1
 

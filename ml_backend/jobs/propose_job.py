@@ -34,6 +34,7 @@ from label_config.export import TRAIN_SPLIT, TaskRecord, parse_export
 from label_config.render import parse_config
 from ml_backend.jobs.model_card import VERSION_NAME, ModelCard
 from ml_backend.jobs.push_predictions import PredictFn, backend_predictor, push_predictions
+from ml_backend.jobs.push_predictions import _Store as PredictionStore
 from ml_backend.jobs.queue import rq_progress_sink
 from ml_backend.jobs.train_job import job_options
 from ml_backend.labelstudio.client import fetch_export, fetch_project, make_client
@@ -225,11 +226,11 @@ def proposal_predictor(settings: Settings, project_id: int, label_config: str, v
     return backend_predictor(replace(settings, predict_parts=parts), project_id, label_config, version)
 
 
-def version_predictions(client, project_id: int, version: str) -> tuple[dict[int, list[int]], set[int]]:
-    """Task id -> ids of its stored predictions of ``version``, and the tasks that also hold predictions
-    of other versions (one listing of the project)."""
+def version_predictions(client, project_id: int, version: str) -> tuple[dict[int, list[int]], dict[int, list[dict]]]:
+    """Task id -> ids of its stored predictions of ``version``, and task id -> its predictions of other
+    versions (as ``import_predictions`` takes them), from one listing of the project."""
     out: dict[int, list[int]] = {}
-    others: set[int] = set()
+    others: dict[int, list[dict]] = {}
     for p in client.predictions.list(project=project_id):
         task = getattr(p, "task", None)
         if task is None:
@@ -237,7 +238,8 @@ def version_predictions(client, project_id: int, version: str) -> tuple[dict[int
         if getattr(p, "model_version", None) == version:
             out.setdefault(int(task), []).append(int(p.id))
         else:
-            others.add(int(task))
+            others.setdefault(int(task), []).append({"task": int(task), "result": p.result, "score": p.score,
+                                                     "model_version": p.model_version})
     return out, others
 
 
@@ -253,24 +255,30 @@ def progress(card: ModelCard, version: str, total: int, job) -> Callable[[int], 
     return done
 
 
-def delete_predictions(client, project_id: int, old: dict[int, list[int]], others: set[int],
+def delete_predictions(client, project_id: int, old: dict[int, list[int]], others: dict[int, list[dict]],
                        task_ids: list[int]) -> int:
-    """Delete the old predictions (``old``) of ``task_ids``: in one Data Manager action for the tasks that hold
-    no other version's prediction (it deletes all of a task's predictions), one by one for the rest (other
-    versions' predictions are kept). Returns how many were deleted."""
-    whole = [t for t in task_ids if t in old and t not in others]
-    single = [pid for t in task_ids if t in old and t in others for pid in old[t]]
-    deleted = 0
-    if whole:
-        try:
-            client.actions.create(id="delete_tasks_predictions", project=project_id,
-                                  selected_items={"all": False, "included": whole})
-            deleted += sum(len(old[t]) for t in whole)
-        except Exception as e:  # then one by one
-            log.warning("project %s: bulk delete of %d tasks' predictions failed (%s); one by one", project_id,
-                        len(whole), e)
-            single += [pid for t in whole for pid in old[t]]
+    """Delete the old predictions (``old``) of ``task_ids``. Label Studio 1.23 deletes predictions in bulk only
+    per task (the Data Manager action, every version): one action for the batch, then the tasks' predictions
+    of other versions (``others``) are stored again, unchanged but with new ids. Where the action is refused:
+    one ``DELETE`` per old prediction. Returns how many old predictions were deleted."""
+    tasks = [t for t in task_ids if t in old]
+    if not tasks:
+        return 0
+    try:
+        client.actions.create(id="delete_tasks_predictions", project=project_id,
+                              selected_items={"all": False, "included": tasks})
+    except Exception as e:
+        log.warning("project %s: bulk delete of %d tasks' predictions refused (%s); one by one", project_id,
+                    len(tasks), e)
+        return delete_one_by_one(client, [pid for t in tasks for pid in old[t]])
+    kept = [p for t in tasks for p in others.get(t, [])]
+    if kept and PredictionStore(client, project_id)(kept) < len(kept):
+        log.error("project %s: %d predictions of other versions could not be stored again", project_id, len(kept))
+    return sum(len(old[t]) for t in tasks)
 
+
+def delete_one_by_one(client, ids: list[int]) -> int:
+    """``DELETE`` each prediction (a few threads); returns how many were deleted."""
     def delete(pid: int) -> int:
         try:
             client.predictions.delete(id=pid, request_options={"max_retries": 1})
@@ -279,13 +287,11 @@ def delete_predictions(client, project_id: int, old: dict[int, list[int]], other
             log.warning("prediction %s not deleted: %s", pid, e)
             return 0
 
-    if single:
-        with ThreadPoolExecutor(DELETE_THREADS) as pool:
-            deleted += sum(pool.map(delete, single))
-    return deleted
+    with ThreadPoolExecutor(DELETE_THREADS) as pool:
+        return sum(pool.map(delete, ids))
 
 
-def replacing(predict: PredictFn, client, project_id: int, old: dict[int, list[int]], others: set[int],
+def replacing(predict: PredictFn, client, project_id: int, old: dict[int, list[int]], others: dict[int, list[dict]],
               done: Callable[[int], None]) -> PredictFn:
     """``predict``, deleting each predicted task's old predictions of the version (``old``) before
     ``push_predictions`` stores the new one: one prediction of the version per task. Counts in ``.replaced``."""

@@ -24,7 +24,7 @@ from training.checkpoints import CheckpointStore
 from training import propagation
 from training.synthetic import make_spurious_dataset
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real Label Studio (the session fixture: ~60 s on first start)
 
 QUEUE = "t-propose-job"
 

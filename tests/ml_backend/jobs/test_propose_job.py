@@ -24,9 +24,9 @@ from training.checkpoints import CheckpointStore
 from training import propagation
 from training.synthetic import make_spurious_dataset
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real Label Studio (the session fixture: ~60 s on first start)
 
 QUEUE = "t-propose-job"
+# the tests on a real Label Studio are e2e and slow (its session fixture takes ~60 s on a first start)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,19 @@ def predictions_by_task(client, pid: int) -> dict[int, list]:
     return out
 
 
+def test_no_served_version_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """Nothing served yet for the project (never connected): the job ends at once, before asking Label Studio."""
+    from ml_backend.jobs.propose_job import propose_project
+
+    for k, v in {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k", "MODEL_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MODEL_VERSION", raising=False)
+    result = propose_project(7, {"min_painted": 3})
+    assert result["status"] == "skipped" and result["reason"].startswith("no served version")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_three_painted_images_give_every_training_image_a_proposal(stack, dataset, label_studio, ls_client):
     client, redis = ls_client, stack["redis"]
     pid = new_project(stack, dataset, label_studio, "propose: three painted")
@@ -155,6 +168,8 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     print(f"\n[propose] 3 painted -> 12 proposals: worker {took:.2f}s, timings {result['timings']}")
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_propose_after_painted_zero_queues_no_job(stack, dataset, label_studio, ls_client):
     pid = new_project(stack, dataset, label_studio, "propose: off")
     queue = stack["app"].state.queue

@@ -2,12 +2,14 @@
 
 Redis keys (prefix ``robustar:``): ``project:<id>:queued`` holds the id of the project's queued job,
 ``project:<id>:running`` the id of its running job, ``project:<id>:annotations`` counts annotation
-events towards the next automatic training.  Mask proposals (``PROPOSE_AFTER_PAINTED`` > 0: every
-annotation event queues ``ml_backend.jobs.propose_job.propose_project``, which skips while too few
-images are painted) follow the same rules with keys of their own (``project:<id>:propose:queued``,
-``project:<id>:propose:running``), so a proposal job never takes training's place in the queue.  A request that arrives while a job runs enqueues one
+events towards the next automatic training.  A request that arrives while a job runs enqueues one
 follow-up that depends on the running job, so two jobs of one project never train at once, even
 with several workers on the queue.
+
+Mask proposals (``PROPOSE_AFTER_PAINTED`` > 0): every annotation event also asks for
+``ml_backend.jobs.propose_job.propose_project`` (which skips while too few images are painted), under
+the same rules with keys of their own (``project:<id>:propose:queued``, ``project:<id>:propose:running``),
+so a proposal job never takes training's place in the queue nor waits for it.
 
 Retries (``TRAIN_RETRIES``, default 1): a job that fails for a transient reason (Label Studio
 unreachable, I/O error, a work-horse killed or abandoned by a dead worker) is requeued by RQ up to

@@ -101,6 +101,32 @@ def test_no_served_version_is_skipped_with_the_reason(tmp_path, monkeypatch):
     assert result["status"] == "skipped" and result["reason"].startswith("no served version")
 
 
+def test_the_webhook_answer_says_a_proposal_job_was_queued(tmp_path, redis_url):
+    """Label Studio's recorded ANNOTATION_CREATED body, to the app: training is off, a proposal job is queued
+    (once: the second event finds it waiting)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from label_config import render_config
+    from ml_backend.api.app import create_app
+    from tests.fixtures import fixture_path
+
+    recorded = json.loads((fixture_path("ls-protocol") / "webhook_annotation_created.json").read_text())
+    body = recorded["received"][0]["body"]
+    pid = int(body["project"]["id"])
+    settings = Settings(model_dir=tmp_path, model_arch="tiny-cnn", image_size=32, redis_url=redis_url,
+                        queue_name=QUEUE, propose_after_painted=3)
+    with TestClient(create_app(settings)) as client:
+        client.post("/setup", json={"project": f"{pid}.1", "schema": render_config(["cat", "dog", "bird"])})
+        first = client.post("/webhook", json=body).json()
+        second = client.post("/webhook", json=body).json()
+    assert first["status"] == "ignored" and "TRAIN_EVERY_N_ANNOTATIONS=0" in first["reason"]
+    assert first["proposals"]["status"] == "queued"
+    assert second["proposals"] == {"job": first["proposals"]["job"], "status": "already queued"}
+    assert Queue(QUEUE, connection=Redis.from_url(redis_url)).count == 1
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_three_painted_images_give_every_training_image_a_proposal(stack, dataset, label_studio, ls_client):

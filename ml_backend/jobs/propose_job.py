@@ -8,12 +8,14 @@ version's input size, strokes snapped as training does (``training.stroke_snap``
 proposals net (``propagation.proposals_path``; ``PropagationPart`` serves it when newer than the
 version's own) -> for every unpainted training task, the backend's full prediction of the served vN
 (``backend_predictor``: class, score and the new ``Spurious`` proposal) replaces that task's old vN
-prediction (deleted, then the new one imported: one prediction of vN per task). The project's
+prediction (``replace_predictions``: one prediction of vN per task; other versions' kept). The project's
 ``model_version`` stays vN; the model card says ``proposing masks: k of n``, then
 ``serving vN · proposals from K painted images``.
 
 Skipped, with the reason in the result, when fewer than ``PROPOSE_AFTER_PAINTED`` (job option
-``min_painted``) training images are painted, when no version is served, or when nothing is left to propose for.
+``min_painted``) training images are painted, when no version is served, when nothing is left to propose
+for, when the painted masks did not change since the last push, or when a newer version was published
+while fitting.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from label_config.export import TRAIN_SPLIT, TaskRecord, parse_export
 from label_config.render import parse_config
 from ml_backend.jobs.model_card import VERSION_NAME, ModelCard
 from ml_backend.jobs.push_predictions import PredictFn, backend_predictor, push_predictions
-from ml_backend.jobs.push_predictions import _Store as PredictionStore
+from ml_backend.jobs.replace_predictions import replacing, version_predictions
 from ml_backend.jobs.queue import rq_progress_sink
 from ml_backend.jobs.train_job import job_options
 from ml_backend.labelstudio.client import fetch_export, fetch_project, make_client
@@ -50,7 +52,6 @@ from training.stroke_snap import snap_masks
 log = logging.getLogger(__name__)
 
 PUSH_BATCH = 64  # tasks predicted and stored per request
-DELETE_THREADS = 4  # parallel deletes of replaced predictions
 
 
 def propose_project(project_id: int, options: dict | None = None) -> dict[str, Any]:
@@ -226,23 +227,6 @@ def proposal_predictor(settings: Settings, project_id: int, label_config: str, v
     return backend_predictor(replace(settings, predict_parts=parts), project_id, label_config, version)
 
 
-def version_predictions(client, project_id: int, version: str) -> tuple[dict[int, list[int]], dict[int, list[dict]]]:
-    """Task id -> ids of its stored predictions of ``version``, and task id -> its predictions of other
-    versions (as ``import_predictions`` takes them), from one listing of the project."""
-    out: dict[int, list[int]] = {}
-    others: dict[int, list[dict]] = {}
-    for p in client.predictions.list(project=project_id):
-        task = getattr(p, "task", None)
-        if task is None:
-            continue
-        if getattr(p, "model_version", None) == version:
-            out.setdefault(int(task), []).append(int(p.id))
-        else:
-            others.setdefault(int(task), []).append({"task": int(task), "result": p.result, "score": p.score,
-                                                     "model_version": p.model_version})
-    return out, others
-
-
 def progress(card: ModelCard, version: str, total: int, job) -> Callable[[int], None]:
     """A callback for the tasks done: the card says ``proposing masks: k of n`` (rate-limited), the job's meta too."""
     sink = rq_progress_sink(job)
@@ -253,57 +237,3 @@ def progress(card: ModelCard, version: str, total: int, job) -> Callable[[int], 
             sink({"phase": "propose", "done": k, "total": total})
 
     return done
-
-
-def delete_predictions(client, project_id: int, old: dict[int, list[int]], others: dict[int, list[dict]],
-                       task_ids: list[int]) -> int:
-    """Delete the old predictions (``old``) of ``task_ids``. Label Studio 1.23 deletes predictions in bulk only
-    per task (the Data Manager action, every version): one action for the batch, then the tasks' predictions
-    of other versions (``others``) are stored again, unchanged but with new ids. Where the action is refused:
-    one ``DELETE`` per old prediction. Returns how many old predictions were deleted."""
-    tasks = [t for t in task_ids if t in old]
-    if not tasks:
-        return 0
-    try:
-        client.actions.create(id="delete_tasks_predictions", project=project_id,
-                              selected_items={"all": False, "included": tasks})
-    except Exception as e:
-        log.warning("project %s: bulk delete of %d tasks' predictions refused (%s); one by one", project_id,
-                    len(tasks), e)
-        return delete_one_by_one(client, [pid for t in tasks for pid in old[t]])
-    kept = [p for t in tasks for p in others.get(t, [])]
-    if kept and PredictionStore(client, project_id)(kept) < len(kept):
-        log.error("project %s: %d predictions of other versions could not be stored again", project_id, len(kept))
-    return sum(len(old[t]) for t in tasks)
-
-
-def delete_one_by_one(client, ids: list[int]) -> int:
-    """``DELETE`` each prediction (a few threads); returns how many were deleted."""
-    def delete(pid: int) -> int:
-        try:
-            client.predictions.delete(id=pid, request_options={"max_retries": 1})
-            return 1
-        except Exception as e:  # gone already, or refused: the new one is stored anyway
-            log.warning("prediction %s not deleted: %s", pid, e)
-            return 0
-
-    with ThreadPoolExecutor(DELETE_THREADS) as pool:
-        return sum(pool.map(delete, ids))
-
-
-def replacing(predict: PredictFn, client, project_id: int, old: dict[int, list[int]], others: dict[int, list[dict]],
-              done: Callable[[int], None]) -> PredictFn:
-    """``predict``, deleting each predicted task's old predictions of the version (``old``) before
-    ``push_predictions`` stores the new one: one prediction of the version per task. Counts in ``.replaced``."""
-    count = {"tasks": 0}
-
-    def run(tasks: list[dict]) -> list[dict]:
-        results = predict(tasks)
-        predicted = [int(task["id"]) for task, res in zip(tasks, results) if res.get("result")]
-        run.replaced += delete_predictions(client, project_id, old, others, predicted)  # type: ignore[attr-defined]
-        count["tasks"] += len(tasks)
-        done(count["tasks"])
-        return results
-
-    run.replaced = 0  # type: ignore[attr-defined]
-    return run

@@ -41,7 +41,7 @@ ENV_NAMES = {  # fields whose variable is not the field's name in upper case
 NOT_FROM_ENV = ("train_env", "extra")  # train_env collects every TRAIN_* variable (training.options)
 MINIMUM = {"predict_concurrency": 1, "train_retries": 0, "predict_max_side": 0, "predict_max_pixels_per_request": 0,
            "predict_max_decode_bytes": 0,
-           "max_projects": 1, "max_context_marks": 0, "max_mask_pixels": 0}
+           "max_projects": 1, "max_context_marks": 0, "max_mask_pixels": 0, "propose_after_painted": 0}
 
 
 @dataclass
@@ -106,6 +106,7 @@ class Settings:
     # training (TRAIN_* defaults of every job; see training.options) and the queue policy
     train_env: dict[str, str] = field(default_factory=dict)
     train_every_n_annotations: int = 0
+    propose_after_painted: int = 3  # annotation events queue a mask-proposal job once this many training images are painted (0: off)
     train_retries: int = 1
     train_job_timeout: int = 6 * 3600
     train_cache_dir: Path | None = None  # decoded, resized training images (training.image_cache); unset: MODEL_DIR/cache

@@ -153,6 +153,23 @@ def net_path(store_root: Path, version: str) -> Path:
     return Path(store_root) / "mask_nets" / f"{version}.pt"
 
 
+def proposals_path(store_root: Path, version: str) -> Path:
+    """Where the proposal job (``ml_backend.jobs.propose_job``) keeps the net it fitted for the served
+    ``version`` between trainings; served instead of the version's own net when newer."""
+    return Path(store_root) / "mask_nets" / f"{version}.proposals.pt"
+
+
+def newest_net_path(store_root: Path, version: str) -> Path | None:
+    """The newer of the version's net and its proposals net (None: neither exists)."""
+    found = []
+    for path in (net_path(store_root, version), proposals_path(store_root, version)):
+        try:
+            found.append((path.stat().st_mtime_ns, path))
+        except OSError:
+            continue
+    return max(found)[1] if found else None
+
+
 def save(net: MaskNet, path: Path, info: dict) -> Path:
     path = Path(path)
     atomic_write(path, lambda f: torch.save({"state_dict": net.state_dict(), "work_size": net.work_size, "info": info}, f),

@@ -1,7 +1,8 @@
 """Propagation part: the served version's mask net proposes each task's spurious region.
 
 After a training job (``training.propagation``: a small segmentation net fitted to the project's
-painted masks, saved beside the version), every prediction carries a ``Spurious`` brush proposal for
+painted masks, saved beside the version) or a proposal job (``ml_backend.jobs.propose_job``: the same net
+refitted to the painted masks without training the classifier, served for the version when newer), every prediction carries a ``Spurious`` brush proposal for
 the task's image, scored with the net's confidence (mean ``|2p - 1|`` over the pixels), which the
 expert accepts, edits or deletes in Label Studio.  No downloaded weights: the net is the project's own.
 
@@ -96,7 +97,7 @@ class PropagationPart:
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = Path(model_dir)
-        self._nets: dict[tuple[int, str], propagation.MaskNet | None] = {}
+        self._nets: dict[tuple[int, str], tuple[tuple[Path, int], propagation.MaskNet | None]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -104,12 +105,21 @@ class PropagationPart:
         return cls(settings.model_dir)
 
     def net(self, project_id: int, version: str) -> propagation.MaskNet | None:
+        """The newest mask net of the version: its own (training job) or a proposal job's fit for it
+        (``propagation.proposals_path``); reloaded when that file changes, not cached while missing."""
         key = (project_id, version)
+        path = propagation.newest_net_path(CheckpointStore(self.model_dir, project_id).root, version)
+        if path is None:
+            return None
+        try:
+            stamp = (path, path.stat().st_mtime_ns)
+        except OSError:
+            return None
         with self._lock:
-            if self._nets.get(key) is None:  # not cached while missing: the job saves it right after publishing
-                root = CheckpointStore(self.model_dir, project_id).root
-                self._nets[key] = propagation.load(propagation.net_path(root, version))
-            return self._nets[key]
+            cached = self._nets.get(key)
+            if cached is None or cached[0] != stamp:
+                self._nets[key] = (stamp, propagation.load(path))
+            return self._nets[key][1]
 
     @torch.inference_mode()
     def probabilities(self, net: propagation.MaskNet, images, size: int) -> list[torch.Tensor]:

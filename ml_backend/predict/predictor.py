@@ -67,6 +67,21 @@ def configured_parts(settings: Settings) -> list[PredictionPart]:
     return parts
 
 
+def unique_region_ids(result: list[dict]) -> list[dict]:
+    """``result`` with every region id unique in it (a repeat gets ``-2``, ``-3`` ...): Label Studio takes
+    results sharing an id for one region."""
+    seen: set[str] = set()
+    for region in result:
+        rid = str(region.get("id") or region.get("from_name") or "region")
+        base, n = rid, 1
+        while rid in seen:
+            n += 1
+            rid = f"{base}-{n}"
+        seen.add(rid)
+        region["id"] = rid
+    return result
+
+
 def describe_key_destination(settings: Settings) -> str:
     """One start-up line: which origin the configured API key is sent to (for the log)."""
     if not settings.label_studio_api_key:
@@ -240,4 +255,6 @@ class RobustarModel:
                 if out.scores is not None and out.scores[j] is not None:  # one meaning per column: the score stays
                     results[i][SUSPICION] = float(out.scores[j])  # the confidence; a suspicion goes beside it
                     results[i][SUSPICION_BY] = out.kind
+        for result in results:
+            unique_region_ids(result["result"])
         return results

@@ -79,7 +79,7 @@ def test_a_2048px_image_goes_through_predict_paint_train_and_proposal(label_stud
     env = {  # no IMAGE_SIZE: measured from the 2048 px images (224)
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}", "MODEL_DIR": str(tmp_path / "models"),
-        "REDIS_URL": redis_url, "RQ_QUEUE": f"e2e-large-{side}", "PREDICT_PARTS": "saliency,propagation",
+        "REDIS_URL": redis_url, "RQ_QUEUE": f"e2e-large-{side}", "PROPOSE_AFTER_PAINTED": "0", "PREDICT_PARTS": "saliency,propagation",
         "TRAIN_EPOCHS": "3", "TRAIN_PROPAGATED_MASKS": "all", "INFLUENCE_BUILD": "off",
     }
     with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:

@@ -39,7 +39,7 @@ def test_a_project_starts_from_imagenet_weights_by_name_offline(label_studio, re
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}", "MODEL_DIR": str(tmp_path / "models"),
         "MODEL_WEIGHTS": "imagenet", "TORCH_HOME": str(torch_home), **OFFLINE,
-        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-pretrained", "PREDICT_PARTS": "saliency", "TRAIN_EPOCHS": "1",
+        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-pretrained", "PROPOSE_AFTER_PAINTED": "0", "PREDICT_PARTS": "saliency", "TRAIN_EPOCHS": "1",
         "TRAIN_PROPAGATED_MASKS": "off",
     }
     with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:

@@ -30,7 +30,7 @@ def test_paint_train_and_serve_new_version(label_studio, redis_url, tmp_path):
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "MODEL_DIR": str(tmp_path / "models"), "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32",
-        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-train", "TRAIN_EPOCHS": "2", "TRAIN_BATCH_SIZE": "8",
+        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-train", "PROPOSE_AFTER_PAINTED": "0", "TRAIN_EPOCHS": "2", "TRAIN_BATCH_SIZE": "8",
         "PREDICT_PARTS": "saliency,influence",
     }
     with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:
@@ -125,7 +125,7 @@ def test_start_training_with_readme_defaults_trains_the_small_image_model(label_
     env = {
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}", "MODEL_DIR": str(tmp_path / "models"), "IMAGE_SIZE": "64",
-        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-defaults", "PREDICT_PARTS": "saliency",
+        "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-defaults", "PROPOSE_AFTER_PAINTED": "0", "PREDICT_PARTS": "saliency",
     }
     with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:
         report = import_dataset(dataset, label_studio.url, label_studio.token, title="e2e defaults",

@@ -48,6 +48,39 @@ def test_annotation_policy_counts_events(redis_url):
     assert off.handle_event(2, "PROJECT_UPDATED")["status"] == "ignored"
 
 
+def test_proposal_jobs_are_deduplicated_apart_from_training(redis_url):
+    """PROPOSE_AFTER_PAINTED > 0: every annotation event asks for one proposal job per project (own keys:
+    training's counter and queued job are untouched); a storm leaves one queued; 0: none, and the answer says so."""
+    redis = Redis.from_url(redis_url)
+    queue = TrainingQueue(redis, "t-propose", TrainingPolicy(every_n_annotations=2, propose_after_painted=3),
+                          target=TARGET)
+    first = queue.handle_event(4, "ANNOTATION_CREATED")
+    assert first["status"] == "counted" and first["proposals"]["status"] == "queued"
+    job = Job.fetch(first["proposals"]["job"], connection=redis)
+    assert job.kwargs["target"] == "ml_backend.jobs.propose_job.propose_project"
+    assert job.kwargs["options"] == {"min_painted": 3} and job.kwargs["slot"] == "propose:"
+    answers = storm(queue, 4, 30)
+    assert {a["proposals"]["job"] for a in answers} == {job.id}
+    assert {a["proposals"]["status"] for a in answers} == {"already queued"}
+    assert {a["status"] for a in answers} <= {"counted", "queued", "already queued"}
+    trainings = {a["job"] for a in answers if "job" in a}
+    assert len(trainings) == 1 and job.id not in trainings  # training queued on its own keys, once
+    assert pending(queue) == 2
+    # a proposal job that runs: the next event queues one follow-up that waits for it
+    queue.mark_started(4, job.id, "propose:")
+    job.set_status("started")
+    follow = queue.handle_event(4, "ANNOTATION_UPDATED")["proposals"]
+    assert follow["status"] == "follow-up" and follow["job"] != job.id
+    assert queue.handle_event(4, "ANNOTATIONS_DELETED")["proposals"] == {**follow, "status": "already queued"}
+    queue.mark_finished(4, job.id, "propose:")
+    assert redis.get("robustar:project:4:propose:running") is None
+
+    off = TrainingQueue(redis, "t-propose-off", TrainingPolicy(propose_after_painted=0), target=TARGET)
+    answer = off.handle_event(5, "ANNOTATION_CREATED")
+    assert answer["proposals"]["status"] == "off" and "PROPOSE_AFTER_PAINTED=0" in answer["proposals"]["reason"]
+    assert off.queue.count == 0 and off.handle_event(5, "START_TRAINING")["status"] == "queued"
+
+
 @pytest.mark.slow  # a real `robustar worker` process
 def test_webhook_storm_leaves_one_queued_and_one_running_job(redis_url):
     redis = Redis.from_url(redis_url, socket_timeout=None)  # blpop waits longer than redis-py's default read timeout

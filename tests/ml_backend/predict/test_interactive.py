@@ -105,3 +105,38 @@ def test_the_net_region_at_the_mark_comes_back_at_the_image_size():
     prob[30:40, 0:10] = 0.9  # another one, not connected
     mask = propose_at_marks(img, [keypoint(44 / 64 * 100 + 0.5, 9 / 48 * 100 + 1)], prob)
     assert mask[5:15, 40:50].all() and not mask[30:40, 0:10].any()
+
+
+def test_the_part_serves_the_newer_proposals_net_and_reloads_it(tmp_path):
+    """Proposals before training: a proposal job's net for the served version (``vN.proposals.pt``) is served
+    when newer than the version's own, and reloaded when the file changes."""
+    import os
+
+    import torch
+
+    from ml_backend.predict.mask_proposals import PropagationPart
+    from training import propagation
+    from training.checkpoints import CheckpointStore
+
+    root = CheckpointStore(tmp_path, 3).root
+    part = PropagationPart(tmp_path)
+    assert part.net(3, "v1") is None
+    torch.manual_seed(0)
+    own = propagation.save(propagation.MaskNet(), propagation.net_path(root, "v1"), {})
+    assert propagation.newest_net_path(root, "v1") == own
+    first = part.net(3, "v1")
+    assert first is not None and part.net(3, "v1") is first  # cached while the file is unchanged
+    proposals = propagation.save(propagation.MaskNet(work_size=32), propagation.proposals_path(root, "v1"), {})
+    os.utime(proposals, ns=(own.stat().st_mtime_ns + 10**9,) * 2)
+    newer = part.net(3, "v1")
+    assert newer is not first and newer.work_size == 32
+    os.utime(own, ns=(proposals.stat().st_mtime_ns + 10**9,) * 2)  # a training job saved the version's net later
+    assert part.net(3, "v1").work_size == propagation.WORK_SIZE
+
+
+def test_region_ids_are_unique_per_answer():
+    from ml_backend.predict.predictor import unique_region_ids
+
+    result = [{"id": "propagated"}, {"id": "pred_class"}, {"id": "propagated"}, {"from_name": "x"}, {"id": "propagated"}]
+    assert [r["id"] for r in unique_region_ids(result)] == ["propagated", "pred_class", "propagated-2", "x",
+                                                            "propagated-3"]

@@ -124,7 +124,7 @@ def running_stack(
         "PREDICT_PARTS": "saliency,influence,propagation",  # no Mask R-CNN weights here
         "TRAIN_EPOCHS": "2",
         "TRAIN_BATCH_SIZE": "8",
-        "PROPOSE_AFTER_PAINTED": "0",  # the expert loop's steps as they were; proposal jobs: test_propose_job
+        "PROPOSE_AFTER_PAINTED": "0",  # the expert loop's steps as they were; proposal jobs: test_proposals_before_training
         **(env or {}),
     }
     logs = workdir / "logs"

@@ -57,7 +57,7 @@ def test_val_split_decides_and_no_val_says_it_did_not_gate(label_studio, redis_u
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}", "MODEL_DIR": str(tmp_path / "models"),
         "MODEL_ARCH": "tiny-cnn", "IMAGE_SIZE": "32", "REDIS_URL": redis_url, "RQ_QUEUE": "e2e-val",
-        "TRAIN_EPOCHS": "3", "TRAIN_BATCH_SIZE": "8", "TRAIN_PROPAGATED_MASKS": "off", "PREDICT_PARTS": "influence",
+        "TRAIN_EPOCHS": "3", "PROPOSE_AFTER_PAINTED": "0", "TRAIN_BATCH_SIZE": "8", "TRAIN_PROPAGATED_MASKS": "off", "PREDICT_PARTS": "influence",
     }
     client = label_studio.client()
     with BackendProcess(env, tmp_path / "backend.log", port=port) as backend:

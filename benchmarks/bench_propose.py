@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from devkit.backend_thread import serve_app
 from devkit.servers import redis_answers, start_redis_server
 from label_config import regions
 from ml_backend.labelstudio.importer import import_dataset
 from ml_backend.local.label_studio_server import LabelStudioServer, default_venv, ensure_label_studio
+from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from training.synthetic import make_spurious_dataset
 
 CLASSES = ("circle", "square", "triangle")
@@ -73,7 +74,7 @@ def paint(client, task, data: Path) -> None:
 def work(redis: Redis) -> list:
     queue = Queue(QUEUE, connection=redis)
     jobs = queue.jobs
-    SimpleWorker([queue], connection=redis).work(burst=True, with_scheduler=False, logging_level="WARNING")
+    worker_class(simple=True)([queue], connection=redis).work(burst=True, with_scheduler=False, logging_level="WARNING")
     for job in jobs:
         job.refresh()
     return jobs

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from fastapi.testclient import TestClient
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from label_config.render import render_config
 from ml_backend.api.app import create_app
 from ml_backend.predict.predictor import configured_parts
 from ml_backend.settings import Settings
+from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from devkit.builders import synthetic_export
 from devkit.servers import LS_TOKEN, FakeLabelStudio, start_redis_server
 from training.synthetic import make_spurious_dataset
@@ -49,7 +50,7 @@ def run_job(redis_url: str, env: dict[str, str]) -> dict:
     redis = Redis.from_url(redis_url)
     queue = Queue("bench-push", connection=redis)
     job = queue.enqueue("ml_backend.jobs.train_job.train_project", kwargs={"project_id": 1}, job_timeout=3600)
-    SimpleWorker([queue], connection=redis).work(burst=True, with_scheduler=False)
+    worker_class(simple=True)([queue], connection=redis).work(burst=True, with_scheduler=False)
     job.refresh()
     if job.get_status() != "finished":
         raise RuntimeError(job.latest_result().exc_string)

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import JobStatus
 
 from devkit.backend_thread import serve_app
 from label_config import regions
 from ml_backend.labelstudio.importer import import_dataset
 from ml_backend.settings import Settings
+from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from training.checkpoints import CheckpointStore
 from training import propagation
 from training.synthetic import make_spurious_dataset
@@ -77,7 +78,7 @@ def paint(client, task, dataset: Path) -> None:
 def run_worker(redis: Redis) -> list:
     queue = Queue(QUEUE, connection=redis)
     jobs = queue.jobs
-    SimpleWorker([queue], connection=redis).work(burst=True, with_scheduler=False)
+    worker_class(simple=True)([queue], connection=redis).work(burst=True, with_scheduler=False)
     for job in jobs:
         job.refresh()
     return jobs

@@ -23,6 +23,7 @@ from ml_backend.jobs.queue import rq_progress_sink
 from ml_backend.predict.registry import model_defaults
 from ml_backend.settings import Settings
 from ml_backend.jobs.train_job import job_options
+from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from devkit import builders
 from devkit.builders import annotation, data_uri, export_task, png_bytes
 from devkit.servers import LS_TOKEN, FakeLabelStudio, FileServer
@@ -268,13 +269,13 @@ def _ls_tasks(synthetic: Path):
 
 
 def _run_in_worker(redis_conn, options: dict):
-    from rq import Queue, SimpleWorker
+    from rq import Queue
 
     queue = Queue("robustar-test-training", connection=redis_conn)
     job = queue.enqueue("ml_backend.jobs.train_job.train_project", kwargs={"project_id": 1, "options": options},
                         job_timeout=600, meta={"project_id": 1, "phase": "queued"})
     t0 = time.perf_counter()
-    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
+    worker_class(simple=True)([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
     wall = time.perf_counter() - t0
     job.refresh()
     return job, wall

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import JobStatus
 
 from label_config.render import render_config
@@ -25,6 +25,7 @@ from ml_backend.predict.lazy_views import TaskRecords
 from ml_backend.predict.predictor import configured_parts
 from ml_backend.settings import Settings
 from ml_backend.predict.task_files import InfluencePages
+from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from devkit.builders import synthetic_export
 from devkit.servers import LS_TOKEN, FakeLabelStudio
 from training.synthetic import make_spurious_dataset
@@ -54,7 +55,7 @@ def train_and_push(monkeypatch, redis_url: str, ls_url: str, model_dir: Path, de
     redis = Redis.from_url(redis_url)
     queue = Queue("t-lazy-parts", connection=redis)
     job = queue.enqueue("ml_backend.jobs.train_job.train_project", kwargs={"project_id": 1}, job_timeout=600)
-    SimpleWorker([queue], connection=redis).work(burst=True, with_scheduler=False)
+    worker_class(simple=True)([queue], connection=redis).work(burst=True, with_scheduler=False)
     job.refresh()
     assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string
     return job.return_value()

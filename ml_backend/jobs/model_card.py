@@ -63,6 +63,17 @@ class ModelCard:
         self.served: str | None = None
         self.training: str | None = None
 
+    @classmethod
+    def for_project(cls, client, project_id: int, settings) -> "ModelCard":
+        """The project's card, found by the backend's public URL, with the backend's basic auth."""
+        return cls(client, project_id, settings.public_url, (settings.basic_auth_user, settings.basic_auth_pass))
+
+    def show_failure(self, what: str, error: BaseException, served: str | None) -> None:
+        """``serving vN · <what> failed: <the error's first line>`` (its type when it has no text)."""
+        text = str(error).strip()
+        reason = text.splitlines()[0][:160] if text else type(error).__name__
+        self.show((f"serving {served} · " if served else "") + f"{what} failed: {reason}", force=True)
+
     def _backend_id(self) -> int | None:
         if self._id is None:
             backends = list(self.client.ml.list(project=self.project_id))
@@ -123,6 +134,6 @@ def show_training_queued(settings, project_id: int, answer: dict, hostname: str 
         return
     served = CheckpointStore(settings.model_dir, project_id).published()
     text = (f"serving {served} · " if served else "") + "training queued"
-    card = ModelCard(client, project_id, settings.public_url, (settings.basic_auth_user, settings.basic_auth_pass))
+    card = ModelCard.for_project(client, project_id, settings)
     threading.Thread(target=card.show, args=(text,), kwargs={"force": True}, daemon=True,
                      name=f"model-card-{project_id}").start()

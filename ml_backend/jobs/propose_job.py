@@ -64,13 +64,12 @@ def propose_project(project_id: int, options: dict | None = None) -> dict[str, A
     client = make_client(settings.label_studio_url, settings.label_studio_api_key)
     store = CheckpointStore(settings.model_dir, project_id)
     served = settings.pinned_version or store.published()
-    card = ModelCard(client, project_id, settings.public_url, (settings.basic_auth_user, settings.basic_auth_pass))
+    card = ModelCard.for_project(client, project_id, settings)
     card.served = served
     try:
         return _propose(settings, client, store, card, project_id, served, options or {})
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        card.show((f"serving {served} · " if served else "") + f"proposing masks failed: {reason}", force=True)
+        card.show_failure("proposing masks", e, served=served)
         raise
 
 

@@ -115,14 +115,12 @@ def train_project(project_id: int, options: dict | None = None) -> dict[str, Any
     settings = Settings.from_env()
     client = make_client(settings.label_studio_url, settings.label_studio_api_key)
     store = CheckpointStore(settings.model_dir, project_id)
-    card = ModelCard(client, project_id, settings.public_url, (settings.basic_auth_user, settings.basic_auth_pass))
+    card = ModelCard.for_project(client, project_id, settings)
     card.served = store.published()
     try:
         return _train(settings, client, store, card, project_id, options)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        served = f"serving {store.published()} · " if store.published() else ""
-        card.show(f"{served}training failed: {reason}", force=True)
+        card.show_failure("training", e, served=store.published())
         raise
 
 

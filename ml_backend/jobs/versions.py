@@ -150,6 +150,5 @@ class VersionSelection:
         store.publish(selected)
         log.warning("project %s: %s selected in Label Studio; now served and the parent of the next job",
                     project_id, selected)
-        ModelCard(client, project_id, self.settings.public_url,
-                  (self.settings.basic_auth_user, self.settings.basic_auth_pass)).show(f"serving {selected}", force=True)
+        ModelCard.for_project(client, project_id, self.settings).show(f"serving {selected}", force=True)
         return selected

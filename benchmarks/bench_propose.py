@@ -24,17 +24,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from redis import Redis
-from rq import Queue
 
 from devkit.backend_thread import serve_app
+from devkit.project_jobs import paint_true_mask, run_queue
 from devkit.servers import redis_answers, start_redis_server
-from label_config import regions
 from ml_backend.labelstudio.importer import import_dataset
 from ml_backend.local.label_studio_server import LabelStudioServer, default_venv, ensure_label_studio
-from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from training.synthetic import make_spurious_dataset
 
 CLASSES = ("circle", "square", "triangle")
@@ -64,20 +60,6 @@ def environment(ls: LabelStudioServer, model_dir: Path, redis: str, size: int) -
 def aware(when: datetime) -> datetime:
     """RQ's timestamps are UTC, naive or not."""
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
-def paint(client, task, data: Path) -> None:
-    mask = np.asarray(Image.open(data / "masks" / task.data["key"])) > 0
-    client.annotations.create(id=task.id, result=[regions.brush(mask)])
-
-
-def work(redis: Redis) -> list:
-    queue = Queue(QUEUE, connection=redis)
-    jobs = queue.jobs
-    worker_class(simple=True)([queue], connection=redis).work(burst=True, with_scheduler=False, logging_level="WARNING")
-    for job in jobs:
-        job.refresh()
-    return jobs
 
 
 def publish_v1(client, model_dir: Path, pid: int, label_config: str) -> str:
@@ -139,11 +121,11 @@ def run(n: int, size: int, tmp: Path, after_training: bool = False) -> dict:
                 train = sorted([t for t in tasks if t.data["split"] == "train"],
                                key=lambda t: (t.data["key"].rsplit("_", 1)[-1], t.data["label"]))
                 for task in train[:2]:
-                    paint(client, task, data)
-                work(redis)  # below the threshold: skipped
+                    paint_true_mask(client, task, data)
+                run_queue(redis, QUEUE, "WARNING")  # below the threshold: skipped
                 painted_at = datetime.now(timezone.utc)
-                paint(client, train[2], data)
-                (job,) = work(redis)
+                paint_true_mask(client, train[2], data)
+                (job,) = run_queue(redis, QUEUE, "WARNING")
                 wall = (aware(job.ended_at) - painted_at).total_seconds()
                 result = job.return_value()
                 if result is None:

@@ -9,18 +9,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
 
 from devkit.backend_thread import serve_app
+from devkit.project_jobs import paint_true_mask, run_queue
 from label_config import regions
 from ml_backend.labelstudio.importer import import_dataset
 from ml_backend.settings import Settings
-from ml_backend.jobs.warm_worker import worker_class  # RQ's SimpleWorker with a prompt teardown
 from training.checkpoints import CheckpointStore
 from training import propagation
 from training.synthetic import make_spurious_dataset
@@ -69,19 +67,8 @@ def tasks_of(client, pid: int) -> list:
     return list(client.tasks.list(project=pid, fields="all"))
 
 
-def paint(client, task, dataset: Path) -> None:
-    """The task's true spurious mask as a Spurious brush stroke (its webhook reaches the backend)."""
-    mask = np.asarray(Image.open(dataset / "masks" / task.data["key"])) > 0
-    client.annotations.create(id=task.id, result=[regions.brush(mask)])
-
-
 def run_worker(redis: Redis) -> list:
-    queue = Queue(QUEUE, connection=redis)
-    jobs = queue.jobs
-    worker_class(simple=True)([queue], connection=redis).work(burst=True, with_scheduler=False)
-    for job in jobs:
-        job.refresh()
-    return jobs
+    return run_queue(redis, QUEUE)
 
 
 def predictions_by_task(client, pid: int) -> dict[int, list]:
@@ -139,7 +126,7 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     assert len(train) == 15 and all(len(ps) == 1 for ps in predictions_by_task(client, pid).values())
 
     for task in train[:2]:
-        paint(client, task, dataset)
+        paint_true_mask(client, task, dataset)
     (below,) = run_worker(redis)  # two events: one job (deduplicated)
     assert below.get_status() == JobStatus.FINISHED, below.latest_result().exc_string
     assert below.return_value()["status"] == "skipped"
@@ -148,7 +135,7 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     # another version's prediction on one task is kept (only the served version's is replaced)
     other = client.predictions.create(task=train[3].id, result=[regions.choices("circle")], score=0.5,
                                       model_version="v1")
-    paint(client, train[2], dataset)
+    paint_true_mask(client, train[2], dataset)
     t0 = time.perf_counter()
     (job,) = run_worker(redis)
     took = time.perf_counter() - t0
@@ -188,7 +175,7 @@ def test_three_painted_images_give_every_training_image_a_proposal(stack, datase
     (again,) = run_worker(redis)
     assert again.return_value()["status"] == "skipped" and "did not change" in again.return_value()["reason"]
     # the expert corrects a proposal (paints the task): the correction trains the next fit
-    paint(client, train[4], dataset)
+    paint_true_mask(client, train[4], dataset)
     (corrected,) = run_worker(redis)
     assert corrected.return_value()["painted"] == 4 and corrected.return_value()["predictions"]["pushed"] == 11
     assert all(len(ps) == 1 for t, ps in predictions_by_task(client, pid).items() if t != train[3].id)
@@ -204,7 +191,7 @@ def test_propose_after_painted_zero_queues_no_job(stack, dataset, label_studio, 
     try:
         train = [t for t in tasks_of(ls_client, pid) if t.data["split"] == "train"]
         for task in train[:3]:
-            paint(ls_client, task, dataset)
+            paint_true_mask(ls_client, task, dataset)
         assert Queue(QUEUE, connection=stack["redis"]).count == 0
         answer = queue.handle_event(pid, "ANNOTATION_CREATED")
         assert answer["proposals"]["status"] == "off"

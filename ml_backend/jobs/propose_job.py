@@ -36,7 +36,7 @@ from label_config.export import TRAIN_SPLIT, TaskRecord, parse_export
 from label_config.render import parse_config
 from ml_backend.jobs.model_card import VERSION_NAME, ModelCard
 from ml_backend.jobs.push_predictions import PredictFn, backend_predictor, push_predictions
-from ml_backend.jobs.replace_predictions import replacing, version_predictions
+from ml_backend.jobs.replace_predictions import Replacing, version_predictions
 from ml_backend.jobs.queue import rq_progress_sink
 from ml_backend.jobs.train_job import job_options
 from ml_backend.labelstudio.client import fetch_export, fetch_project, make_client
@@ -124,7 +124,7 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
     if snap != "off":
         masks = snap_masks(images, masks)
     with torch_threads(1):  # a tiny net: one thread is as fast, and fair to the backend on the same cores
-        net = train_mask_net(images, masks, settings.seed)
+        net = propagation.train_mask_net(images, masks, seed=settings.seed, device="cpu")
     path = propagation.save(net, propagation.proposals_path(store.root, served),
                             {"version": served, "painted": len(images), "stroke_snap": snap,
                              "job_id": summary["job_id"], "created": time.time()})
@@ -137,7 +137,8 @@ def _propose(settings: Settings, client, store: CheckpointStore, card: ModelCard
     t = time.perf_counter()
     by_id = {int(task["id"]): task for task in tasks if isinstance(task, dict) and "id" in task}
     targets = [by_id[r.task_id] for r in unpainted if r.task_id in by_id]
-    pushed, replaced = push_proposals(settings, client, card, job, project_id, served, label_config, targets)
+    pushed, replaced = push_proposals(settings, client, card, job, project_id, served, label_config, config,
+                                      targets)
     save_fingerprint(store.root, served, fingerprint)  # after the push: a failed one is redone by the next event
     timings["push"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
@@ -200,20 +201,15 @@ def save_fingerprint(store_root: Path, version: str, fingerprint: str) -> None:
 
 
 def push_proposals(settings: Settings, client, card: ModelCard, job, project_id: int, version: str,
-                   label_config: str, targets: list[dict]) -> tuple[dict[str, Any], int]:
+                   label_config: str, config, targets: list[dict]) -> tuple[dict[str, Any], int]:
     """``targets``' predictions of ``version`` replaced by the backend's (with the new proposals); returns
     ``push_predictions``' counts and how many old predictions were deleted."""
     old, others = version_predictions(client, project_id, version)
-    predict = replacing(proposal_predictor(settings, project_id, label_config, version, parse_config(label_config)),
+    predict = Replacing(proposal_predictor(settings, project_id, label_config, version, config),
                         client, project_id, old, others, progress(card, version, len(targets), job))
     pushed = push_predictions(client, project_id, targets, predict, version, batch_size=PUSH_BATCH,
                               set_project_version=False)
-    return pushed, predict.replaced  # type: ignore[attr-defined]
-
-
-def train_mask_net(images: torch.Tensor, masks: torch.Tensor, seed: int) -> propagation.MaskNet:
-    """``propagation.train_mask_net`` on the CPU (the net is tiny)."""
-    return propagation.train_mask_net(images, masks, seed=seed, device="cpu")
+    return pushed, predict.replaced
 
 
 def proposal_predictor(settings: Settings, project_id: int, label_config: str, version: str, config) -> PredictFn:

@@ -63,7 +63,7 @@ def backend_predictor(settings: Settings, project_id: int, label_config: str, ve
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-class _Store:
+class PredictionStore:
     """Stores predictions: bulk import per batch; per-task ``predictions.create`` once bulk is refused.
 
     Gives up (raises) after ``MAX_CONSECUTIVE_FAILURES`` failed calls in a row: Label Studio is then
@@ -118,7 +118,7 @@ def push_predictions(
     ``model_version``. Returns counts and seconds; raises only if nothing could be stored."""
     t0 = time.perf_counter()
     pushed = empty = failed = 0
-    store = _Store(client, project_id)
+    store = PredictionStore(client, project_id)
     columns: list[tuple[dict, dict]] = []  # (task, its suspicion fields) for the Data Manager column
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start : start + batch_size]

@@ -1,6 +1,6 @@
 """Replace a version's stored predictions of some tasks in Label Studio 1.23, in bulk, keeping other versions'.
 
-``version_predictions`` lists the project's predictions once; ``replacing`` wraps a predict function so that
+``version_predictions`` lists the project's predictions once; ``Replacing`` wraps a predict function so that
 each batch's old predictions of the version are deleted just before ``push_predictions`` stores the new
 ones: one prediction of the version per task. Label Studio 1.23 deletes predictions in bulk only per task,
 every version at once (the Data Manager's ``delete_tasks_predictions`` action; ``DELETE
@@ -15,8 +15,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from ml_backend.jobs.push_predictions import PredictFn
-from ml_backend.jobs.push_predictions import _Store as PredictionStore
+from ml_backend.jobs.push_predictions import PredictFn, PredictionStore
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +75,21 @@ def delete_one_by_one(client, ids: list[int]) -> int:
         return sum(pool.map(delete, ids))
 
 
-def replacing(predict: PredictFn, client, project_id: int, old: dict[int, list[int]], others: dict[int, list[dict]],
-              done: Callable[[int], None]) -> PredictFn:
+class Replacing:
     """``predict``, deleting each predicted task's old predictions of the version (``old``) before
-    ``push_predictions`` stores the new one: one prediction of the version per task. Counts in ``.replaced``."""
-    count = {"tasks": 0}
+    ``push_predictions`` stores the new one: one prediction of the version per task. ``done`` hears how many
+    tasks are predicted so far; ``replaced`` counts the deleted predictions."""
 
-    def run(tasks: list[dict]) -> list[dict]:
-        results = predict(tasks)
+    def __init__(self, predict: PredictFn, client, project_id: int, old: dict[int, list[int]],
+                 others: dict[int, list[dict]], done: Callable[[int], None]) -> None:
+        self.predict, self.client, self.project_id = predict, client, project_id
+        self.old, self.others, self.done = old, others, done
+        self.tasks = self.replaced = 0
+
+    def __call__(self, tasks: list[dict]) -> list[dict]:
+        results = self.predict(tasks)
         predicted = [int(task["id"]) for task, res in zip(tasks, results) if res.get("result")]
-        run.replaced += delete_predictions(client, project_id, old, others, predicted)  # type: ignore[attr-defined]
-        count["tasks"] += len(tasks)
-        done(count["tasks"])
+        self.replaced += delete_predictions(self.client, self.project_id, self.old, self.others, predicted)
+        self.tasks += len(tasks)
+        self.done(self.tasks)
         return results
-
-    run.replaced = 0  # type: ignore[attr-defined]
-    return run

@@ -1,10 +1,11 @@
 """Propagation part: the served version's mask net proposes each task's spurious region.
 
 After a training job (``training.propagation``: a small segmentation net fitted to the project's
-painted masks, saved beside the version) or a proposal job (``ml_backend.jobs.propose_job``: the same net
-refitted to the painted masks without training the classifier, served for the version when newer), every prediction carries a ``Spurious`` brush proposal for
-the task's image, scored with the net's confidence (mean ``|2p - 1|`` over the pixels), which the
-expert accepts, edits or deletes in Label Studio.  No downloaded weights: the net is the project's own.
+painted masks, saved beside the version) or a proposal job (``ml_backend.jobs.propose_job``: the same
+net refitted to the painted masks without training the classifier, served for the version when newer),
+every prediction carries a ``Spurious`` brush proposal for the task's image, scored with the net's
+confidence (mean ``|2p - 1|`` over the pixels), which the expert accepts, edits or deletes in Label Studio.
+No downloaded weights: the net is the project's own.
 
 Interactive (Label Studio's auto-annotation, ``/predict`` with ``params.context``): the expert's first
 marks on the image — keypoints, rectangles or brush strokes of the ``Spurious`` label — arrive as

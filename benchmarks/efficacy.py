@@ -1,9 +1,10 @@
 """Efficacy: does paired training remove a spurious feature?  Test accuracy per method, over seeds.
 
 A pinned recipe (tiny-cnn, SGD, fixed epochs, no augmentation) for every method: what a job actually
-runs is measured by ``benchmarks.job_efficacy``. The suspicion-ranked rows build the ranking from
-the test split and score on it too: they are not a held-out measurement (``job_efficacy`` keeps val
-and test apart).
+runs is measured by ``benchmarks.job_efficacy``. As in the product, a val split (``Preset.n_val``
+images per class, drawn apart from test from the same shortcut-free distribution) guides the
+suspicion-ranked rows: the ranking is built from the model's errors on val, and every method is
+scored on test only.
 
     python -m benchmarks.efficacy              # CPU-sized default: every kind x 3 seeds, the job's paired settings
                                                # at 1-100 % masks on a pinned recipe, ablations at 10 %, ranked
@@ -11,10 +12,12 @@ and test apart).
     python -m benchmarks.efficacy --smoke      # seconds: CI's smoke size
     python -m benchmarks.efficacy --full       # bigger (a GPU): more data, masks on 1-100%, aug only, λ sweep
     python -m benchmarks.efficacy --out DIR    # where efficacy.md / .json / .png go
+    python -m benchmarks.efficacy --only ranked --kinds background,natural   # ranked vs random painting only
 
 Data (``training.synthetic``, nothing downloaded): one shape per class on a noisy background; a
 spurious feature (``--kinds``: a class-coloured corner patch, a class-coloured background, a class
-texture) agrees with the label for a fraction ``p`` of the training images and is random in test.
+texture, a natural-like texture) agrees with the label for a fraction ``p`` of the training images and
+is random in val and test.
 The generator writes each training image's true spurious-pixel mask (the expert's painting) and its
 spurious value (for the group baseline).
 
@@ -69,7 +72,7 @@ from PIL import Image
 
 from benchmarks.groups import group_ids, train_group_balanced
 from label_config import parse_config, regions, render_config
-from label_config.export import TEST_SPLIT, TRAIN_SPLIT, ExportResult, parse_export
+from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, ExportResult, parse_export
 from ml_backend.labelstudio.fetch import FetchPolicy, ImageFetcher
 from ml_backend.predict.influence import build_influence_index
 from ml_backend.settings import Settings
@@ -114,6 +117,7 @@ class Preset:
     n_classes: int
     n_train: int  # per class
     n_test: int  # per class
+    n_val: int  # per class: extra test-distribution draws (``VAL_SPLIT``) whose errors guide the ranked rows
     size: int
     p: float
     epochs: int
@@ -134,16 +138,16 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(kinds=("patch", "background"), n_classes=3, n_train=16, n_test=8, size=16, p=0.95, epochs=1,
-                    batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,),
+    "smoke": Preset(kinds=("patch", "background"), n_classes=3, n_train=16, n_test=8, n_val=4, size=16, p=0.95,
+                    epochs=1, batch_size=32, lr=0.05, seeds=2, arch="tiny-cnn", fractions=(0.25,),
                     fills=("counterfactual_mixture",), aug_fractions=(0.25,), sweep_fraction=0.25, lams=(),
                     noises=(), no_bank=("counterfactual",), ranked=(0.25,), job_fractions=(0.25,),
                     ablations=ABLATIONS),
-    "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, size=24, p=0.95, epochs=10,
+    "default": Preset(kinds=KINDS, n_classes=3, n_train=100, n_test=50, n_val=20, size=24, p=0.95, epochs=10,
                       batch_size=32, lr=0.05, seeds=3, arch="tiny-cnn", fractions=(), fills=(), aug_fractions=(),
                       sweep_fraction=0.1, lams=(), noises=(), ranked=(0.01, 0.05, 0.1),
                       job_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), ablations=ABLATIONS),
-    "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, size=32, p=0.95, epochs=12,
+    "full": Preset(kinds=KINDS, n_classes=4, n_train=250, n_test=100, n_val=40, size=32, p=0.95, epochs=12,
                    batch_size=32, lr=0.05, seeds=5, arch="tiny-cnn", fractions=(0.01, 0.05, 0.1, 0.25, 1.0),
                    fills=COUNTERFACTUAL_MODES, aug_fractions=(0.01, 0.05, 0.1, 0.25, 1.0), sweep_fraction=0.1,
                    lams=(0.1, 10.0, 100.0), noises=tuple(m for m in NOISE_MODES if m != "noise"),
@@ -199,6 +203,13 @@ def conditions(preset: Preset, lam: float, noise: str) -> list[Condition]:
     return unique
 
 
+def ranked_conditions(conds: list[Condition], preset: Preset) -> list[Condition]:
+    """``--only ranked``: the ranked rows, random painting at their fractions with their recipe, and ERM +
+    oracle (for the gap closed)."""
+    return [c for c in conds if c.method in ("ERM", "oracle", RANKED)
+            or (c.method == "paired" and c.recipe == JOB and c.fraction in preset.ranked)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Label Studio side: files served like uploads (devkit.servers.FileServer), and a JSON export with painted tasks
 
@@ -233,13 +244,16 @@ class Item:
     url: str
 
 
-def dataset_items(root: Path, classes: list[str], values: dict[str, int], first_id: int = 1) -> list[Item]:
+def dataset_items(root: Path, classes: list[str], values: dict[str, int], first_id: int = 1,
+                  n_val: int = 0) -> list[Item]:
+    """Items of a generated dataset; the first ``n_val`` test images of each class become val."""
     items, tid = [], first_id
     for split in (TRAIN_SPLIT, TEST_SPLIT):
         for cls in classes:
-            for path in sorted((root / split / cls).glob("*.png")):
+            for i, path in enumerate(sorted((root / split / cls).glob("*.png"))):
                 rel = path.relative_to(root).as_posix()
-                items.append(Item(tid, rel, split, cls, int(values.get(rel, -1)), URL_PREFIX + f"{root.name}/{rel}"))
+                s = VAL_SPLIT if split == TEST_SPLIT and i < n_val else split
+                items.append(Item(tid, rel, s, cls, int(values.get(rel, -1)), URL_PREFIX + f"{root.name}/{rel}"))
                 tid += 1
     return items
 
@@ -284,7 +298,7 @@ class World:
     seed: int
     classes: list[str]
     root: Path
-    items: list[Item]
+    items: list[Item]  # train + val + test
     # reference training sets ("oracle", "no feature"): (root, items); their test items are ``items``'
     refs: dict[str, tuple[Path, list[Item]]] = field(default_factory=dict)
 
@@ -295,9 +309,9 @@ REFERENCES = {"oracle": dict(p_spurious=0.0), "no feature": dict(spurious=False)
 def make_world(base: Path, preset: Preset, kind: str, seed: int) -> World:
     classes = list(SHAPES[: preset.n_classes])
     root = base / f"{kind}-s{seed}"
-    info = make_spurious_dataset(root, tuple(classes), preset.n_train, preset.n_test, preset.size, preset.p,
-                                 seed=seed, kind=kind)
-    items = dataset_items(root, classes, info["spurious_values"])
+    info = make_spurious_dataset(root, tuple(classes), preset.n_train, preset.n_val + preset.n_test, preset.size,
+                                 preset.p, seed=seed, kind=kind)
+    items = dataset_items(root, classes, info["spurious_values"], n_val=preset.n_val)
     test = [it for it in items if it.split == TEST_SPLIT]
     world = World(kind, seed, classes, root, items)
     for i, (name, kw) in enumerate(REFERENCES.items()):
@@ -339,17 +353,18 @@ def painted_subset(world: World, fraction: float) -> list[int]:
 
 
 def ranked_subset(world: World, fraction: float, preset: Preset, fetcher: ImageFetcher, device: str,
-                  cache: dict) -> list[int]:
-    """Task ids of the ``round(fraction * N)`` training images the product ranks most suspicious: the
-    influence index (``ml_backend.predict.influence``, as the worker builds it) of a model trained plainly on
-    the unpainted project, in the order of the training tasks' prediction score (``SUSPICION_RANKING``),
-    i.e. what the Data Manager's *Prediction score* sorts first."""
+                  cache: dict) -> tuple[list[int], dict[str, Any]]:
+    """Task ids of the ``round(fraction * N)`` training images the product ranks most suspicious, and the
+    index's ``info``: the influence index (``ml_backend.predict.influence``, as the worker builds it) of a
+    model trained plainly on the unpainted project, its suspicion guided by the model's errors on the
+    **val** split (never test), in the order of the training tasks' prediction score
+    (``SUSPICION_RANKING``), i.e. what the Data Manager's *Prediction score* sorts first."""
     key = ("ranking",)
     if key not in cache:
         if ("none",) not in cache:
             cache[("none",)] = load_project(build_export(world.root, world.items, []), world.classes, fetcher, preset.size)
         _, splits = cache[("none",)]
-        train, test = splits[TRAIN_SPLIT], splits[TEST_SPLIT]
+        train, val = splits[TRAIN_SPLIT], splits[VAL_SPLIT]
         opts = TrainOptions(mode="scratch", arch=preset.arch, epochs=preset.epochs, batch_size=preset.batch_size,
                             lr=preset.lr, lam=0.0, seed=world.seed, device=device, eval_every_epoch=False,
                             push_predictions=False, **PINNED, **OPTION_PRESETS["robustar"])
@@ -357,12 +372,12 @@ def ranked_subset(world: World, fraction: float, preset: Preset, fetcher: ImageF
         model = build_model(preset.arch, len(world.classes))
         fit(model, train, opts, IMAGENET_MEAN, IMAGENET_STD, device)
         meta = CheckpointMeta(version="v0", arch=preset.arch, classes=list(world.classes), image_size=preset.size)
-        index = build_influence_index(None, "v0", train, test, device=device, model=model.eval(), meta=meta, save=False)
-        cache[key] = index.ranking(balanced=Settings().suspicion_ranking == "class_balanced")  # the score's order
-    ranking = cache[key]
-    if fraction >= 1.0:
-        return sorted(ranking)
-    return sorted(ranking[: max(1, round(fraction * len(ranking)))])
+        index = build_influence_index(None, "v0", train, val, device=device, model=model.eval(), meta=meta,
+                                      save=False, ranked_on=VAL_SPLIT)
+        cache[key] = (index.ranking(balanced=Settings().suspicion_ranking == "class_balanced"), index.info)
+    ranking, info = cache[key]
+    k = len(ranking) if fraction >= 1.0 else max(1, round(fraction * len(ranking)))
+    return sorted(ranking[:k]), info
 
 
 def group_accuracy(model, test: PairedDataset, spurious: dict[int, int], device: str) -> tuple[float, dict]:
@@ -400,11 +415,15 @@ def propagated(world: World, key: tuple, train: PairedDataset, opts: TrainOption
 def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageFetcher, device: str,
                   cache: dict) -> dict[str, Any]:
     t0 = time.perf_counter()
+    guide: dict[str, Any] = {}  # ranked rows: the split whose errors ranked the images, and its size
     if cond.method in world.refs:
         (root, items), key, painted = world.refs[cond.method], (cond.method,), []
-    elif cond.method in ("paired", "aug only", RANKED):
-        painted = (ranked_subset(world, cond.fraction, preset, fetcher, device, cache) if cond.method == RANKED
-                   else painted_subset(world, cond.fraction))
+    elif cond.method == RANKED:
+        painted, info = ranked_subset(world, cond.fraction, preset, fetcher, device, cache)
+        guide = {"ranked_on": info["ranked_on"], "n_ranked_on": info["n_test"]}
+        key, items, root = ("painted", tuple(painted)), world.items, world.root
+    elif cond.method in ("paired", "aug only"):
+        painted = painted_subset(world, cond.fraction)
         key, items, root = ("painted", tuple(painted)), world.items, world.root
     else:
         key, items, root, painted = ("none",), world.items, world.root, []
@@ -454,7 +473,7 @@ def run_condition(world: World, cond: Condition, preset: Preset, fetcher: ImageF
         worst, _ = group_accuracy(model, test, spurious_test, device)
     return {"kind": world.kind, "seed": world.seed, **asdict(cond), "test_acc": acc, "worst_group_acc": worst,
             "diverged": diverged,
-            "n_train": len(train), "n_painted": len(painted), "n_test": len(test), **prop,
+            "n_train": len(train), "n_painted": len(painted), "n_test": len(test), **guide, **prop,
             "data_s": round(t_data, 3), "train_s": round(t_train, 3)}
 
 
@@ -693,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=1.0, help="λ of the mask-fraction sweep (default 1)")
     ap.add_argument("--noise", default="noise", choices=FILL_MODES,
                     help="fill of the mask-fraction sweep and of aug only (the preset's counterfactual fills run beside it)")
+    ap.add_argument("--only", choices=("ranked",), default=None,
+                    help="ranked: only suspicion-ranked vs random painting at the preset's ranked fractions "
+                         "(+ ERM, oracle)")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads on CPU (default 1: these tiny models gain nothing from more, and on a "
@@ -715,13 +737,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads and device == "cpu":
         torch.set_num_threads(args.threads)
     conds = conditions(preset, args.lam, args.noise)
+    if args.only == "ranked":
+        conds = ranked_conditions(conds, preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "smoke" if args.smoke else "full" if args.full else "default"
     print(f"efficacy ({name}): {len(preset.kinds)} kind(s) x {preset.seeds} seeds x {len(conds)} conditions; "
-          f"{preset.arch}, {preset.size}px, {preset.n_classes} classes, {preset.n_train}/{preset.n_test} train/test "
-          f"images per class, p={preset.p}, {preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} "
-          f"cosine; device {device}", flush=True)
+          f"{preset.arch}, {preset.size}px, {preset.n_classes} classes, "
+          f"{preset.n_train}/{preset.n_val}/{preset.n_test} train/val/test images per class (val ranks the suspicion), "
+          f"p={preset.p}, {preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} cosine; "
+          f"device {device}", flush=True)
     t_start = time.perf_counter()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="robustar-efficacy-") as tmp:
@@ -743,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     agg = aggregate(rows)
     table = markdown_table(agg)
     header = (f"Efficacy ({name} size): {preset.arch}, {preset.size}×{preset.size} px, {preset.n_classes} classes, "
-              f"{preset.n_train * preset.n_classes} training / {preset.n_test * preset.n_classes} test images, "
+              f"{preset.n_train * preset.n_classes} training / {preset.n_val * preset.n_classes} val (ranks the "
+              f"suspicion) / {preset.n_test * preset.n_classes} test images, "
               f"spurious feature agrees with the label for p = {preset.p} of training images (random in test), "
               f"{preset.epochs} epochs, batch {preset.batch_size}, SGD lr {preset.lr} cosine; "
               f"mean ± sd over {preset.seeds} seeds. Machine: {machine()}. Wall time {wall:.0f} s.")

@@ -61,6 +61,13 @@ def test_efficacy_smoke(smoke_runs):
     # the job's recipe propagated the painted masks to the other training images, with their IoU measured
     job = [r for r in data["runs"] if r.get("recipe") == "job default"]
     assert job and all(r["propagated_used"] >= 1 and 0.0 <= r["mask_iou"] <= 1.0 for r in job)
+    # every method is scored on the same test items; the suspicion ranking was built from val, never test
+    preset = data["preset"]
+    n_val, n_test = preset["n_val"] * preset["n_classes"], preset["n_test"] * preset["n_classes"]
+    assert 0 < n_val != n_test
+    assert {r["n_test"] for r in data["runs"]} == {n_test}
+    ranked = [r for r in data["runs"] if r["method"] == "paired, suspicion-ranked"]
+    assert ranked and all(r["ranked_on"] == "val" and r["n_ranked_on"] == n_val for r in ranked)
 
 
 def test_speed_smoke(smoke_runs):

@@ -11,7 +11,10 @@ background. The spurious feature (``kind``) carries a class of its own, its *spu
   orientations, a checkerboard, dots); its mask is every pixel outside the shape;
 - ``natural``: the background is a natural-like texture of the value's family (``training.natural_textures``:
   1/f^beta noise with a family's slope, orientation and overlapping earthy palette, a fresh random
-  phase per image, like photographs of grass, sand or sky); its mask is every pixel outside the shape.
+  phase per image, like photographs of grass, sand or sky); its mask is every pixel outside the shape;
+- ``photo``: the background is a random crop of the value's real photograph (``training.photo_backgrounds``:
+  grass, a landscape, a brick wall, a coffee cup, gravel, a flower, the sample photographs bundled with
+  scikit-image and scikit-learn); its mask is every pixel outside the shape.
 
 In ``train`` the spurious value equals the label for a fraction ``p_spurious`` of the images (a
 uniformly random class otherwise, which may also be the label); in ``test`` it is uniformly random.
@@ -36,10 +39,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from training.natural_textures import natural_background
+from training.photo_backgrounds import photo_background
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
 PATCH_COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (255, 0, 255), (0, 220, 220))
-KINDS = ("patch", "background", "texture", "natural")
+KINDS = ("patch", "background", "texture", "natural", "photo")
 # background tints: mid-intensity, so the dark shape stays visible on each of them
 BACKGROUND_COLOURS = ((210, 90, 90), (90, 190, 90), (90, 110, 220), (205, 185, 70), (195, 90, 195), (80, 195, 195))
 TEXTURES = ("hstripes", "vstripes", "diagonal", "checker", "dots", "antidiagonal")
@@ -88,10 +92,12 @@ def _texture(name: str, size: int) -> np.ndarray:
 def _render_on_background(
     shape: str, value: int, size: int, rng: random.Random, spurious: bool, kind: str
 ) -> tuple[Image.Image, np.ndarray]:
-    """``background`` / ``texture`` / ``natural`` kinds: the shape composited over a value-specific background."""
+    """``background`` / ``texture`` / ``natural`` / ``photo`` kinds: the shape over a value-specific background."""
     nrng = np.random.default_rng(rng.getrandbits(32))
     if spurious and kind == "natural":
         bg = natural_background(value, size, nrng)
+    elif spurious and kind == "photo":
+        bg = photo_background(value, size, nrng)
     elif spurious and kind == "background":
         colour = np.asarray(BACKGROUND_COLOURS[value % len(BACKGROUND_COLOURS)], dtype=np.int16)
         bg = colour + nrng.integers(-25, 26, (size, size, 3), dtype=np.int16)

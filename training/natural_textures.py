@@ -8,8 +8,8 @@ image draws a fresh random phase, so no two backgrounds are alike, only their st
 photographs of grass, sand or foliage): a model must learn the texture's statistics to use the
 shortcut, and a fill must stand in for a whole family, not one pattern.
 
-Chosen because scikit-image is not installed here and its bundled sample photos would be few
-(a dozen) for a per-class background; the procedural family gives a fresh background per image.
+Its sibling, the ``photo`` kind (``training.photo_backgrounds``), crops real photographs instead: a
+handful of photographs, each seen in many crops, where this kind draws a new texture every time.
 """
 
 from __future__ import annotations

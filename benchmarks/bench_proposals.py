@@ -2,9 +2,9 @@
 painted images, on the efficacy benchmark's kinds (``training.synthetic``: ``patch`` is the demo's corner
 patch) — and the seconds the fit takes (it dominates small jobs).
 
-    python -m benchmarks.bench_proposals [--size 64] [--n 300] [--painted 3,5,10] [--seeds 2]
+    python -m benchmarks.bench_proposals [--size 64] [--n 300] [--painted 3,5,10] [--seeds 2] [--steps 100 400]
 
-Rows: kind, painted images, augmentation (``flip``: mirrored images and masks, ``none``), median IoU over
+Rows: kind, painted images, fit steps (``--steps``: several side by side; default the product's), augmentation (``flip``: mirrored images and masks, ``none``), median IoU over
 the unpainted images (mean over seeds), fit seconds. Targets: >= 0.7 on the demo's patch, >= 0.8 per kind.
 
     python -m benchmarks.bench_proposals --strokes [--painted 5] [--seeds 2]
@@ -49,10 +49,11 @@ def dataset(kind: str, n: int, size: int, seed: int) -> tuple[torch.Tensor, torc
     return torch.stack(xs), torch.stack(ms)
 
 
-def median_iou(kind: str, n: int, size: int, painted: int, seed: int, flip: bool) -> tuple[float, float]:
+def median_iou(kind: str, n: int, size: int, painted: int, seed: int, flip: bool,
+               steps: int | None = None) -> tuple[float, float]:
     x, m = dataset(kind, n, size, seed)
     t = time.perf_counter()
-    net = propagation.train_mask_net(x[:painted], m[:painted], seed=seed, flip=flip)
+    net = propagation.train_mask_net(x[:painted], m[:painted], seed=seed, flip=flip, steps=steps)
     fit_s = time.perf_counter() - t
     proposal = propagation.predict_masks(net, x[painted:])
     return float(propagation.iou(proposal.masks, m[painted:]).median()), fit_s
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--painted", default="3,5,10")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--steps", type=int, nargs="+", default=[None],
+                        help="mask-net fit steps to compare (default: the product's, propagation.MIN_STEPS..MAX_STEPS)")
     parser.add_argument("--strokes", action="store_true", help="rough-stroke rows: exact, rough and snapped masks")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -102,12 +105,12 @@ def main() -> None:
         print_stroke_rows(args.kinds.split(","), args.n, args.size, [int(p) for p in args.painted.split(",")],
                           args.seeds)
         return
-    print(f"{'kind':>10} {'painted':>7} {'augment':>7} {'median IoU':>10} {'fit s':>6}")
+    print(f"{'kind':>10} {'painted':>7} {'steps':>7} {'augment':>7} {'median IoU':>10} {'fit s':>6}")
     for kind in args.kinds.split(","):
         for painted in (int(p) for p in args.painted.split(",")):
-            for flip in (True, False):
-                runs = [median_iou(kind, args.n, args.size, painted, seed, flip) for seed in range(args.seeds)]
-                print(f"{kind:>10} {painted:>7} {'flip' if flip else 'none':>7} "
+            for steps, flip in ((s, f) for s in args.steps for f in (True, False)):
+                runs = [median_iou(kind, args.n, args.size, painted, seed, flip, steps) for seed in range(args.seeds)]
+                print(f"{kind:>10} {painted:>7} {steps or 'default':>7} {'flip' if flip else 'none':>7} "
                       f"{statistics.mean(r[0] for r in runs):10.3f} {statistics.mean(r[1] for r in runs):6.1f}",
                       flush=True)
 

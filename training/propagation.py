@@ -35,7 +35,7 @@ WORK_SIZE = 48
 MIN_PAINTED = 2  # fewer painted images than this: no net is trained
 STEPS_PER_IMAGE = 10  # optimizer steps per painted image, within MIN_STEPS..MAX_STEPS
 # 100 steps left the net under-fitted on few images (6 painted: median proposal IoU patch 0.78-0.85, 1.00 at
-# 400+; every kind's tail better at 400-600; benchmarks/bench_proposals.py --steps, seeds 0-2): 1-3 s on a CPU
+# 400+; every kind's median up at 400-600; benchmarks/bench_proposals.py --steps, seeds 0-2): 1-3 s on a CPU
 MIN_STEPS, MAX_STEPS = 400, 600
 BATCH = 8
 LR = 3e-3

@@ -245,15 +245,17 @@ class Item:
 
 
 def dataset_items(root: Path, classes: list[str], values: dict[str, int], first_id: int = 1,
-                  n_val: int = 0) -> list[Item]:
-    """Items of a generated dataset; the first ``n_val`` test images of each class become val."""
+                  n_val: int = 0, served: bool = True) -> list[Item]:
+    """Items of a generated dataset; the first ``n_val`` test images of each class become val. ``served``:
+    image URLs as Label Studio serves uploads (``URL_PREFIX``), else the files' local paths."""
     items, tid = [], first_id
     for split in (TRAIN_SPLIT, TEST_SPLIT):
         for cls in classes:
             for i, path in enumerate(sorted((root / split / cls).glob("*.png"))):
                 rel = path.relative_to(root).as_posix()
                 s = VAL_SPLIT if split == TEST_SPLIT and i < n_val else split
-                items.append(Item(tid, rel, s, cls, int(values.get(rel, -1)), URL_PREFIX + f"{root.name}/{rel}"))
+                url = URL_PREFIX + f"{root.name}/{rel}" if served else str(path)
+                items.append(Item(tid, rel, s, cls, int(values.get(rel, -1)), url))
                 tid += 1
     return items
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.efficacy import Item, export_json, export_task, group_accuracy, true_mask
+from benchmarks.efficacy import Item, dataset_items, export_json, export_task, group_accuracy, true_mask
 from label_config import parse_config, render_config
 from label_config.export import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, parse_export
 from ml_backend.jobs.train_job import job_options
@@ -84,28 +84,16 @@ class World:
     roots: dict[str, Path]
 
 
-def _items(root: Path, classes: list[str], values: dict[str, int], first_id: int, n_val: int) -> list[Item]:
-    """Items of a generated dataset; the first ``n_val`` test images of each class become val."""
-    out, tid = [], first_id
-    for split in (TRAIN_SPLIT, TEST_SPLIT):
-        for cls in classes:
-            for i, path in enumerate(sorted((root / split / cls).glob("*.png"))):
-                rel = path.relative_to(root).as_posix()
-                s = VAL_SPLIT if split == TEST_SPLIT and i < n_val else split
-                out.append(Item(tid, rel, s, cls, int(values.get(rel, -1)), str(path)))
-                tid += 1
-    return out
-
-
 def make_world(base: Path, kind: str, seed: int, size: Size) -> World:
     classes = list(SHAPES[: size.n_classes])
     root, oracle_root = base / f"{kind}-s{seed}", base / f"{kind}-s{seed}-oracle"
     info = make_spurious_dataset(root, tuple(classes), size.n_train, size.n_val + size.n_test, size.size, size.p,
                                  seed=seed, kind=kind)
     oracle = make_spurious_dataset(oracle_root, tuple(classes), size.n_train, 0, size.size, 0.0, seed=seed, kind=kind)
-    items = _items(root, classes, info["spurious_values"], 1, size.n_val)
+    items = dataset_items(root, classes, info["spurious_values"], 1, size.n_val, served=False)
     held_out = [it for it in items if it.split != TRAIN_SPLIT]
-    oracle_items = [it for it in _items(oracle_root, classes, oracle["spurious_values"], 100_000, 0)
+    oracle_items = [it for it in dataset_items(oracle_root, classes, oracle["spurious_values"], 100_000,
+                                                 served=False)
                     if it.split == TRAIN_SPLIT] + held_out
     return World(kind, seed, classes, items, oracle_items, {"main": root, "oracle": oracle_root})
 
